@@ -1,0 +1,48 @@
+# The README's two commands: `make run` (set up and run the service) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test setup system-deps demo lint readme clean
+
+run: setup
+	$(VENV)/bin/flaskmodel demo
+	$(VENV)/bin/flaskmodel up
+
+test: setup lint
+	$(PY) -m pytest
+
+setup: system-deps $(VENV)/.installed
+
+# redis-server and nginx from Debian/Ubuntu packages, and venv support, when missing.
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	[ -x $(PY) ] || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[tf,dicom,dev]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/flaskmodel demo
+
+lint: setup
+	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
+	$(PY) -m mypy
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+# Regenerate the README's configuration table from Settings.
+readme: setup
+	$(PY) -c 'import re, pathlib; from flaskmodel.settings import settings_table; p = pathlib.Path("README.md"); s = p.read_text(); p.write_text(re.sub(r"(<!-- settings-table -->\n).*?(<!-- /settings-table -->)", lambda m: m.group(1) + settings_table() + m.group(2), s, flags=re.S))'

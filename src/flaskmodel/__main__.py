@@ -1,0 +1,5 @@
+"""``python -m flaskmodel``."""
+
+from flaskmodel.cli import main
+
+main()

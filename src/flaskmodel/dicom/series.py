@@ -1,0 +1,562 @@
+"""Find, check and sort the slices of one DICOM series under the data root; read one slice as HU.
+
+A series id names a folder directly under the data root (usually its SeriesInstanceUID, but any
+allow-listed name works). ``scan_series`` walks that folder recursively, reads headers only, keeps
+the image slices of one SeriesInstanceUID and sorts them geometrically.
+
+Sort order: ``z = ImagePositionPatient · n`` with ``n = row cosines × column cosines`` (from
+ImageOrientationPatient, normalised), and slices are sorted by **ascending z**. In the patient's
+LPS frame a standard axial series (orientation ``1,0,0,0,1,0``) has ``n = +Z`` (towards the head),
+so index 0 is the most inferior (feet-most) slice and the last index the most superior. When any
+slice lacks geometry, or orientations differ between slices, the sort falls back to InstanceNumber
+(then ``z`` is the slice's rank in that order) and says so in ``Series.warnings``.
+
+Anything odd but usable (duplicate positions, gaps, mixed orientation, varying slice thickness,
+dropped localizers, other series in the folder) is reported in ``Series.warnings``; anything
+unusable (a file that does not read as DICOM, an ambiguous folder) raises from ``flaskmodel.errors``
+with the file named relative to the data root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pydicom
+from pydicom.pixels.processing import apply_modality_lut
+
+from flaskmodel.errors import DicomReadError, InvalidSeriesId, SeriesError, SeriesNotFound
+
+logger = logging.getLogger(__name__)
+
+#: Allow-list for series ids: 1–128 of ``[A-Za-z0-9._-]``, not starting with ``.`` (so neither
+#: ``.`` nor ``..`` nor hidden names). Anchored with ``\A``/``\Z`` so ``match`` is as safe as
+#: ``fullmatch``.
+SERIES_ID_PATTERN = re.compile(r"\A(?!\.)[A-Za-z0-9._-]{1,128}\Z")
+
+#: Orientation cosines differing by more than this between slices count as mixed orientation.
+ORIENTATION_TOLERANCE = 1e-3
+#: Positions closer than this along the normal (mm) count as duplicates.
+DUPLICATE_TOLERANCE_MM = 0.01
+#: A spacing larger than this multiple of the median spacing is reported as a gap.
+GAP_FACTOR = 1.5
+#: HU written into padding pixels unless the image holds lower genuine values (air).
+AIR_HU = -1024.0
+
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# Image storage SOP classes: a file of one of these without Rows/Columns has a broken header
+# (pydicom reads a truncated file without complaint), so it is an error, not a non-image object.
+_IMAGE_SOP_CLASSES = frozenset(
+    "1.2.840.10008.5.1.4.1.1." + suffix
+    for suffix in (
+        "1", "1.1", "1.1.1", "1.2", "1.2.1", "1.3", "1.3.1",  # CR, DX, MG, IO
+        "2", "2.1", "2.2",  # CT, Enhanced CT, Legacy Converted Enhanced CT
+        "4", "4.1", "4.4",  # MR, Enhanced MR, Legacy Converted Enhanced MR
+        "6.1", "7", "7.1", "7.2", "7.3", "7.4", "12.1", "20",  # US, SC, XA, NM
+        "128", "128.1", "130",  # PET, Legacy Converted Enhanced PET, Enhanced PET
+    )
+)  # fmt: skip
+# How many individual gaps/duplicates a warning spells out before it only counts them.
+_MAX_LISTED = 5
+# pydicom messages can be long (whole reprs); errors keep the first part only.
+_MAX_REASON = 200
+
+SortMethod = Literal["geometry", "instance_number"]
+
+
+@dataclass(frozen=True)
+class SliceRef:
+    """One image slice of a series: where it is and where it sits in the stack.
+
+    ``z`` is the position projected on the slice normal (mm) when the series sorts by geometry,
+    else the slice's rank in InstanceNumber order.
+    """
+
+    path: Path
+    sop_instance_uid: str
+    instance_number: int | None
+    position: tuple[float, float, float] | None
+    z: float
+    series_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Series:
+    """A scanned series: its slices in sort order plus what was odd about them."""
+
+    uid: str
+    folder: Path
+    slices: tuple[SliceRef, ...]
+    sort_method: SortMethod
+    normal: tuple[float, float, float] | None
+    spacing: float | None
+    warnings: tuple[str, ...]
+
+    def select(self, start: int | None = None, stop: int | None = None) -> tuple[SliceRef, ...]:
+        """The slices ``[start, stop)`` of the sorted series (``None`` means from 0 / to the end).
+
+        Raises ``SeriesError`` for a negative bound, a start or stop past the end, or an empty
+        range; the message says how many slices the series has.
+        """
+        n = len(self.slices)
+        lo = 0 if start is None else start
+        hi = n if stop is None else stop
+        has = f"series '{self.uid}' has {n} slices (indices 0..{n - 1})"
+        if lo < 0 or hi < 0:
+            raise SeriesError(f"slice range [{start}, {stop}) must not be negative; {has}")
+        if lo >= n:
+            raise SeriesError(f"slice range start {lo} is past the end; {has}")
+        if hi > n:
+            raise SeriesError(f"slice range stop {hi} is past the end; {has}")
+        if lo >= hi:
+            raise SeriesError(f"slice range [{lo}, {hi}) is empty; {has}")
+        return self.slices[lo:hi]
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What the scan needs from one file's header."""
+
+    path: Path
+    kind: Literal["image", "localizer", "non_image"]
+    series_uid: str
+    sop_uid: str
+    instance_number: int | None
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None  # the six direction cosines
+    thickness: float | None
+    shape: tuple[int, int] | None
+
+
+def resolve_series_dir(data_root: Path, series_uid: str) -> Path:
+    """The resolved folder of ``series_uid`` under ``data_root``.
+
+    Raises ``InvalidSeriesId`` when the id is outside the allow-list or resolves (through symlinks)
+    outside the resolved data root, and ``SeriesNotFound`` when there is no such folder. Opens no
+    file: it only resolves and stats paths.
+    """
+    if not SERIES_ID_PATTERN.match(series_uid):
+        raise InvalidSeriesId(
+            f"invalid series id {series_uid[:140]!r}: use 1-128 characters of [A-Za-z0-9._-], "
+            "not starting with '.'"
+        )
+    root = data_root.resolve()
+    folder = (root / series_uid).resolve(strict=False)
+    if folder == root or not folder.is_relative_to(root):
+        raise InvalidSeriesId(f"series id '{series_uid}' resolves outside the data root")
+    if not folder.is_dir():
+        raise SeriesNotFound(f"series '{series_uid}' not found under the data root")
+    return folder
+
+
+def scan_series(data_root: Path, series_uid: str) -> Series:
+    """Scan the folder of ``series_uid`` and return its image slices, sorted (see module doc).
+
+    Uses the group whose SeriesInstanceUID equals ``series_uid``; otherwise, when the folder holds
+    exactly one series, that one; otherwise raises ``SeriesError`` listing the UIDs found.
+    """
+    root = data_root.resolve()
+    folder = resolve_series_dir(data_root, series_uid)
+    notes: list[str] = []
+    headers = [_read_header(path, _relative(path, root)) for path in _walk(folder, root, notes)]
+
+    groups: dict[str, list[_Header]] = {}
+    localizers: Counter[str] = Counter()
+    non_image = 0
+    for header in headers:
+        if header.kind == "image":
+            groups.setdefault(header.series_uid, []).append(header)
+        elif header.kind == "localizer":
+            localizers[header.series_uid] += 1
+        else:
+            non_image += 1
+
+    if not groups:
+        raise SeriesNotFound(f"series '{series_uid}' has no image slices under the data root")
+    if series_uid in groups:
+        uid = series_uid
+    elif len(groups) == 1:
+        uid = next(iter(groups))
+    else:
+        found = ", ".join(sorted(groups))
+        raise SeriesError(
+            f"folder '{series_uid}' holds {len(groups)} series and none has that "
+            f"SeriesInstanceUID; found: {found}"
+        )
+
+    if localizers[uid]:
+        notes.append(f"dropped {localizers[uid]} localizer image(s)")
+    if non_image:
+        notes.append(f"skipped {non_image} non-image DICOM object(s)")
+    others = sorted(set(groups) - {uid})
+    if others:
+        notes.append(f"ignored {len(others)} other series in the folder: {', '.join(others)}")
+    # The same instance stored twice (copied exports) would count one slice twice.
+    unique = list({h.sop_uid: h for h in reversed(groups[uid])}.values())[::-1]
+    if len(unique) < len(groups[uid]):
+        copies = len(groups[uid]) - len(unique)
+        notes.append(f"dropped {copies} repeated copy(ies) of the same SOPInstanceUID")
+
+    slices, method, normal, spacing, sort_notes = _sort(unique)
+    notes.extend(sort_notes)
+    notes.extend(_consistency_notes(unique))
+    logger.info(
+        "scanned series %s: %d slices, sorted by %s, %d warning(s)",
+        uid,
+        len(slices),
+        method,
+        len(notes),
+    )
+    return Series(
+        uid=uid,
+        folder=folder,
+        slices=slices,
+        sort_method=method,
+        normal=normal,
+        spacing=spacing,
+        warnings=tuple(notes),
+    )
+
+
+def load_hu(ref: SliceRef, root: Path) -> np.ndarray:
+    """One slice as float32 Hounsfield units, shape ``[rows, columns]``.
+
+    Decodes the pixel data (compressed syntaxes through the installed pydicom plugins) and applies
+    the slice's own modality LUT exactly as ``pydicom.pixels.apply_modality_lut`` does. Pixels
+    equal to PixelPaddingValue (or within PixelPaddingRangeLimit) are set to
+    ``min(-1024, lowest non-padding HU)``: air, unless the image itself goes lower, so padding
+    never looks like tissue after windowing. Raises ``DicomReadError`` naming the file when it does
+    not read or decode, and ``SeriesError`` for multi-frame or multi-sample (colour) images.
+    """
+    path, rel = _checked_path(ref.path, root)
+    ds = _dcmread(path, rel, stop_before_pixels=False)
+    frames = _int_or_none(ds.get("NumberOfFrames"))
+    if frames is not None and frames > 1:
+        raise SeriesError(f"'{rel}' is a multi-frame image ({frames} frames); not supported")
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID", "unknown") if meta is not None else "unknown"
+    try:
+        stored: np.ndarray = ds.pixel_array
+        modality: np.ndarray = apply_modality_lut(stored, ds)
+    except Exception as exc:  # decoders raise many types (plugins missing, corrupt stream)
+        raise DicomReadError(
+            f"cannot decode pixel data of '{rel}' (transfer syntax {syntax}): {_reason(exc)}"
+        ) from exc
+    if stored.ndim != 2:
+        raise SeriesError(f"'{rel}' has pixel shape {stored.shape}; only 2-D greyscale slices")
+    hu = np.asarray(modality, dtype=np.float32)
+
+    padding = _int_or_none(ds.get("PixelPaddingValue"))
+    if padding is not None:
+        limit = _int_or_none(ds.get("PixelPaddingRangeLimit"))
+        low, high = sorted((padding, padding if limit is None else limit))
+        mask = (stored >= low) & (stored <= high)
+        if mask.any():
+            genuine = hu[~mask]
+            fill = min(AIR_HU, float(genuine.min())) if genuine.size else AIR_HU
+            # Copy first: the modality LUT may have returned the decoder's own buffer.
+            hu = hu.copy()
+            hu[mask] = fill
+    return hu
+
+
+def file_window(ref: SliceRef, root: Path) -> tuple[float, float] | None:
+    """The file's own first ``(WindowCenter, WindowWidth)``, or ``None`` when absent or unusable.
+
+    Multi-valued attributes give their first value; a width that is not positive gives ``None``.
+    """
+    path, rel = _checked_path(ref.path, root)
+    ds = _dcmread(path, rel, stop_before_pixels=True)
+    center = _first_float(ds.get("WindowCenter"))
+    width = _first_float(ds.get("WindowWidth"))
+    if center is None or width is None or not width > 0:
+        logger.debug("no usable WindowCenter/WindowWidth in %s", rel)
+        return None
+    return center, width
+
+
+# --- scanning ---------------------------------------------------------------------------------
+
+
+def _walk(folder: Path, root: Path, notes: list[str]) -> Iterator[Path]:
+    """Candidate files under ``folder`` in a stable order, never one outside ``root``.
+
+    Skips hidden entries, DICOMDIR files and symlinked folders (not followed: they could loop or
+    leave the root); a symlinked file is used only when its target lies inside the root.
+    """
+
+    def fail(error: OSError) -> None:
+        where = _relative(Path(error.filename), root) if error.filename else "?"
+        raise SeriesError(f"cannot list '{where}': {error.strerror}") from error
+
+    seen: set[Path] = set()  # a file and a symlink to it are read once
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=fail, followlinks=False):
+        here = Path(dirpath)
+        for name in sorted(dirnames):
+            if (here / name).is_symlink():
+                notes.append(f"skipped symlinked folder '{_relative(here / name, root)}'")
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and not (here / d).is_symlink()
+        )
+        for name in sorted(filenames):
+            if name.startswith(".") or name.upper() == "DICOMDIR":
+                continue
+            path = here / name
+            if path.is_symlink():
+                target = path.resolve(strict=False)
+                if not target.is_relative_to(root) or not target.is_file():
+                    where = _relative(path, root)
+                    notes.append(f"skipped symlink '{where}' (target missing or outside the root)")
+                    continue
+                path = target
+            if path not in seen:
+                seen.add(path)
+                yield path
+
+
+def _read_header(path: Path, rel: str) -> _Header:
+    """Parse the header of one file (no pixel data); ``DicomReadError`` names it on failure."""
+    ds = _dcmread(path, rel, stop_before_pixels=True)
+    try:
+        return _header_of(ds, path, rel)
+    except DicomReadError:
+        raise
+    except Exception as exc:  # pydicom converts values lazily, so bad values fail here
+        raise DicomReadError(f"cannot read DICOM header of '{rel}': {_reason(exc)}") from exc
+
+
+def _header_of(ds: Any, path: Path, rel: str) -> _Header:
+    """Classify a header (image / localizer / non-image) and pull out the geometry."""
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    image_type = ds.get("ImageType")
+    types = [image_type] if isinstance(image_type, str) else list(image_type or [])
+    kind: Literal["image", "localizer", "non_image"] = "image"
+    if ds.get("Rows") is None or ds.get("Columns") is None:
+        if not sop_class or sop_class in _IMAGE_SOP_CLASSES:
+            raise DicomReadError(f"'{rel}' has an incomplete header (truncated file?)")
+        kind = "non_image"
+    elif sop_class == _DICOMDIR_SOP_CLASS:
+        kind = "non_image"
+    elif any(str(t).strip().upper() == "LOCALIZER" for t in types):
+        kind = "localizer"
+
+    series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+    if kind == "image" and not (series_uid and sop_uid):
+        raise DicomReadError(f"'{rel}' has no SeriesInstanceUID or SOPInstanceUID")
+    position = _floats(ds.get("ImagePositionPatient"), 3)
+    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
+    return _Header(
+        path=path,
+        kind=kind,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        instance_number=_int_or_none(ds.get("InstanceNumber")),
+        position=(position[0], position[1], position[2]) if position else None,
+        orientation=tuple(orientation) if orientation else None,
+        thickness=_first_float(ds.get("SliceThickness")),
+        shape=(int(ds.Rows), int(ds.Columns)) if kind != "non_image" else None,
+    )
+
+
+# --- sorting ----------------------------------------------------------------------------------
+
+
+def _sort(
+    headers: list[_Header],
+) -> tuple[
+    tuple[SliceRef, ...], SortMethod, tuple[float, float, float] | None, float | None, list[str]
+]:
+    """Sort by projected position when geometry allows, else by InstanceNumber (see module doc)."""
+    notes: list[str] = []
+    normal = _common_normal(headers, notes)
+    if normal is None:
+        return (*_sort_by_instance_number(headers, notes), notes)
+
+    positions = np.array([h.position for h in headers], dtype=np.float64)
+    z = positions @ normal
+    order = sorted(
+        range(len(headers)),
+        key=lambda i: (z[i], _instance_key(headers[i]), headers[i].sop_uid),
+    )
+    slices = tuple(_ref(headers[i], float(z[i])) for i in order)
+    spacing = _spacing_notes(np.array([s.z for s in slices]), slices, notes)
+    n = (float(normal[0]), float(normal[1]), float(normal[2]))
+    return slices, "geometry", n, spacing, notes
+
+
+def _common_normal(headers: list[_Header], notes: list[str]) -> np.ndarray | None:
+    """The unit slice normal shared by all slices, or ``None`` (with a note) when there is none."""
+    missing = sum(1 for h in headers if h.position is None or h.orientation is None)
+    if missing:
+        notes.append(
+            f"{missing} of {len(headers)} slices lack ImagePositionPatient/"
+            "ImageOrientationPatient; sorted by InstanceNumber"
+        )
+        return None
+    cosines = np.array([h.orientation for h in headers], dtype=np.float64)
+    deviation = float(np.abs(cosines - cosines[0]).max())
+    if deviation > ORIENTATION_TOLERANCE:
+        notes.append(
+            f"mixed orientation: ImageOrientationPatient differs by up to {deviation:.3g} "
+            "between slices; sorted by InstanceNumber"
+        )
+        return None
+    normal = np.cross(cosines[0, :3], cosines[0, 3:])
+    length = float(np.linalg.norm(normal))
+    if length < 1e-6:
+        notes.append("ImageOrientationPatient cosines are parallel; sorted by InstanceNumber")
+        return None
+    # "+ 0.0" turns -0.0 components into 0.0 so reported normals read cleanly.
+    return normal / length + 0.0
+
+
+def _sort_by_instance_number(
+    headers: list[_Header], notes: list[str]
+) -> tuple[tuple[SliceRef, ...], SortMethod, None, None]:
+    """Fallback order: InstanceNumber, then SOPInstanceUID; ``z`` is the rank."""
+    ordered = sorted(headers, key=lambda h: (_instance_key(h), h.sop_uid))
+    no_number = sum(1 for h in headers if h.instance_number is None)
+    if no_number:
+        notes.append(f"{no_number} slice(s) have no InstanceNumber; placed last")
+    counts = Counter(h.instance_number for h in headers if h.instance_number is not None)
+    repeated = sorted(k for k, v in counts.items() if v > 1)
+    if repeated:
+        listed = ", ".join(str(k) for k in repeated[:_MAX_LISTED])
+        notes.append(f"duplicate InstanceNumber(s): {listed}; order among them is arbitrary")
+    return tuple(_ref(h, float(i)) for i, h in enumerate(ordered)), "instance_number", None, None
+
+
+def _spacing_notes(z: np.ndarray, slices: tuple[SliceRef, ...], notes: list[str]) -> float | None:
+    """Median spacing along the normal; notes duplicate positions and gaps."""
+    if z.size < 2:
+        return None
+    steps = np.diff(z)
+    duplicate = steps <= DUPLICATE_TOLERANCE_MM
+    if duplicate.any():
+        where = [
+            f"z={slices[i].z:.2f} (#{slices[i].instance_number}, #{slices[i + 1].instance_number})"
+            for i in np.flatnonzero(duplicate)[:_MAX_LISTED]
+        ]
+        notes.append(f"{int(duplicate.sum())} duplicate position(s): {'; '.join(where)}")
+    distinct = steps[~duplicate]
+    if distinct.size == 0:
+        return None
+    spacing = float(np.median(distinct))
+    gap = ~duplicate & (steps > GAP_FACTOR * spacing)
+    if gap.any():
+        where = [
+            f"{steps[i]:.3f} mm between z={slices[i].z:.2f} and z={slices[i + 1].z:.2f}"
+            for i in np.flatnonzero(gap)[:_MAX_LISTED]
+        ]
+        notes.append(
+            f"{int(gap.sum())} gap(s) larger than {GAP_FACTOR}x the median spacing "
+            f"{spacing:.3f} mm: {'; '.join(where)}"
+        )
+    return spacing
+
+
+def _consistency_notes(headers: list[_Header]) -> list[str]:
+    """Notes on slice thickness and matrix size varying across the series."""
+    notes: list[str] = []
+    thicknesses = sorted({round(h.thickness, 3) for h in headers if h.thickness is not None})
+    if len(thicknesses) > 1:
+        notes.append(f"slice thickness varies: {', '.join(f'{t:g}' for t in thicknesses)} mm")
+    shapes = sorted({h.shape for h in headers if h.shape is not None})
+    if len(shapes) > 1:
+        notes.append(f"image sizes vary: {', '.join(f'{r}x{c}' for r, c in shapes)}")
+    return notes
+
+
+def _ref(header: _Header, z: float) -> SliceRef:
+    return SliceRef(
+        path=header.path,
+        sop_instance_uid=header.sop_uid,
+        instance_number=header.instance_number,
+        position=header.position,
+        z=z,
+        series_instance_uid=header.series_uid,
+    )
+
+
+def _instance_key(header: _Header) -> tuple[bool, int]:
+    # Slices without an InstanceNumber sort after those with one.
+    number = header.instance_number
+    return (number is None, 0 if number is None else number)
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+
+def _dcmread(path: Path, rel: str, *, stop_before_pixels: bool) -> Any:
+    """``pydicom.dcmread`` that names the file (relative to the root) in a ``DicomReadError``."""
+    try:
+        # Called through the module so tests can observe which files are opened.
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except Exception as exc:  # pydicom raises many types on corrupt or non-DICOM input
+        raise DicomReadError(f"cannot read DICOM file '{rel}': {_reason(exc)}") from exc
+
+
+def _checked_path(path: Path, root: Path) -> tuple[Path, str]:
+    """The resolved slice path and its name relative to the root; refuses paths outside it."""
+    resolved_root = root.resolve()
+    resolved = path.resolve()
+    if not resolved.is_relative_to(resolved_root):
+        raise InvalidSeriesId(f"slice file '{path.name}' is outside the data root")
+    return resolved, resolved.relative_to(resolved_root).as_posix()
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _reason(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
+
+
+def _values(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | bytes | int | float):
+        return [value]
+    return list(value)
+
+
+def _floats(value: Any, count: int) -> list[float] | None:
+    """Exactly ``count`` finite floats from a (multi-)value, else ``None``."""
+    try:
+        numbers = [float(v) for v in _values(value)]
+    except (TypeError, ValueError):
+        return None
+    if len(numbers) != count or not all(np.isfinite(numbers)):
+        return None
+    return numbers
+
+
+def _first_float(value: Any) -> float | None:
+    try:
+        numbers = [float(v) for v in _values(value)]
+    except (TypeError, ValueError):
+        return None
+    return numbers[0] if numbers and np.isfinite(numbers[0]) else None
+
+
+def _int_or_none(value: Any) -> int | None:
+    items = _values(value)
+    if not items or isinstance(items[0], bytes):
+        return None
+    try:
+        return int(items[0])
+    except (TypeError, ValueError):
+        return None

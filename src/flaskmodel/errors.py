@@ -1,0 +1,142 @@
+"""The FlaskModel error tree.
+
+Every error a user can cause or meet is one of these; the web layer maps the classes to HTTP
+status codes once (``flaskmodel.web.errors``) and the worker records ``error_type`` (the class's
+``type`` attribute) and the message in the job record. This module imports neither Flask nor Celery.
+
+::
+
+    FlaskModelError
+    ├── InvalidRequest            400  malformed body, bad field, bad key name
+    │   ├── InvalidInput          400  tensor does not match the model signature
+    │   └── InvalidSeriesId       400  series id outside the allowed characters / data root
+    ├── NotFound                  404
+    │   ├── JobNotFound           404  unknown or expired job id
+    │   ├── ModelNotFound         404  no such model (or version)
+    │   ├── SeriesNotFound        404  no slices for a series under the data root
+    │   └── KeyNotFound           404  key/value API
+    ├── Conflict                  409  e.g. cancelling a finished job
+    │   └── JobCancelled          409  a running job found itself cancelled (stops it)
+    ├── PayloadTooLarge           413
+    ├── SeriesError               422  DICOM that cannot be used (unreadable file, empty range, ...)
+    │   └── DicomReadError        422  one file that does not read or decode (names the file)
+    ├── Overloaded                429  admission control
+    ├── ServiceUnavailable        503  Redis down, no worker serving a model, model not ready
+    ├── JobTimeout                504  a job or call ran past its time limit
+    └── InternalError             500  a bug; never raised for bad input
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+
+class FlaskModelError(Exception):
+    """Base class: ``type`` is the machine-readable name, ``status`` the HTTP status code."""
+
+    type = "error"
+    status = 500
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, str]:
+        return {"type": self.type, "message": self.message}
+
+
+class InvalidRequest(FlaskModelError):
+    type = "invalid_request"
+    status = 400
+
+
+class InvalidInput(InvalidRequest):
+    type = "invalid_input"
+
+
+class InvalidSeriesId(InvalidRequest):
+    type = "invalid_series_id"
+
+
+class NotFound(FlaskModelError):
+    type = "not_found"
+    status = 404
+
+
+class JobNotFound(NotFound):
+    type = "job_not_found"
+
+
+class ModelNotFound(NotFound):
+    type = "model_not_found"
+
+
+class SeriesNotFound(NotFound):
+    type = "series_not_found"
+
+
+class KeyNotFound(NotFound):
+    type = "key_not_found"
+
+
+class Conflict(FlaskModelError):
+    type = "conflict"
+    status = 409
+
+
+class JobCancelled(Conflict):
+    type = "cancelled"
+
+
+class PayloadTooLarge(FlaskModelError):
+    type = "payload_too_large"
+    status = 413
+
+
+class SeriesError(FlaskModelError):
+    type = "series_error"
+    status = 422
+
+
+class DicomReadError(SeriesError):
+    type = "dicom_read_error"
+
+
+class Overloaded(FlaskModelError):
+    type = "overloaded"
+    status = 429
+
+
+class ServiceUnavailable(FlaskModelError):
+    type = "service_unavailable"
+    status = 503
+
+
+class JobTimeout(FlaskModelError):
+    type = "timeout"
+    status = 504
+
+
+class InternalError(FlaskModelError):
+    type = "internal_error"
+    status = 500
+
+
+_BY_TYPE: dict[str, type[FlaskModelError]] = {}
+
+
+def _collect(cls: type[FlaskModelError]) -> None:
+    _BY_TYPE[cls.type] = cls
+    for sub in cls.__subclasses__():
+        _collect(sub)
+
+
+_collect(FlaskModelError)
+
+
+def error_class(type_name: str) -> type[FlaskModelError]:
+    """The class for a recorded ``error_type`` (``FlaskModelError`` when unknown)."""
+    return _BY_TYPE.get(type_name, FlaskModelError)

@@ -1,0 +1,189 @@
+"""Job records in Redis: created at submit time, moved through their states atomically.
+
+Keys (all with the job TTL):
+
+- ``flaskmodel:job:<id>`` hash: state, kind, model, version, series_uid, request (JSON),
+  created_at/started_at/finished_at, done/total, attempts, error_type/error_message.
+- ``flaskmodel:result:<id>`` string: the result document (JSON).
+- ``flaskmodel:idem:<key>`` string: the job id an ``Idempotency-Key`` made.
+
+State changes run as one Lua script each, so a cancel racing a finishing worker leaves exactly
+one winner, and a terminal state is never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from flaskmodel.errors import Conflict, InvalidRequest, JobNotFound
+from flaskmodel.schemas import JobError, JobRequest, JobState, JobView, Progress
+from flaskmodel.storage.redis import key
+
+logger = logging.getLogger(__name__)
+
+# KEYS: job hash, result key (may be unused). ARGV: allowed states (comma list), new state,
+# ttl, result JSON ("" for none), then field/value pairs to set. Returns the state found.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return false end
+local allowed = ',' .. ARGV[1] .. ','
+if not string.find(allowed, ',' .. cur .. ',', 1, true) then return cur end
+redis.call('HSET', KEYS[1], 'state', ARGV[2])
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[3]) end
+return cur
+"""
+
+_ACTIVE = f"{JobState.QUEUED},{JobState.RUNNING}"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def request_digest(request: JobRequest) -> str:
+    body = request.model_dump_json(exclude_none=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+class JobStore:
+    """Creates, reads and moves job records."""
+
+    def __init__(self, client: redis.Redis, *, ttl: int) -> None:
+        self._redis = client
+        self._ttl = ttl
+        self._transition = client.register_script(_TRANSITION)
+
+    def create(
+        self, request: JobRequest, *, idempotency_key: str | None = None
+    ) -> tuple[str, bool]:
+        """A new QUEUED job's id and True, or an existing job's id and False (same key)."""
+        job_id = uuid.uuid4().hex
+        digest = request_digest(request)
+        if idempotency_key is not None:
+            if not 1 <= len(idempotency_key) <= 255 or not idempotency_key.isprintable():
+                raise InvalidRequest("Idempotency-Key must be 1-255 printable characters")
+            idem = key("idem", hashlib.sha256(idempotency_key.encode()).hexdigest())
+            if not self._redis.set(idem, job_id, nx=True, ex=self._ttl):
+                existing = self._redis.get(idem)
+                stored = self._redis.hget(key("job", str(existing)), "digest") if existing else None
+                if existing and stored is not None:
+                    if stored != digest:
+                        raise Conflict("Idempotency-Key was already used for a different request")
+                    return str(existing), False
+                self._redis.set(idem, job_id, ex=self._ttl)
+        fields: dict[Any, Any] = {
+            "state": JobState.QUEUED.value,
+            "kind": request.kind,
+            "model": request.model,
+            "request": request.model_dump_json(exclude_none=True),
+            "digest": digest,
+            "created_at": now(),
+            "done": 0,
+            "total": 0,
+            "attempts": 0,
+        }
+        if request.version is not None:
+            fields["version"] = request.version
+        if request.series_uid is not None:
+            fields["series_uid"] = request.series_uid
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(key("job", job_id), mapping=fields)
+        pipe.expire(key("job", job_id), self._ttl)
+        pipe.execute()
+        return job_id, True
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job whose enqueue failed (the client got an error, not a job id)."""
+        self._redis.delete(key("job", job_id))
+
+    def get(self, job_id: str) -> JobView:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(key("job", job_id))
+        pipe.get(key("result", job_id))
+        record, result = pipe.execute()
+        if not record:
+            raise JobNotFound(f"job '{job_id}' not found (unknown or expired)")
+        error = None
+        if record.get("error_type"):
+            error = JobError(type=record["error_type"], message=record.get("error_message", ""))
+        return JobView(
+            job_id=job_id,
+            state=JobState(record["state"]),
+            kind=record["kind"],
+            model=record["model"],
+            version=int(record["version"]) if record.get("version") else None,
+            series_uid=record.get("series_uid"),
+            progress=Progress(done=int(record.get("done", 0)), total=int(record.get("total", 0))),
+            attempts=int(record.get("attempts", 0)),
+            created_at=record["created_at"],
+            started_at=record.get("started_at"),
+            finished_at=record.get("finished_at"),
+            result=json.loads(result) if result else None,
+            error=error,
+        )
+
+    def request(self, job_id: str) -> JobRequest:
+        raw = self._redis.hget(key("job", job_id), "request")
+        if raw is None:
+            raise JobNotFound(f"job '{job_id}' not found (unknown or expired)")
+        return JobRequest.model_validate_json(raw)
+
+    def state(self, job_id: str) -> JobState | None:
+        raw = self._redis.hget(key("job", job_id), "state")
+        return JobState(str(raw)) if raw else None
+
+    def start(self, job_id: str) -> tuple[JobState | None, int]:
+        """Mark RUNNING (again, after a redelivery); returns the state found and the attempt."""
+        found = self._move(job_id, _ACTIVE, JobState.RUNNING, started_at=now())
+        if found is None or found.terminal:
+            return found, 0
+        return found, int(self._redis.hincrby(key("job", job_id), "attempts", 1))
+
+    def set_progress(self, job_id: str, done: int, total: int) -> None:
+        self._redis.hset(key("job", job_id), mapping={"done": done, "total": total})
+
+    def set_version(self, job_id: str, version: int) -> None:
+        self._redis.hset(key("job", job_id), "version", version)
+
+    def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
+        """Store the result and mark SUCCEEDED; False when the job was cancelled meanwhile."""
+        raw = json.dumps(result, separators=(",", ":"), allow_nan=False)
+        found = self._move(job_id, _ACTIVE, JobState.SUCCEEDED, result=raw, finished_at=now())
+        return found in (JobState.QUEUED, JobState.RUNNING)
+
+    def fail(self, job_id: str, error_type: str, message: str) -> bool:
+        found = self._move(
+            job_id,
+            _ACTIVE,
+            JobState.FAILED,
+            finished_at=now(),
+            error_type=error_type,
+            error_message=message,
+        )
+        return found in (JobState.QUEUED, JobState.RUNNING)
+
+    def cancel(self, job_id: str) -> JobView:
+        found = self._move(job_id, _ACTIVE, JobState.CANCELLED, finished_at=now())
+        if found is None:
+            raise JobNotFound(f"job '{job_id}' not found (unknown or expired)")
+        if found not in (JobState.QUEUED, JobState.RUNNING):
+            raise Conflict(f"job '{job_id}' already finished ({found.value}); nothing to cancel")
+        return self.get(job_id)
+
+    def _move(
+        self, job_id: str, allowed: str, new: JobState, *, result: str = "", **fields: Any
+    ) -> JobState | None:
+        args: list[Any] = [allowed, new.value, self._ttl, result]
+        for name, value in fields.items():
+            args.extend([name, value])
+        found = self._transition(keys=[key("job", job_id), key("result", job_id)], args=args)
+        return JobState(found) if found else None

@@ -1,0 +1,1 @@
+"""Model runtimes: a small protocol with swappable backends and a shipped fake."""

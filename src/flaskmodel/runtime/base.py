@@ -1,0 +1,34 @@
+"""The ``ModelRuntime`` protocol every backend implements."""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import numpy as np
+
+from flaskmodel.schemas import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRuntime(Protocol):
+    """One loaded model version. ``load`` before ``predict``; ``close`` frees it."""
+
+    @property
+    def spec(self) -> ModelSpec: ...
+
+    def load(self) -> None: ...
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def close(self) -> None: ...
+
+
+def warm_up(runtime: ModelRuntime) -> None:
+    """Call the model once on zeros (batch 1) so the first real request pays no tracing cost."""
+    inputs = {
+        t.name: np.zeros([1, *[d if d is not None else 1 for d in t.shape[1:]]], dtype=t.dtype)
+        for t in runtime.spec.inputs
+    }
+    runtime.predict(inputs)

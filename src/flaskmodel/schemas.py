@@ -1,0 +1,135 @@
+"""Typed request, response and record models shared by the web tier and the workers."""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+logger = logging.getLogger(__name__)
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+SERIES_UID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobState(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class SliceRange(Strict):
+    """``[start, stop)`` over the geometrically sorted slices; either end may be left out."""
+
+    start: int | None = Field(default=None, ge=0)
+    stop: int | None = Field(default=None, ge=0)
+
+
+class JobRequest(Strict):
+    """``POST /v1/jobs``: a tensor job (``inputs``) or a DICOM series job (``series_uid``)."""
+
+    model: str = Field(pattern=MODEL_NAME_PATTERN)
+    version: int | None = Field(default=None, ge=1)
+    inputs: list[Any] | dict[str, Any] | None = None
+    series_uid: str | None = Field(default=None, pattern=SERIES_UID_PATTERN)
+    slices: SliceRange | None = None
+    postprocess: str | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> JobRequest:
+        if (self.inputs is None) == (self.series_uid is None):
+            raise ValueError(
+                "give exactly one of 'inputs' (tensor job) or 'series_uid' (series job)"
+            )
+        if self.inputs is not None and (self.slices is not None or self.postprocess is not None):
+            raise ValueError("'slices' and 'postprocess' apply to series jobs only")
+        if isinstance(self.inputs, list) and not self.inputs:
+            raise ValueError("'inputs' must hold at least one example")
+        return self
+
+    @property
+    def kind(self) -> Literal["tensor", "series"]:
+        return "tensor" if self.inputs is not None else "series"
+
+
+class Progress(BaseModel):
+    done: int = 0
+    total: int = 0
+
+
+class JobError(BaseModel):
+    type: str
+    message: str
+
+
+class JobView(BaseModel):
+    """``GET /v1/jobs/<id>``."""
+
+    job_id: str
+    state: JobState
+    kind: Literal["tensor", "series"]
+    model: str
+    version: int | None = None
+    series_uid: str | None = None
+    progress: Progress
+    attempts: int = 0
+    created_at: str
+    started_at: str | None = None
+    finished_at: str | None = None
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+
+
+class SubmitResponse(BaseModel):
+    job_id: str
+    state: JobState
+    status_url: str
+
+
+class TensorSpec(BaseModel):
+    """One input or output of a signature: numpy dtype name, shape with None for any size."""
+
+    name: str
+    dtype: str
+    shape: list[int | None]
+
+
+class ModelSpec(BaseModel):
+    """What a loaded model version takes and gives."""
+
+    name: str
+    version: int
+    signature_name: str = "serving_default"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class ModelAdvert(BaseModel):
+    """What one worker process serves of one model (published with its heartbeat)."""
+
+    name: str
+    versions: list[int]
+    latest: int
+    specs: dict[int, ModelSpec]
+    class_names: list[str] | None = None
+
+
+class WorkerHeartbeat(BaseModel):
+    worker_id: str
+    hostname: str
+    pid: int
+    ready: bool
+    models: dict[str, ModelAdvert] = Field(default_factory=dict)
+    errors: dict[str, str] = Field(default_factory=dict)

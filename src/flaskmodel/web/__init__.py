@@ -1,0 +1,33 @@
+"""The web tier: ``create_app()`` is gunicorn's entry (``flaskmodel.web:create_app()``).
+
+It imports no TensorFlow, pydicom or grpc: models run in the workers, and a test proves it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from flaskmodel.settings import Settings
+from flaskmodel.web import errors, health, jobs, kv, legacy, series
+from flaskmodel.web.services import init_services
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the Flask app; nothing connects until the first request."""
+    settings = settings or Settings()
+    app = Flask("flaskmodel")
+    app.config["MAX_CONTENT_LENGTH"] = settings.web.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    init_services(app, settings)
+    register_blueprints(app)
+    errors.register_error_handlers(app)
+    return app
+
+
+def register_blueprints(app: Flask) -> None:
+    for module in (health, jobs, kv, series, legacy):
+        app.register_blueprint(module.bp)

@@ -1,0 +1,43 @@
+"""``/v1/jobs``: submit, read and cancel jobs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, request, url_for
+
+from flaskmodel.schemas import JobRequest, SubmitResponse
+from flaskmodel.web.body import json_body, parse
+from flaskmodel.web.services import services
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("jobs", __name__)
+
+
+def submit(job_request: JobRequest) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Admit a job; 202 + Location when new, 200 for an idempotent repeat."""
+    svc = services()
+    job_id, created = svc.submitter.submit(
+        job_request, idempotency_key=request.headers.get("Idempotency-Key")
+    )
+    view = svc.jobs.get(job_id)
+    status_url = url_for("jobs.get_job", job_id=job_id)
+    body = SubmitResponse(job_id=job_id, state=view.state, status_url=status_url)
+    return body.model_dump(mode="json"), 202 if created else 200, {"Location": status_url}
+
+
+@bp.post("/v1/jobs")
+def create_job() -> tuple[dict[str, Any], int, dict[str, str]]:
+    return submit(parse(JobRequest, json_body()))
+
+
+@bp.get("/v1/jobs/<job_id>")
+def get_job(job_id: str) -> dict[str, Any]:
+    return services().jobs.get(job_id).model_dump(mode="json", exclude_none=True)
+
+
+@bp.delete("/v1/jobs/<job_id>")
+def cancel_job(job_id: str) -> dict[str, Any]:
+    return services().jobs.cancel(job_id).model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,83 @@
+"""The Celery app, configured entirely from Settings (JSON only, late acks, short publish retry)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from flaskmodel.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+TASK_RUN_JOB = "flaskmodel.run_job"
+
+
+def broker_url(settings: Settings) -> str:
+    """The Redis URL in kombu's spelling (``redis+socket://`` for unix sockets)."""
+    url = settings.redis_url()
+    if url.startswith("unix://"):
+        url = "redis+socket://" + url.removeprefix("unix://")
+    if settings.redis.password and "@" not in url.split("//", 1)[1].split("/", 1)[0]:
+        scheme, rest = url.split("://", 1)
+        secret = settings.redis.password.get_secret_value()
+        url = f"{scheme}://:{secret}@{rest}"
+    return url
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    url = broker_url(settings)
+    jobs = settings.jobs
+    transport = {
+        # A lease: an unacked job is redelivered after this, so it must outlive the hard limit.
+        "visibility_timeout": jobs.visibility_timeout,
+        "socket_timeout": settings.redis.socket_timeout,
+        "socket_connect_timeout": settings.redis.connect_timeout,
+        "max_connections": settings.redis.max_connections,
+    }
+    return {
+        "broker_url": url,
+        "result_backend": url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_ignore_result": True,  # job results live in the JobStore, not Celery's backend
+        "result_expires": jobs.ttl_seconds,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": {"visibility_timeout": jobs.visibility_timeout},
+        "visibility_timeout": jobs.visibility_timeout,
+        "redis_socket_timeout": settings.redis.socket_timeout,
+        "redis_socket_connect_timeout": settings.redis.connect_timeout,
+        "broker_connection_timeout": settings.redis.connect_timeout,
+        "broker_connection_retry_on_startup": True,
+        # With Redis down a default publish blocks ~19 s; fail fast and answer 503 instead.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": settings.jobs.publish_timeout / 4,
+            "interval_max": settings.jobs.publish_timeout / 2,
+        },
+        "task_soft_time_limit": jobs.soft_time_limit,
+        "task_time_limit": jobs.time_limit,
+        "task_default_queue": settings.worker.queue,
+        "task_create_missing_queues": True,
+        "worker_proc_alive_timeout": settings.worker.proc_alive_timeout,
+        "worker_max_tasks_per_child": settings.worker.max_tasks_per_child or None,
+        "worker_hijack_root_logger": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_enable_remote_control": True,
+    }
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A configured Celery app; connects to nothing until used."""
+    app = Celery("flaskmodel", set_as_current=False)
+    app.conf.update(celery_config(settings))
+    app.flaskmodel_settings = settings
+    return app

@@ -1,0 +1,119 @@
+"""The worker's per-process composition root: Redis, job store, model repository, runner.
+
+Built after fork in each pool process (``worker_process_init``), or in the main process for the
+solo pool (``worker_init``). Models load and warm there, before the process's heartbeat says
+ready; the heartbeat thread keeps ``flaskmodel:worker:<id>`` fresh while the process lives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from flaskmodel.jobs import JobStore
+from flaskmodel.runtime.repository import ModelRepository
+from flaskmodel.schemas import WorkerHeartbeat
+from flaskmodel.settings import Settings
+from flaskmodel.storage.redis import connect
+from flaskmodel.storage.workers import WorkerRegistry
+from flaskmodel.worker.runner import JobRunner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    redis: redis.Redis
+    jobs: JobStore
+    repository: ModelRepository
+    registry: WorkerRegistry
+    runner: JobRunner
+    worker_id: str
+    ready: bool = False
+    errors: dict[str, str] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def build(cls, settings: Settings) -> WorkerContext:
+        client = connect(settings)
+        jobs = JobStore(client, ttl=settings.jobs.ttl_seconds)
+        repository = ModelRepository(
+            settings.models_root, backend=settings.runtime.backend, warmup=settings.runtime.warmup
+        )
+        return cls(
+            settings=settings,
+            redis=client,
+            jobs=jobs,
+            repository=repository,
+            registry=WorkerRegistry(client, ttl=settings.worker.heartbeat_seconds * 3),
+            runner=JobRunner(settings, jobs, repository, client),
+            worker_id=f"{socket.gethostname()}:{os.getpid()}",
+        )
+
+    def start(self) -> None:
+        """Load and warm every model, then keep the heartbeat going in a daemon thread."""
+        self.beat()  # live (not ready) while models load
+        self.errors = self.repository.load_all()
+        self.ready = not self.errors
+        self.beat()
+        thread = threading.Thread(target=self._beat_loop, name="flaskmodel-heartbeat", daemon=True)
+        thread.start()
+
+    def heartbeat(self) -> WorkerHeartbeat:
+        return WorkerHeartbeat(
+            worker_id=self.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            ready=self.ready,
+            models=self.repository.adverts() if self.ready else {},
+            errors=self.errors,
+        )
+
+    def beat(self) -> None:
+        try:
+            self.registry.beat(self.heartbeat())
+        except redis.RedisError as exc:
+            logger.warning("heartbeat failed: %s", exc)
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(self.settings.worker.heartbeat_seconds):
+            self.beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.registry.remove(self.worker_id)
+        except redis.RedisError as exc:
+            logger.warning("could not remove heartbeat: %s", exc)
+        self.repository.close()
+
+
+_current: WorkerContext | None = None
+
+
+def install(settings: Settings) -> WorkerContext:
+    """Build and start this process's context."""
+    global _current  # noqa: PLW0603 - one context per process, set by the worker signals
+    _current = WorkerContext.build(settings)
+    _current.start()
+    return _current
+
+
+def current() -> WorkerContext:
+    if _current is None:
+        raise RuntimeError("worker context not installed in this process")
+    return _current
+
+
+def uninstall(**_: Any) -> None:
+    global _current  # noqa: PLW0603
+    if _current is not None:
+        _current.stop()
+        _current = None

@@ -1,0 +1,98 @@
+"""``JobRunner``: runs one job end to end in a worker process (the service behind the task).
+
+Idempotent under redelivery: a job found CANCELLED or finished is skipped, the attempt counter
+bounds how often a job that kills its worker is retried, and results are written with one atomic
+state transition.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+
+from flaskmodel.errors import FlaskModelError
+from flaskmodel.jobs import JobStore
+from flaskmodel.runtime.repository import ModelRepository
+from flaskmodel.schemas import JobRequest, JobState
+from flaskmodel.settings import Settings
+from flaskmodel.tensors import decode_inputs, encode_outputs
+
+logger = logging.getLogger(__name__)
+
+
+class JobRunner:
+    """Executes tensor and series jobs against the process's model repository."""
+
+    def __init__(
+        self, settings: Settings, jobs: JobStore, repository: ModelRepository, client: redis.Redis
+    ) -> None:
+        self._settings = settings
+        self._jobs = jobs
+        self._repository = repository
+        self._redis = client
+
+    def run(self, job_id: str) -> None:
+        found, attempt = self._jobs.start(job_id)
+        if found is None:
+            logger.warning("job %s: no record (expired or unknown); skipped", job_id)
+            return
+        if found.terminal:
+            logger.info("job %s is %s; skipped", job_id, found.value)
+            return
+        if attempt > self._settings.jobs.max_attempts:
+            self._jobs.fail(
+                job_id,
+                "worker_lost",
+                f"job was delivered {attempt} times and its worker died each time "
+                f"(limit {self._settings.jobs.max_attempts})",
+            )
+            return
+        if found is JobState.RUNNING:
+            logger.warning("job %s redelivered (attempt %d)", job_id, attempt)
+        started = time.perf_counter()
+        try:
+            request = self._jobs.request(job_id)
+            result = self._execute(job_id, request)
+        except FlaskModelError as exc:
+            logger.info("job %s failed: %s: %s", job_id, exc.type, exc.message)
+            self._jobs.fail(job_id, exc.type, exc.message)
+            return
+        except Exception as exc:
+            logger.exception("job %s crashed", job_id)
+            self._jobs.fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+            return
+        result.setdefault("timings", {})["total_seconds"] = round(time.perf_counter() - started, 6)
+        if not self._jobs.succeed(job_id, result):
+            logger.info("job %s finished after it was cancelled; result dropped", job_id)
+
+    def _execute(self, job_id: str, request: JobRequest) -> dict[str, Any]:
+        if request.kind == "tensor":
+            return self._tensor(job_id, request)
+        from flaskmodel.worker.series_job import run_series  # noqa: PLC0415 - pydicom only here
+
+        return run_series(
+            job_id, request, self._settings, self._jobs, self._repository, self._redis
+        )
+
+    def _tensor(self, job_id: str, request: JobRequest) -> dict[str, Any]:
+        assert request.inputs is not None
+        runtime = self._repository.get(request.model, request.version)
+        spec = runtime.spec
+        self._jobs.set_version(job_id, spec.version)
+        arrays = decode_inputs(request.inputs, spec)
+        batch = len(next(iter(arrays.values())))
+        self._jobs.set_progress(job_id, 0, batch)
+        started = time.perf_counter()
+        outputs = runtime.predict(arrays)
+        elapsed = time.perf_counter() - started
+        self._jobs.set_progress(job_id, batch, batch)
+        body = encode_outputs(outputs, row_format=isinstance(request.inputs, list))
+        body.update(
+            model_name=spec.name,
+            model_version=spec.version,
+            timings={"inference_seconds": round(elapsed, 6)},
+        )
+        return body

@@ -1,0 +1,27 @@
+"""Celery tasks: unpack ids and hand them to the per-process ``JobRunner``."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.exceptions import SoftTimeLimitExceeded
+
+from flaskmodel.worker.celery_app import TASK_RUN_JOB
+from flaskmodel.worker.context import current
+
+logger = logging.getLogger(__name__)
+
+
+def register_tasks(app: Celery) -> None:
+    """Attach the tasks to ``app``."""
+
+    @app.task(name=TASK_RUN_JOB, ignore_result=True)  # type: ignore[untyped-decorator]
+    def run_job(job_id: str) -> None:
+        context = current()
+        try:
+            context.runner.run(job_id)
+        except SoftTimeLimitExceeded:
+            limit = context.settings.jobs.soft_time_limit
+            logger.warning("job %s passed its time limit of %ds", job_id, limit)
+            context.jobs.fail(job_id, "timeout", f"job ran longer than its time limit of {limit} s")

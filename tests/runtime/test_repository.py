@@ -1,0 +1,59 @@
+"""The model repository with real SavedModels and the fake backend."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flaskmodel.errors import ModelNotFound
+from flaskmodel.runtime.repository import ModelRepository
+from tests.conftest import FAKE_SPEC, write_fake_model
+
+
+def test_savedmodel_signature_and_predict(models_root: Path) -> None:
+    repository = ModelRepository(models_root)
+    assert repository.names() == ["ct_classifier", "tiny"]
+    tiny = repository.get("tiny")
+    assert [(t.name, t.dtype, t.shape) for t in tiny.spec.inputs] == [("x", "float32", [None, 32])]
+    assert [(t.name, t.shape) for t in tiny.spec.outputs] == [("probabilities", [None, 10])]
+    out = tiny.predict({"x": np.ones((4, 32), np.float32)})["probabilities"]
+    assert out.shape == (4, 10)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+    ct = repository.get("ct_classifier")
+    assert ct.spec.inputs[0].shape == [None, 64, 64, 1]
+    assert repository.config("ct_classifier").class_names is not None
+    adverts = repository.adverts()
+    assert adverts["tiny"].latest == 1 and adverts["tiny"].specs[1] == tiny.spec
+    repository.close()
+
+
+def test_versions_and_rescan(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_fake_model(root, "m", 1, FAKE_SPEC)
+    write_fake_model(root, "m", 3, FAKE_SPEC)
+    (root / "m" / "2").mkdir()  # no model inside: not a version
+    repository = ModelRepository(root, backend="fake", rescan_seconds=0)
+    assert repository.versions("m") == [1, 3]
+    assert repository.get("m").spec.version == 3
+    assert repository.get("m", 1).spec.version == 1
+    with pytest.raises(ModelNotFound, match="no version 2"):
+        repository.get("m", 2)
+    write_fake_model(root, "m", 4, FAKE_SPEC)
+    assert repository.get("m").spec.version == 4
+    shutil.rmtree(root / "m")
+    with pytest.raises(ModelNotFound):
+        repository.get("m")
+
+
+def test_bad_model_is_reported_not_fatal(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_fake_model(root, "good", 1, FAKE_SPEC)
+    write_fake_model(root, "bad", 1, FAKE_SPEC)
+    (root / "bad" / "1" / "fake.json").write_text("{broken")
+    repository = ModelRepository(root, backend="fake")
+    errors = repository.load_all()
+    assert list(errors) == ["bad"]
+    assert list(repository.adverts()) == ["good"]

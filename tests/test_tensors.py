@@ -1,0 +1,70 @@
+"""Row and columnar tensor payloads against a signature."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flaskmodel.errors import InvalidInput
+from flaskmodel.schemas import ModelSpec, TensorSpec
+from flaskmodel.tensors import decode_inputs, encode_outputs
+
+ONE = ModelSpec(
+    name="m",
+    version=1,
+    inputs=[TensorSpec(name="x", dtype="float32", shape=[None, 2])],
+    outputs=[TensorSpec(name="y", dtype="float32", shape=[None, 1])],
+)
+TWO = ModelSpec(
+    name="m2",
+    version=1,
+    inputs=[
+        TensorSpec(name="a", dtype="float32", shape=[None, 2]),
+        TensorSpec(name="b", dtype="int64", shape=[None]),
+    ],
+    outputs=[],
+)
+
+
+def test_row_and_columnar_single_input() -> None:
+    rows = decode_inputs([[1, 2], [3, 4]], ONE)
+    cols = decode_inputs({"x": [[1, 2], [3, 4]]}, ONE)
+    for arrays in (rows, cols):
+        assert arrays["x"].dtype == np.float32
+        np.testing.assert_array_equal(arrays["x"], [[1, 2], [3, 4]])
+
+
+def test_row_format_with_named_inputs() -> None:
+    arrays = decode_inputs([{"a": [1, 2], "b": 3}, {"a": [3, 4], "b": 5}], TWO)
+    assert arrays["b"].dtype == np.int64
+    np.testing.assert_array_equal(arrays["b"], [3, 5])
+
+
+@pytest.mark.parametrize(
+    ("payload", "spec", "needle"),
+    [
+        ([[1, 2, 3]], ONE, "shape"),
+        ([1, 2], ONE, "dimensions"),
+        ([[1, 2], [3]], ONE, "rectangular"),
+        ([["a", "b"]], ONE, "numbers"),
+        ({"z": [[1, 2]]}, ONE, "'x'"),
+        ([{"a": [1, 2]}], TWO, "takes inputs"),
+        ({"a": [[1, 2]], "b": [1, 2]}, TWO, "batch"),
+        ({"a": [[1, 2]], "b": [1.5]}, TWO, "integers"),
+        ([[float("inf"), 1]], ONE, "infinity"),
+    ],
+)
+def test_bad_payloads(payload: object, spec: ModelSpec, needle: str) -> None:
+    with pytest.raises(InvalidInput, match=needle):
+        decode_inputs(payload, spec)  # type: ignore[arg-type]
+
+
+def test_encode_outputs() -> None:
+    y = {"y": np.array([[1.0], [2.0]])}
+    assert encode_outputs(y, row_format=True) == {"predictions": [[1.0], [2.0]]}
+    assert encode_outputs(y, row_format=False) == {"outputs": [[1.0], [2.0]]}
+    two = {"p": np.array([1, 2]), "q": np.array([3, 4])}
+    assert encode_outputs(two, row_format=True) == {
+        "predictions": [{"p": 1, "q": 3}, {"p": 2, "q": 4}]
+    }
+    assert encode_outputs(two, row_format=False) == {"outputs": {"p": [1, 2], "q": [3, 4]}}

@@ -1,0 +1,147 @@
+"""Jobs over HTTP through real gunicorn, a real Celery worker, real Redis and a real SavedModel."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from tests.conftest import Stack
+
+
+def wait_job(stack: Stack, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body: dict[str, Any] = requests.get(stack.url(f"/v1/jobs/{job_id}"), timeout=5).json()
+        if body["state"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            return body
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} did not finish")
+
+
+def tiny_reference(models_root: Path, x: np.ndarray) -> np.ndarray:
+    import tensorflow as tf  # noqa: PLC0415
+
+    fn = tf.saved_model.load(str(models_root / "tiny" / "1")).signatures["serving_default"]
+    out = fn(x=tf.constant(x))
+    return np.asarray(next(iter(out.values())).numpy())
+
+
+def test_tensor_job_matches_the_savedmodel(stack: Stack, models_root: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(3, 32)).astype(np.float32)
+    response = requests.post(
+        stack.url("/v1/jobs"), json={"model": "tiny", "inputs": x.tolist()}, timeout=10
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert response.headers["Location"] == body["status_url"] == f"/v1/jobs/{body['job_id']}"
+    assert body["state"] == "QUEUED"
+    done = wait_job(stack, body["job_id"])
+    assert done["state"] == "SUCCEEDED", done
+    assert done["model"] == "tiny" and done["version"] == 1
+    assert done["progress"] == {"done": 3, "total": 3}
+    assert done["created_at"] <= done["started_at"] <= done["finished_at"]
+    got = np.array(done["result"]["predictions"], dtype=np.float32)
+    np.testing.assert_allclose(got, tiny_reference(models_root, x), rtol=1e-5, atol=1e-6)
+
+
+def test_columnar_inputs_give_outputs(stack: Stack, models_root: Path) -> None:
+    x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
+    response = requests.post(
+        stack.url("/v1/jobs"),
+        json={"model": "tiny", "version": 1, "inputs": {"x": x.tolist()}},
+        timeout=10,
+    )
+    assert response.status_code == 202, response.text
+    done = wait_job(stack, response.json()["job_id"])
+    got = np.array(done["result"]["outputs"], dtype=np.float32)
+    np.testing.assert_allclose(got, tiny_reference(models_root, x), rtol=1e-5, atol=1e-6)
+
+
+def test_idempotency_key_returns_the_first_job(stack: Stack) -> None:
+    key = uuid.uuid4().hex
+    payload = {"model": "tiny", "inputs": [[0.5] * 32]}
+    first = requests.post(
+        stack.url("/v1/jobs"), json=payload, headers={"Idempotency-Key": key}, timeout=10
+    )
+    second = requests.post(
+        stack.url("/v1/jobs"), json=payload, headers={"Idempotency-Key": key}, timeout=10
+    )
+    assert first.status_code == 202
+    assert second.status_code == 200
+    assert first.json()["job_id"] == second.json()["job_id"]
+    other = requests.post(
+        stack.url("/v1/jobs"),
+        json={"model": "tiny", "inputs": [[0.25] * 32]},
+        headers={"Idempotency-Key": key},
+        timeout=10,
+    )
+    assert other.status_code == 409
+    assert "Idempotency-Key" in other.json()["error"]
+
+
+def test_unknown_job_is_404_json(stack: Stack) -> None:
+    response = requests.get(stack.url("/v1/jobs/does-not-exist"), timeout=5)
+    assert response.status_code == 404
+    assert response.headers["Content-Type"] == "application/json"
+    assert "not found" in response.json()["error"]
+    assert requests.delete(stack.url("/v1/jobs/nope"), timeout=5).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        ({"model": "tiny", "inputs": [[1.0] * 31]}, 400, "shape"),
+        ({"model": "tiny", "inputs": [["a"] * 32]}, 400, "numbers"),
+        ({"model": "tiny", "inputs": {"y": [[1.0] * 32]}}, 400, "'x'"),
+        ({"model": "tiny"}, 400, "exactly one"),
+        ({"model": "tiny", "inputs": [[1.0] * 32], "extra": 1}, 400, "extra"),
+        ({"model": "nope", "inputs": [[1.0] * 32]}, 404, "model 'nope'"),
+        ({"model": "tiny", "version": 9, "inputs": [[1.0] * 32]}, 404, "version 9"),
+        ({"model": "../x", "inputs": [[1.0]]}, 400, "model"),
+    ],
+)
+def test_bad_job_requests(stack: Stack, payload: dict[str, Any], status: int, needle: str) -> None:
+    response = requests.post(stack.url("/v1/jobs"), json=payload, timeout=10)
+    assert response.status_code == status, response.text
+    assert needle in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (b"{not json", {"Content-Type": "application/json"}, 400),
+        (b"", {}, 400),
+        (b'{"model": "tiny", "inputs": [[NaN]]}', {}, 400),
+        (b"[" * 5000 + b"]" * 5000, {}, 400),
+        (b"\xff\xfe", {}, 400),
+        (b"x" * 1_100_000, {}, 413),
+    ],
+)
+def test_malformed_bodies_are_json_4xx(
+    stack: Stack, body: bytes, headers: dict[str, str], status: int
+) -> None:
+    response = requests.post(stack.url("/v1/jobs"), data=body, headers=headers, timeout=10)
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["error"]
+
+
+def test_flask_404_405_are_json(stack: Stack) -> None:
+    missing = requests.get(stack.url("/no/such/route"), timeout=5)
+    assert missing.status_code == 404 and missing.json()["error"]
+    wrong = requests.put(stack.url("/v1/jobs"), timeout=5)
+    assert wrong.status_code == 405 and wrong.json()["error"]
+    assert "POST" in wrong.headers["Allow"]
+
+
+def test_health_and_readiness(stack: Stack) -> None:
+    assert requests.get(stack.url("/healthz"), timeout=5).json() == {"status": "ok"}
+    ready = requests.get(stack.url("/readyz"), timeout=5)
+    assert ready.status_code == 200
+    assert {"tiny", "ct_classifier"} <= set(ready.json()["models"])
