@@ -6,10 +6,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from pydantic import ValidationError
 
+from flaskmodel.client import Client, ClientError
 from flaskmodel.logs import configure
 from flaskmodel.settings import Settings, settings_table
 
@@ -102,6 +104,64 @@ def up(port: int | None) -> None:
     from flaskmodel.stack import run_stack  # noqa: PLC0415
 
     sys.exit(run_stack(settings, port=port, announce=click.echo))
+
+
+@main.command()
+@click.argument("series_uid")
+@click.option("--model", default=None, help="Model name (default: series.default_model).")
+@click.option("--start", type=int, default=None, help="First slice (sorted order, inclusive).")
+@click.option("--stop", type=int, default=None, help="End slice (exclusive).")
+@click.option("--wait", "wait_", is_flag=True, help="Show progress, then the per-slice table.")
+@click.option("--url", default=None, help="Server URL (default: http://web.host:web.port).")
+def submit(
+    series_uid: str,
+    model: str | None,
+    start: int | None,
+    stop: int | None,
+    wait_: bool,
+    url: str | None,
+) -> None:
+    """Submit a DICOM series job and print its id (and, with --wait, its result)."""
+    settings = load_settings()
+    client = Client(url or f"http://{settings.web.host}:{settings.web.port}")
+    try:
+        job = client.submit_series(
+            series_uid, model=model or settings.series.default_model, start=start, stop=stop
+        )
+        click.echo(job["job_id"])
+        if not wait_:
+            return
+        view = _wait_with_bar(client, job["job_id"])
+    except ClientError as exc:
+        raise click.ClickException(exc.message) from exc
+    if view["state"] != "SUCCEEDED":
+        error = view.get("error", {})
+        raise click.ClickException(f"job {view['state']}: {error.get('message', '')}")
+    result = view["result"]
+    click.echo(
+        f"series {result['series_uid']}  model {result['model_name']} v{result['model_version']}"
+        f"  direction {result['direction']}"
+    )
+    click.echo(f"{'index':>5}  {'instance':>8}  {'z (mm)':>9}  {'label':<16} {'raw':<16} score")
+    for row in result["slices"]:
+        top = max(row["scores"])
+        number = "" if row["instance_number"] is None else row["instance_number"]
+        click.echo(
+            f"{row['index']:>5}  {number:>8}  {row['z']:>9.2f}  {row['label']:<16} "
+            f"{row['label_raw']:<16} {top:.3f}"
+        )
+
+
+def _wait_with_bar(client: Client, job_id: str) -> dict[str, Any]:
+    with click.progressbar(length=1, label="slices", show_pos=True, file=sys.stderr) as bar:
+
+        def show(view: dict[str, Any]) -> None:
+            total = view["progress"]["total"]
+            if total and bar.length != total:
+                bar.length = total
+            bar.update(view["progress"]["done"] - bar.pos)
+
+        return client.wait(job_id, on_progress=show)
 
 
 @main.group()

@@ -1,4 +1,4 @@
-"""HU reading (flaskmodel.dicom.series.load_hu/file_window) and flaskmodel.dicom.preprocess."""
+"""HU reading (flaskmodel.dicom.pixels.load_hu/file_window) and flaskmodel.dicom.preprocess."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 from pydicom.pixels.processing import apply_modality_lut  # = pydicom.pixels.apply_modality_lut
 
+from flaskmodel.dicom.pixels import file_window, load_hu
 from flaskmodel.dicom.preprocess import (
     WINDOW_PRESETS,
     PreprocessConfig,
@@ -19,7 +20,7 @@ from flaskmodel.dicom.preprocess import (
     resize,
     resolve_window,
 )
-from flaskmodel.dicom.series import SliceRef, file_window, load_hu, scan_series
+from flaskmodel.dicom.series import SliceRef, scan_series
 from flaskmodel.errors import DicomReadError, SeriesError
 
 from .conftest import Samples, SliceWriter

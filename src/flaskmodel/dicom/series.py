@@ -1,8 +1,12 @@
-"""Find, check and sort the slices of one DICOM series under the data root; read one slice as HU.
+"""Find, check and sort the slices of one DICOM series under the data root.
 
 A series id names a folder directly under the data root (usually its SeriesInstanceUID, but any
 allow-listed name works). ``scan_series`` walks that folder recursively, reads headers only, keeps
-the image slices of one SeriesInstanceUID and sorts them geometrically.
+the image slices of one SeriesInstanceUID and sorts them geometrically. This module owns
+``scan_series`` (grouping and sorting), ``Series``/``SliceRef`` and ``resolve_series_dir``; the
+folder walk and header parsing live in ``flaskmodel.dicom.headers``, reading a slice as HU in
+``flaskmodel.dicom.pixels`` (``load_hu``/``file_window`` are re-exported here) and the shared file
+helpers in ``flaskmodel.dicom.files``.
 
 Sort order: ``z = ImagePositionPatient · n`` with ``n = row cosines × column cosines`` (from
 ImageOrientationPatient, normalised), and slices are sorted by **ascending z**. In the patient's
@@ -20,19 +24,32 @@ with the file named relative to the data root.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-import pydicom
-from pydicom.pixels.processing import apply_modality_lut
 
-from flaskmodel.errors import DicomReadError, InvalidSeriesId, SeriesError, SeriesNotFound
+from flaskmodel.dicom.files import relative_name
+from flaskmodel.dicom.headers import Header, read_header, walk_files
+from flaskmodel.dicom.pixels import file_window, load_hu
+from flaskmodel.errors import InvalidSeriesId, SeriesError, SeriesNotFound
+
+__all__ = [
+    "DUPLICATE_TOLERANCE_MM",
+    "GAP_FACTOR",
+    "ORIENTATION_TOLERANCE",
+    "SERIES_ID_PATTERN",
+    "Series",
+    "SliceRef",
+    "SortMethod",
+    "file_window",
+    "load_hu",
+    "resolve_series_dir",
+    "scan_series",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,26 +64,9 @@ ORIENTATION_TOLERANCE = 1e-3
 DUPLICATE_TOLERANCE_MM = 0.01
 #: A spacing larger than this multiple of the median spacing is reported as a gap.
 GAP_FACTOR = 1.5
-#: HU written into padding pixels unless the image holds lower genuine values (air).
-AIR_HU = -1024.0
 
-_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
-# Image storage SOP classes: a file of one of these without Rows/Columns has a broken header
-# (pydicom reads a truncated file without complaint), so it is an error, not a non-image object.
-_IMAGE_SOP_CLASSES = frozenset(
-    "1.2.840.10008.5.1.4.1.1." + suffix
-    for suffix in (
-        "1", "1.1", "1.1.1", "1.2", "1.2.1", "1.3", "1.3.1",  # CR, DX, MG, IO
-        "2", "2.1", "2.2",  # CT, Enhanced CT, Legacy Converted Enhanced CT
-        "4", "4.1", "4.4",  # MR, Enhanced MR, Legacy Converted Enhanced MR
-        "6.1", "7", "7.1", "7.2", "7.3", "7.4", "12.1", "20",  # US, SC, XA, NM
-        "128", "128.1", "130",  # PET, Legacy Converted Enhanced PET, Enhanced PET
-    )
-)  # fmt: skip
 # How many individual gaps/duplicates a warning spells out before it only counts them.
 _MAX_LISTED = 5
-# pydicom messages can be long (whole reprs); errors keep the first part only.
-_MAX_REASON = 200
 
 SortMethod = Literal["geometry", "instance_number"]
 
@@ -120,21 +120,6 @@ class Series:
         return self.slices[lo:hi]
 
 
-@dataclass(frozen=True)
-class _Header:
-    """What the scan needs from one file's header."""
-
-    path: Path
-    kind: Literal["image", "localizer", "non_image"]
-    series_uid: str
-    sop_uid: str
-    instance_number: int | None
-    position: tuple[float, float, float] | None
-    orientation: tuple[float, ...] | None  # the six direction cosines
-    thickness: float | None
-    shape: tuple[int, int] | None
-
-
 def resolve_series_dir(data_root: Path, series_uid: str) -> Path:
     """The resolved folder of ``series_uid`` under ``data_root``.
 
@@ -165,9 +150,11 @@ def scan_series(data_root: Path, series_uid: str) -> Series:
     root = data_root.resolve()
     folder = resolve_series_dir(data_root, series_uid)
     notes: list[str] = []
-    headers = [_read_header(path, _relative(path, root)) for path in _walk(folder, root, notes)]
+    headers = [
+        read_header(path, relative_name(path, root)) for path in walk_files(folder, root, notes)
+    ]
 
-    groups: dict[str, list[_Header]] = {}
+    groups: dict[str, list[Header]] = {}
     localizers: Counter[str] = Counter()
     non_image = 0
     for header in headers:
@@ -225,152 +212,11 @@ def scan_series(data_root: Path, series_uid: str) -> Series:
     )
 
 
-def load_hu(ref: SliceRef, root: Path) -> np.ndarray:
-    """One slice as float32 Hounsfield units, shape ``[rows, columns]``.
-
-    Decodes the pixel data (compressed syntaxes through the installed pydicom plugins) and applies
-    the slice's own modality LUT exactly as ``pydicom.pixels.apply_modality_lut`` does. Pixels
-    equal to PixelPaddingValue (or within PixelPaddingRangeLimit) are set to
-    ``min(-1024, lowest non-padding HU)``: air, unless the image itself goes lower, so padding
-    never looks like tissue after windowing. Raises ``DicomReadError`` naming the file when it does
-    not read or decode, and ``SeriesError`` for multi-frame or multi-sample (colour) images.
-    """
-    path, rel = _checked_path(ref.path, root)
-    ds = _dcmread(path, rel, stop_before_pixels=False)
-    frames = _int_or_none(ds.get("NumberOfFrames"))
-    if frames is not None and frames > 1:
-        raise SeriesError(f"'{rel}' is a multi-frame image ({frames} frames); not supported")
-    meta = getattr(ds, "file_meta", None)
-    syntax = meta.get("TransferSyntaxUID", "unknown") if meta is not None else "unknown"
-    try:
-        stored: np.ndarray = ds.pixel_array
-        modality: np.ndarray = apply_modality_lut(stored, ds)
-    except Exception as exc:  # decoders raise many types (plugins missing, corrupt stream)
-        raise DicomReadError(
-            f"cannot decode pixel data of '{rel}' (transfer syntax {syntax}): {_reason(exc)}"
-        ) from exc
-    if stored.ndim != 2:
-        raise SeriesError(f"'{rel}' has pixel shape {stored.shape}; only 2-D greyscale slices")
-    hu = np.asarray(modality, dtype=np.float32)
-
-    padding = _int_or_none(ds.get("PixelPaddingValue"))
-    if padding is not None:
-        limit = _int_or_none(ds.get("PixelPaddingRangeLimit"))
-        low, high = sorted((padding, padding if limit is None else limit))
-        mask = (stored >= low) & (stored <= high)
-        if mask.any():
-            genuine = hu[~mask]
-            fill = min(AIR_HU, float(genuine.min())) if genuine.size else AIR_HU
-            # Copy first: the modality LUT may have returned the decoder's own buffer.
-            hu = hu.copy()
-            hu[mask] = fill
-    return hu
-
-
-def file_window(ref: SliceRef, root: Path) -> tuple[float, float] | None:
-    """The file's own first ``(WindowCenter, WindowWidth)``, or ``None`` when absent or unusable.
-
-    Multi-valued attributes give their first value; a width that is not positive gives ``None``.
-    """
-    path, rel = _checked_path(ref.path, root)
-    ds = _dcmread(path, rel, stop_before_pixels=True)
-    center = _first_float(ds.get("WindowCenter"))
-    width = _first_float(ds.get("WindowWidth"))
-    if center is None or width is None or not width > 0:
-        logger.debug("no usable WindowCenter/WindowWidth in %s", rel)
-        return None
-    return center, width
-
-
-# --- scanning ---------------------------------------------------------------------------------
-
-
-def _walk(folder: Path, root: Path, notes: list[str]) -> Iterator[Path]:
-    """Candidate files under ``folder`` in a stable order, never one outside ``root``.
-
-    Skips hidden entries, DICOMDIR files and symlinked folders (not followed: they could loop or
-    leave the root); a symlinked file is used only when its target lies inside the root.
-    """
-
-    def fail(error: OSError) -> None:
-        where = _relative(Path(error.filename), root) if error.filename else "?"
-        raise SeriesError(f"cannot list '{where}': {error.strerror}") from error
-
-    seen: set[Path] = set()  # a file and a symlink to it are read once
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=fail, followlinks=False):
-        here = Path(dirpath)
-        for name in sorted(dirnames):
-            if (here / name).is_symlink():
-                notes.append(f"skipped symlinked folder '{_relative(here / name, root)}'")
-        dirnames[:] = sorted(
-            d for d in dirnames if not d.startswith(".") and not (here / d).is_symlink()
-        )
-        for name in sorted(filenames):
-            if name.startswith(".") or name.upper() == "DICOMDIR":
-                continue
-            path = here / name
-            if path.is_symlink():
-                target = path.resolve(strict=False)
-                if not target.is_relative_to(root) or not target.is_file():
-                    where = _relative(path, root)
-                    notes.append(f"skipped symlink '{where}' (target missing or outside the root)")
-                    continue
-                path = target
-            if path not in seen:
-                seen.add(path)
-                yield path
-
-
-def _read_header(path: Path, rel: str) -> _Header:
-    """Parse the header of one file (no pixel data); ``DicomReadError`` names it on failure."""
-    ds = _dcmread(path, rel, stop_before_pixels=True)
-    try:
-        return _header_of(ds, path, rel)
-    except DicomReadError:
-        raise
-    except Exception as exc:  # pydicom converts values lazily, so bad values fail here
-        raise DicomReadError(f"cannot read DICOM header of '{rel}': {_reason(exc)}") from exc
-
-
-def _header_of(ds: Any, path: Path, rel: str) -> _Header:
-    """Classify a header (image / localizer / non-image) and pull out the geometry."""
-    sop_class = str(ds.get("SOPClassUID", "") or "")
-    image_type = ds.get("ImageType")
-    types = [image_type] if isinstance(image_type, str) else list(image_type or [])
-    kind: Literal["image", "localizer", "non_image"] = "image"
-    if ds.get("Rows") is None or ds.get("Columns") is None:
-        if not sop_class or sop_class in _IMAGE_SOP_CLASSES:
-            raise DicomReadError(f"'{rel}' has an incomplete header (truncated file?)")
-        kind = "non_image"
-    elif sop_class == _DICOMDIR_SOP_CLASS:
-        kind = "non_image"
-    elif any(str(t).strip().upper() == "LOCALIZER" for t in types):
-        kind = "localizer"
-
-    series_uid = str(ds.get("SeriesInstanceUID", "") or "")
-    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
-    if kind == "image" and not (series_uid and sop_uid):
-        raise DicomReadError(f"'{rel}' has no SeriesInstanceUID or SOPInstanceUID")
-    position = _floats(ds.get("ImagePositionPatient"), 3)
-    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
-    return _Header(
-        path=path,
-        kind=kind,
-        series_uid=series_uid,
-        sop_uid=sop_uid,
-        instance_number=_int_or_none(ds.get("InstanceNumber")),
-        position=(position[0], position[1], position[2]) if position else None,
-        orientation=tuple(orientation) if orientation else None,
-        thickness=_first_float(ds.get("SliceThickness")),
-        shape=(int(ds.Rows), int(ds.Columns)) if kind != "non_image" else None,
-    )
-
-
 # --- sorting ----------------------------------------------------------------------------------
 
 
 def _sort(
-    headers: list[_Header],
+    headers: list[Header],
 ) -> tuple[
     tuple[SliceRef, ...], SortMethod, tuple[float, float, float] | None, float | None, list[str]
 ]:
@@ -392,7 +238,7 @@ def _sort(
     return slices, "geometry", n, spacing, notes
 
 
-def _common_normal(headers: list[_Header], notes: list[str]) -> np.ndarray | None:
+def _common_normal(headers: list[Header], notes: list[str]) -> np.ndarray | None:
     """The unit slice normal shared by all slices, or ``None`` (with a note) when there is none."""
     missing = sum(1 for h in headers if h.position is None or h.orientation is None)
     if missing:
@@ -419,7 +265,7 @@ def _common_normal(headers: list[_Header], notes: list[str]) -> np.ndarray | Non
 
 
 def _sort_by_instance_number(
-    headers: list[_Header], notes: list[str]
+    headers: list[Header], notes: list[str]
 ) -> tuple[tuple[SliceRef, ...], SortMethod, None, None]:
     """Fallback order: InstanceNumber, then SOPInstanceUID; ``z`` is the rank."""
     ordered = sorted(headers, key=lambda h: (_instance_key(h), h.sop_uid))
@@ -463,7 +309,7 @@ def _spacing_notes(z: np.ndarray, slices: tuple[SliceRef, ...], notes: list[str]
     return spacing
 
 
-def _consistency_notes(headers: list[_Header]) -> list[str]:
+def _consistency_notes(headers: list[Header]) -> list[str]:
     """Notes on slice thickness and matrix size varying across the series."""
     notes: list[str] = []
     thicknesses = sorted({round(h.thickness, 3) for h in headers if h.thickness is not None})
@@ -475,7 +321,7 @@ def _consistency_notes(headers: list[_Header]) -> list[str]:
     return notes
 
 
-def _ref(header: _Header, z: float) -> SliceRef:
+def _ref(header: Header, z: float) -> SliceRef:
     return SliceRef(
         path=header.path,
         sop_instance_uid=header.sop_uid,
@@ -486,77 +332,7 @@ def _ref(header: _Header, z: float) -> SliceRef:
     )
 
 
-def _instance_key(header: _Header) -> tuple[bool, int]:
+def _instance_key(header: Header) -> tuple[bool, int]:
     # Slices without an InstanceNumber sort after those with one.
     number = header.instance_number
     return (number is None, 0 if number is None else number)
-
-
-# --- small helpers ----------------------------------------------------------------------------
-
-
-def _dcmread(path: Path, rel: str, *, stop_before_pixels: bool) -> Any:
-    """``pydicom.dcmread`` that names the file (relative to the root) in a ``DicomReadError``."""
-    try:
-        # Called through the module so tests can observe which files are opened.
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
-    except Exception as exc:  # pydicom raises many types on corrupt or non-DICOM input
-        raise DicomReadError(f"cannot read DICOM file '{rel}': {_reason(exc)}") from exc
-
-
-def _checked_path(path: Path, root: Path) -> tuple[Path, str]:
-    """The resolved slice path and its name relative to the root; refuses paths outside it."""
-    resolved_root = root.resolve()
-    resolved = path.resolve()
-    if not resolved.is_relative_to(resolved_root):
-        raise InvalidSeriesId(f"slice file '{path.name}' is outside the data root")
-    return resolved, resolved.relative_to(resolved_root).as_posix()
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
-
-
-def _reason(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= _MAX_REASON else text[: _MAX_REASON - 3] + "..."
-
-
-def _values(value: Any) -> list[Any]:
-    if value is None or value == "":
-        return []
-    if isinstance(value, str | bytes | int | float):
-        return [value]
-    return list(value)
-
-
-def _floats(value: Any, count: int) -> list[float] | None:
-    """Exactly ``count`` finite floats from a (multi-)value, else ``None``."""
-    try:
-        numbers = [float(v) for v in _values(value)]
-    except (TypeError, ValueError):
-        return None
-    if len(numbers) != count or not all(np.isfinite(numbers)):
-        return None
-    return numbers
-
-
-def _first_float(value: Any) -> float | None:
-    try:
-        numbers = [float(v) for v in _values(value)]
-    except (TypeError, ValueError):
-        return None
-    return numbers[0] if numbers and np.isfinite(numbers[0]) else None
-
-
-def _int_or_none(value: Any) -> int | None:
-    items = _values(value)
-    if not items or isinstance(items[0], bytes):
-        return None
-    try:
-        return int(items[0])
-    except (TypeError, ValueError):
-        return None

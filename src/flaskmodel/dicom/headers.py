@@ -1,0 +1,139 @@
+"""Walk a series folder and read the header of each file in it (no pixel data).
+
+Owns ``walk_files`` (candidate files in a stable order, never one outside the data root: hidden
+entries, DICOMDIR files and symlinked folders are skipped) and ``read_header``, which parses one
+file's header into a ``Header``: image, localizer or non-image object, with the UIDs and geometry
+that ``flaskmodel.dicom.series`` groups and sorts by. A file that does not read as DICOM, or an
+image with a broken header, raises ``DicomReadError`` naming it relative to the data root.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from flaskmodel.dicom.files import (
+    first_float,
+    floats,
+    int_or_none,
+    read_dataset,
+    relative_name,
+    short_reason,
+)
+from flaskmodel.errors import DicomReadError, SeriesError
+
+logger = logging.getLogger(__name__)
+
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# Image storage SOP classes: a file of one of these without Rows/Columns has a broken header
+# (pydicom reads a truncated file without complaint), so it is an error, not a non-image object.
+_IMAGE_SOP_CLASSES = frozenset(
+    "1.2.840.10008.5.1.4.1.1." + suffix
+    for suffix in (
+        "1", "1.1", "1.1.1", "1.2", "1.2.1", "1.3", "1.3.1",  # CR, DX, MG, IO
+        "2", "2.1", "2.2",  # CT, Enhanced CT, Legacy Converted Enhanced CT
+        "4", "4.1", "4.4",  # MR, Enhanced MR, Legacy Converted Enhanced MR
+        "6.1", "7", "7.1", "7.2", "7.3", "7.4", "12.1", "20",  # US, SC, XA, NM
+        "128", "128.1", "130",  # PET, Legacy Converted Enhanced PET, Enhanced PET
+    )
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the scan needs from one file's header."""
+
+    path: Path
+    kind: Literal["image", "localizer", "non_image"]
+    series_uid: str
+    sop_uid: str
+    instance_number: int | None
+    position: tuple[float, float, float] | None
+    orientation: tuple[float, ...] | None  # the six direction cosines
+    thickness: float | None
+    shape: tuple[int, int] | None
+
+
+def walk_files(folder: Path, root: Path, notes: list[str]) -> Iterator[Path]:
+    """Candidate files under ``folder`` in a stable order, never one outside ``root``.
+
+    Skips hidden entries, DICOMDIR files and symlinked folders (not followed: they could loop or
+    leave the root); a symlinked file is used only when its target lies inside the root.
+    """
+
+    def fail(error: OSError) -> None:
+        where = relative_name(Path(error.filename), root) if error.filename else "?"
+        raise SeriesError(f"cannot list '{where}': {error.strerror}") from error
+
+    seen: set[Path] = set()  # a file and a symlink to it are read once
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=fail, followlinks=False):
+        here = Path(dirpath)
+        for name in sorted(dirnames):
+            if (here / name).is_symlink():
+                notes.append(f"skipped symlinked folder '{relative_name(here / name, root)}'")
+        dirnames[:] = sorted(
+            d for d in dirnames if not d.startswith(".") and not (here / d).is_symlink()
+        )
+        for name in sorted(filenames):
+            if name.startswith(".") or name.upper() == "DICOMDIR":
+                continue
+            path = here / name
+            if path.is_symlink():
+                target = path.resolve(strict=False)
+                if not target.is_relative_to(root) or not target.is_file():
+                    where = relative_name(path, root)
+                    notes.append(f"skipped symlink '{where}' (target missing or outside the root)")
+                    continue
+                path = target
+            if path not in seen:
+                seen.add(path)
+                yield path
+
+
+def read_header(path: Path, rel: str) -> Header:
+    """Parse the header of one file (no pixel data); ``DicomReadError`` names it on failure."""
+    ds = read_dataset(path, rel, stop_before_pixels=True)
+    try:
+        return _header_of(ds, path, rel)
+    except DicomReadError:
+        raise
+    except Exception as exc:  # pydicom converts values lazily, so bad values fail here
+        raise DicomReadError(f"cannot read DICOM header of '{rel}': {short_reason(exc)}") from exc
+
+
+def _header_of(ds: Any, path: Path, rel: str) -> Header:
+    """Classify a header (image / localizer / non-image) and pull out the geometry."""
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    image_type = ds.get("ImageType")
+    types = [image_type] if isinstance(image_type, str) else list(image_type or [])
+    kind: Literal["image", "localizer", "non_image"] = "image"
+    if ds.get("Rows") is None or ds.get("Columns") is None:
+        if not sop_class or sop_class in _IMAGE_SOP_CLASSES:
+            raise DicomReadError(f"'{rel}' has an incomplete header (truncated file?)")
+        kind = "non_image"
+    elif sop_class == _DICOMDIR_SOP_CLASS:
+        kind = "non_image"
+    elif any(str(t).strip().upper() == "LOCALIZER" for t in types):
+        kind = "localizer"
+
+    series_uid = str(ds.get("SeriesInstanceUID", "") or "")
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "")
+    if kind == "image" and not (series_uid and sop_uid):
+        raise DicomReadError(f"'{rel}' has no SeriesInstanceUID or SOPInstanceUID")
+    position = floats(ds.get("ImagePositionPatient"), 3)
+    orientation = floats(ds.get("ImageOrientationPatient"), 6)
+    return Header(
+        path=path,
+        kind=kind,
+        series_uid=series_uid,
+        sop_uid=sop_uid,
+        instance_number=int_or_none(ds.get("InstanceNumber")),
+        position=(position[0], position[1], position[2]) if position else None,
+        orientation=tuple(orientation) if orientation else None,
+        thickness=first_float(ds.get("SliceThickness")),
+        shape=(int(ds.Rows), int(ds.Columns)) if kind != "non_image" else None,
+    )
