@@ -50,7 +50,6 @@ def check(markdown: bool) -> None:
 def demo(ct_size: int, force: bool) -> None:
     """Build the demo models and the demo CT series (offline, deterministic)."""
     settings = load_settings()
-    configure(settings)
     from flaskmodel.demo import build_demo  # noqa: PLC0415 - imports TensorFlow
 
     for line in build_demo(settings.models_root, settings.data_root, ct_size=ct_size, force=force):

@@ -31,6 +31,7 @@ from typing import Any, cast
 import click
 from supervisor.xmlrpc import SupervisorTransport
 
+from flaskmodel.demo_series import DEMO_SERIES_UID
 from flaskmodel.deploy.render import (
     StackPaths,
     nginx_binary,
@@ -44,11 +45,14 @@ from flaskmodel.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-#: The sample request announced once the stack is ready; ``{base}`` is the stack's URL.
+#: The sample requests announced once the stack is ready; ``{base}`` is the stack's URL. The
+#: first classifies every slice of the demo CT series; the second reads the job back.
 SAMPLE_CURL = (
     "curl -s -X POST {base}/v1/jobs -H 'Content-Type: application/json' -d '"
-    + json.dumps({"model": "tiny", "inputs": [[0.0] * 32]}).replace("{", "{{").replace("}", "}}")
-    + "'"
+    + json.dumps({"model": "ct_classifier", "series_uid": DEMO_SERIES_UID})
+    .replace("{", "{{")
+    .replace("}", "}}")
+    + "'\n      curl -s {base}/v1/jobs/<job_id>   # state, progress, per-slice labels"
 )
 
 _POLL = 0.25
