@@ -98,3 +98,31 @@ def test_redelivered_job_resumes_from_stored_batches(
     assert len([k for k in stored if k.startswith("slice:")]) == 6
     assert redis_client.ttl("flaskmodel:series:" + view.result["series_uid"] + ":slow") > 0  # type: ignore[index]
     assert np.isclose(sum(rows[5]["scores"]), 1.0, atol=1e-4)
+
+
+def test_no_patient_identifiers_in_logs(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    redis_client: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from flaskmodel.demo import write_demo_series  # noqa: PLC0415
+
+    models = tmp_path / "models"
+    write_fake_model(models, "m", 1, IMAGE_SPEC)
+    folder = write_demo_series(tmp_path / "data", n_slices=6, size=32)
+    settings = make_settings(models_root=models, runtime={"backend": "fake"})
+    store = JobStore(redis_client, ttl=60)
+    runner = JobRunner(settings, store, ModelRepository(models, backend="fake"), redis_client)
+    caplog.set_level("DEBUG")
+    good, _ = store.create(JobRequest(model="m", series_uid=folder.name))
+    runner.run(good)
+    assert store.get(good).state is JobState.SUCCEEDED
+    first = sorted(folder.iterdir())[0]
+    first.write_bytes(first.read_bytes()[:-2000])  # a slice whose pixels no longer decode
+    bad, _ = store.create(JobRequest(model="m", series_uid=folder.name))
+    runner.run(bad)
+    assert store.get(bad).state is JobState.FAILED
+    text = caplog.text + str(store.get(bad).error)
+    for identifier in ("Demo^Phantom", "Phantom", "'DEMO'", "PatientID"):
+        assert identifier not in text
