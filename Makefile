@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test setup system-deps demo lint readme clean
+.PHONY: run test bench bench-quick setup system-deps demo lint readme clean
 
 run: setup
 	$(VENV)/bin/flaskmodel demo
@@ -31,6 +31,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[tf,dicom,dev]'
 	touch $@
+
+# The benchmark (wrk from Debian/Ubuntu packages); writes var/bench/report.md.
+bench: setup
+	command -v wrk >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	$(VENV)/bin/flaskmodel bench $(BENCH_FLAGS)
+
+bench-quick:
+	$(MAKE) bench BENCH_FLAGS=--quick
 
 demo: setup
 	$(VENV)/bin/flaskmodel demo

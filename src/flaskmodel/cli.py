@@ -163,6 +163,24 @@ def _wait_with_bar(client: Client, job_id: str) -> dict[str, Any]:
         return client.wait(job_id, on_progress=show)
 
 
+@main.command()
+@click.option("--quick", is_flag=True, help="Fewer cells, shorter runs (under 3 minutes).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("var/bench"),
+    show_default=True,
+    help="Where the benchmark models, stack and report go.",
+)
+def bench(quick: bool, out_dir: Path) -> None:
+    """Benchmark: in-process limits, then the real stack under wrk; writes a Markdown report."""
+    from flaskmodel.bench.run import run_bench  # noqa: PLC0415 - imports TensorFlow
+
+    path = run_bench(out_dir, quick=quick, say=click.echo)
+    click.echo(f"report: {path}")
+
+
 @main.group()
 def deploy() -> None:
     """Production deployment files."""

@@ -133,7 +133,7 @@ def _fit_softmax(
     return folded.astype(np.float32), (bias - mean @ folded).astype(np.float32)
 
 
-def _save(tf: Any, module: Any, signature: Any, target: Path) -> None:
+def save_module(tf: Any, module: Any, signature: Any, target: Path) -> None:
     """Save ``module`` with ``signature`` as serving_default into ``target`` atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".tmp-{target.name}-{os.getpid()}")
@@ -198,7 +198,7 @@ def build_ct_classifier(models_root: Path, size: int = 256, version: int = 1) ->
     folder = models_root / CT_MODEL
     _write_config(folder, ct_config(size))
     target = folder / str(version)
-    _save(tf, module, module.serve.get_concrete_function(), target)
+    save_module(tf, module, module.serve.get_concrete_function(), target)
     logger.info("built %s (%dx%d input) at %s", CT_MODEL, size, size, target)
     return target
 
@@ -232,6 +232,6 @@ def build_tiny(models_root: Path, version: int = 1) -> Path:
     folder = models_root / TINY_MODEL
     _write_config(folder, {"class_names": [str(i) for i in range(10)]})
     target = folder / str(version)
-    _save(tf, module, module.serve.get_concrete_function(), target)
+    save_module(tf, module, module.serve.get_concrete_function(), target)
     logger.info("built %s at %s", TINY_MODEL, target)
     return target
