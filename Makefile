@@ -3,14 +3,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test bench bench-quick setup system-deps demo lint readme clean
+.PHONY: run test browser bench bench-quick setup system-deps demo lint readme clean
 
 run: setup
 	$(VENV)/bin/flaskmodel demo
 	$(VENV)/bin/flaskmodel up
 
-test: setup lint
+test: setup browser lint
 	$(PY) -m pytest
+
+# Debian's chromium and chromedriver for the results viewer's browser test.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
 setup: system-deps $(VENV)/.installed
 

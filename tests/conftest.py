@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
+from flaskmodel.schemas import BatchStatsView
 from flaskmodel.settings import Settings
+from flaskmodel.storage.redis import connect
+from flaskmodel.storage.workers import WorkerRegistry
 from tests import procs
 
 SAMPLES = Path(__file__).parent / "data" / "dicom"
@@ -49,13 +54,35 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A repository with the real ``tiny`` SavedModel and a small real ``ct_classifier``."""
+    """Real SavedModels: ``tiny``, a small ``ct_classifier`` and the string model ``echo``."""
     from flaskmodel.demo import build_ct_classifier, build_tiny  # noqa: PLC0415
 
     root = tmp_path_factory.mktemp("models")
     build_tiny(root)
     build_ct_classifier(root, size=64)
+    build_echo(root)
     return root
+
+
+def build_echo(root: Path) -> Path:
+    """``echo``: ``text`` string [None] and ``scale`` float32 [None, 2] in; ``doubled`` (scale
+    × 2), ``length`` (int32 byte length of text) and ``text_bytes`` (text itself) out.
+    Its ``flaskmodel.json`` labels version 1 ``stable``."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    signature = [
+        tf.TensorSpec([None], tf.string, name="text"),
+        tf.TensorSpec([None, 2], tf.float32, name="scale"),
+    ]
+
+    @tf.function(input_signature=signature)
+    def serve(text: Any, scale: Any) -> dict[str, Any]:
+        return {"doubled": scale * 2.0, "length": tf.strings.length(text), "text_bytes": text}
+
+    target = root / "echo" / "1"
+    tf.saved_model.save(tf.Module(), str(target), signatures={"serving_default": serve})
+    (root / "echo" / "flaskmodel.json").write_text(json.dumps({"version_labels": {"stable": 1}}))
+    return target
 
 
 @pytest.fixture
@@ -103,6 +130,52 @@ class Stack:
     def url(self, path: str) -> str:
         return self.base_url + path
 
+    def stats(self, model: str, version: int = 1) -> BatchStatsView:
+        """The batch stats of ``model`` as of now: from the first heartbeat sent after this call
+        (one worker per stack; heartbeats go every second)."""
+        return self.stats_after(model, lambda _: True, version)
+
+    def stats_after(
+        self, model: str, check: Callable[[BatchStatsView], bool], version: int = 1
+    ) -> BatchStatsView:
+        """Fresh stats once ``check`` holds for them (or the last seen after 10 s)."""
+        since = time.time()
+        deadline = time.monotonic() + 10
+        client = connect(self.settings)
+        registry = WorkerRegistry(client, ttl=self.settings.worker.heartbeat_seconds * 3)
+        try:
+            while True:
+                beats = [b for b in registry.live() if model in b.models and b.sent_at > since]
+                if beats:
+                    stats = beats[0].models[model].stats[version]
+                    if check(stats) or time.monotonic() > deadline:
+                        return stats
+                elif time.monotonic() > deadline:
+                    raise LookupError(f"no worker publishes model {model!r}")
+                time.sleep(0.1)
+        finally:
+            client.close()
+
+
+@contextmanager
+def running_stack(settings: Settings, logs: Path) -> Iterator[Stack]:
+    """A real worker and gunicorn with ``settings`` until the block ends."""
+    worker = procs.start_worker(settings, logs / "worker.log")
+    try:
+        port = procs.free_port()
+        web = procs.start_gunicorn(settings, logs / "gunicorn.log", port)
+        try:
+            yield Stack(settings, f"http://127.0.0.1:{port}", logs)
+        finally:
+            procs.stop(web)
+    finally:
+        procs.stop(worker)
+
+
+def redis_db(redis_url: str, db: int) -> str:
+    """The session Redis URL on another database (a separate stack shares nothing with it)."""
+    return redis_url.rsplit("/", 1)[0] + f"/{db}"
+
 
 @pytest.fixture(scope="session")
 def stack(
@@ -118,10 +191,49 @@ def stack(
         redis={"url": redis_url},
         worker={"heartbeat_seconds": 1.0, "concurrency": 1},
         web={"max_request_bytes": 1_000_000},
+        # Long enough that concurrent test threads reliably meet in one batch.
+        batching={"max_batch_delay_ms": 10},
     )
-    worker = procs.start_worker(settings, logs / "worker.log")
-    port = procs.free_port()
-    web = procs.start_gunicorn(settings, logs / "gunicorn.log", port)
-    yield Stack(settings, f"http://127.0.0.1:{port}", logs)
-    procs.stop(web)
-    procs.stop(worker)
+    with running_stack(settings, logs) as stack:
+        yield stack
+
+
+SLOW_MS = 400
+TYPED_SPEC = {
+    "inputs": [
+        {"name": "flags", "dtype": "bool", "shape": [None, 2]},
+        {"name": "counts", "dtype": "int32", "shape": [None, 3]},
+        {"name": "half", "dtype": "float16", "shape": [None, 1]},
+        {"name": "pixels", "dtype": "uint8", "shape": [None, 2]},
+    ],
+    "outputs": [
+        {"name": "y", "dtype": "float32", "shape": [None, 3]},
+        {"name": "z", "dtype": "float64", "shape": [None, 2]},
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def fake_stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
+    """A stack of fake models on Redis database 1: ``slow`` (400 ms a call, batching off),
+    ``fake`` (batching 50 ms), ``flaky`` (fails on 7.0, batching 300 ms) and ``typed`` (every
+    numeric dtype family)."""
+    root = tmp_path_factory.mktemp("fake-stack-models")
+    write_fake_model(root, "slow", 1, {**FAKE_SPEC, "delay_ms": SLOW_MS})
+    (root / "slow" / "flaskmodel.json").write_text(json.dumps({"max_batch_delay_ms": 0}))
+    write_fake_model(root, "fake", 1, FAKE_SPEC)
+    (root / "fake" / "flaskmodel.json").write_text(json.dumps({"max_batch_delay_ms": 50}))
+    write_fake_model(root, "flaky", 1, {**FAKE_SPEC, "fail_on": 7.0})
+    (root / "flaky" / "flaskmodel.json").write_text(json.dumps({"max_batch_delay_ms": 300}))
+    write_fake_model(root, "typed", 1, TYPED_SPEC)
+    logs = tmp_path_factory.mktemp("fake-stack-logs")
+    settings = Settings(
+        models_root=root,
+        data_root=logs,
+        run_dir=logs,
+        redis={"url": redis_db(redis_url, 1)},
+        worker={"heartbeat_seconds": 1.0, "concurrency": 1},
+        runtime={"backend": "fake"},
+    )
+    with running_stack(settings, logs) as stack:
+        yield stack

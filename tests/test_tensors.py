@@ -7,7 +7,7 @@ import pytest
 
 from flaskmodel.errors import InvalidInput
 from flaskmodel.schemas import ModelSpec, TensorSpec
-from flaskmodel.tensors import decode_inputs, encode_outputs
+from flaskmodel.tensors import decode_inputs, decode_outputs, encode_columnar, encode_outputs
 
 ONE = ModelSpec(
     name="m",
@@ -68,3 +68,50 @@ def test_encode_outputs() -> None:
         "predictions": [{"p": 1, "q": 3}, {"p": 2, "q": 4}]
     }
     assert encode_outputs(two, row_format=False) == {"outputs": {"p": [1, 2], "q": [3, 4]}}
+
+
+TEXT = ModelSpec(
+    name="t",
+    version=1,
+    inputs=[TensorSpec(name="s", dtype="string", shape=[None])],
+    outputs=[
+        TensorSpec(name="s_bytes", dtype="string", shape=[None]),
+        TensorSpec(name="n", dtype="int32", shape=[None]),
+    ],
+)
+
+
+def test_strings_and_b64() -> None:
+    arrays = decode_inputs(["plain", {"b64": "AP8="}], TEXT)
+    assert arrays["s"].dtype == object and arrays["s"].tolist() == [b"plain", b"\x00\xff"]
+    with pytest.raises(InvalidInput, match="base64"):
+        decode_inputs([{"b64": "***"}], TEXT)
+    with pytest.raises(InvalidInput, match="strings"):
+        decode_inputs([1.5], TEXT)
+    with pytest.raises(InvalidInput, match="numbers"):
+        decode_inputs([[{"b64": "AA=="}]], ONE)  # numbers cannot be b64
+    body = encode_outputs(
+        {"s_bytes": arrays["s"], "n": np.array([5, 2], np.int32)}, row_format=True
+    )
+    assert body == {
+        "predictions": [
+            {"s_bytes": {"b64": "cGxhaW4="}, "n": 5},
+            {"s_bytes": {"b64": "AP8="}, "n": 2},
+        ]
+    }
+    # Not ending in _bytes: text when it is UTF-8, b64 when it cannot be.
+    plain = encode_outputs({"s": arrays["s"]}, row_format=False)
+    assert plain == {"outputs": ["plain", {"b64": "AP8="}]}
+
+
+def test_explicit_formats_and_output_decoding() -> None:
+    rows = decode_inputs([{"x": [1, 2]}, {"x": [3, 4]}], ONE, row_format=True)
+    assert rows["x"].tolist() == [[1, 2], [3, 4]]
+    with pytest.raises(InvalidInput, match="non-empty list"):
+        decode_inputs({"x": [[1, 2]]}, ONE, row_format=True)
+    columns = decode_inputs([[1, 2]], ONE, row_format=False)
+    assert columns["x"].shape == (1, 2)
+    outputs = decode_outputs({"s_bytes": [{"b64": "AP8="}], "n": [3]}, TEXT)
+    assert outputs["s_bytes"].tolist() == [b"\x00\xff"] and outputs["n"].dtype == np.int32
+    assert decode_outputs([[0.5]], ONE)["y"].tolist() == [[0.5]]
+    assert encode_columnar({"s": np.array([b"a"], dtype=object)}) == {"s": [{"b64": "YQ=="}]}

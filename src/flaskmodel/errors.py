@@ -23,6 +23,7 @@ status codes once (``flaskmodel.web.errors``) and the worker records ``error_typ
     ├── Overloaded                429  admission control
     ├── ServiceUnavailable        503  Redis down, no worker serving a model, model not ready
     ├── JobTimeout                504  a job or call ran past its time limit
+    │   └── DeadlineExceeded      504  a synchronous call's deadline passed before its answer
     └── InternalError             500  a bug; never raised for bad input
 """
 
@@ -118,6 +119,10 @@ class ServiceUnavailable(FlaskModelError):
 class JobTimeout(FlaskModelError):
     type = "timeout"
     status = 504
+
+
+class DeadlineExceeded(JobTimeout):
+    type = "deadline_exceeded"
 
 
 class InternalError(FlaskModelError):

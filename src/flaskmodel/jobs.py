@@ -6,6 +6,9 @@ Keys (all with the job TTL):
   created_at/started_at/finished_at, done/total, attempts, error_type/error_message.
 - ``flaskmodel:result:<id>`` string: the result document (JSON).
 - ``flaskmodel:idem:<key>`` string: the job id an ``Idempotency-Key`` made.
+- ``flaskmodel:jobs`` sorted set: the newest job ids by creation time (at most ``RECENT_KEEP``).
+- ``flaskmodel:job:<id>:done`` list: one element pushed when the job reaches a terminal state,
+  so a caller can ``BLPOP`` on it (``Prefer: wait``) instead of polling; TTL ``DONE_TTL``.
 
 State changes run as one Lua script each, so a cancel racing a finishing worker leaves exactly
 one winner, and a terminal state is never overwritten.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -28,21 +32,43 @@ from flaskmodel.storage.redis import key
 
 logger = logging.getLogger(__name__)
 
-# KEYS: job hash, result key (may be unused). ARGV: allowed states (comma list), new state,
-# ttl, result JSON ("" for none), then field/value pairs to set. Returns the state found.
+# A waiter arrives within its request's lifetime; the notice need not outlive that by much.
+DONE_TTL = 600
+
+# KEYS: job hash, result key (may be unused), done list. ARGV: allowed states (comma list), new
+# state, ttl, result JSON ("" for none), done-list ttl, then field/value pairs to set. Returns the
+# state found. A move into a terminal state also pushes that state onto the done list.
+# A result write counts itself in the record (``result_writes``: the ledger's proof that a job's
+# result was written once).
 _TRANSITION = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return false end
 local allowed = ',' .. ARGV[1] .. ','
 if not string.find(allowed, ',' .. cur .. ',', 1, true) then return cur end
 redis.call('HSET', KEYS[1], 'state', ARGV[2])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[3]) end
+if ARGV[4] ~= '' then
+  redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'result_writes', 1)
+end
+if ARGV[2] == 'SUCCEEDED' or ARGV[2] == 'FAILED' or ARGV[2] == 'CANCELLED' then
+  redis.call('RPUSH', KEYS[3], ARGV[2])
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
 return cur
 """
 
 _ACTIVE = f"{JobState.QUEUED},{JobState.RUNNING}"
+
+# Sorted set of job ids by creation time (the jobs listing and the results viewer).
+RECENT = key("jobs")
+RECENT_KEEP = 10_000
+
+
+def done_key(job_id: str) -> str:
+    """The list a job's end is announced on (``BLPOP`` it to wait without polling)."""
+    return key("job", job_id, "done")
 
 
 def now() -> str:
@@ -98,6 +124,9 @@ class JobStore:
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(key("job", job_id), mapping=fields)
         pipe.expire(key("job", job_id), self._ttl)
+        pipe.zadd(RECENT, {job_id: time.time()})
+        pipe.zremrangebyrank(RECENT, 0, -RECENT_KEEP - 1)
+        pipe.expire(RECENT, self._ttl)
         pipe.execute()
         return job_id, True
 
@@ -112,6 +141,24 @@ class JobStore:
         record, result = pipe.execute()
         if not record:
             raise JobNotFound(f"job '{job_id}' not found (unknown or expired)")
+        return self._view(job_id, record, result)
+
+    def recent(self, limit: int) -> list[JobView]:
+        """The newest ``limit`` jobs still on record, newest first, without their results."""
+        ids = [str(i) for i in self._redis.zrevrange(RECENT, 0, max(0, limit - 1))]
+        pipe = self._redis.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.hgetall(key("job", job_id))
+        views = []
+        for job_id, record in zip(ids, pipe.execute(), strict=True):
+            if record:
+                views.append(self._view(job_id, record, None))
+            else:  # expired: forget it
+                self._redis.zrem(RECENT, job_id)
+        return views
+
+    @staticmethod
+    def _view(job_id: str, record: dict[str, str], result: str | None) -> JobView:
         error = None
         if record.get("error_type"):
             error = JobError(type=record["error_type"], message=record.get("error_message", ""))
@@ -182,8 +229,9 @@ class JobStore:
     def _move(
         self, job_id: str, allowed: str, new: JobState, *, result: str = "", **fields: Any
     ) -> JobState | None:
-        args: list[Any] = [allowed, new.value, self._ttl, result]
+        args: list[Any] = [allowed, new.value, self._ttl, result, min(DONE_TTL, self._ttl)]
         for name, value in fields.items():
             args.extend([name, value])
-        found = self._transition(keys=[key("job", job_id), key("result", job_id)], args=args)
+        keys = [key("job", job_id), key("result", job_id), done_key(job_id)]
+        found = self._transition(keys=keys, args=args)
         return JobState(found) if found else None

@@ -99,11 +99,16 @@ class SubmitResponse(BaseModel):
 
 
 class TensorSpec(BaseModel):
-    """One input or output of a signature: numpy dtype name, shape with None for any size."""
+    """One input or output of a signature: numpy dtype name, shape with None for any size.
+
+    ``dtype`` is a numpy dtype name, or ``"string"`` for TensorFlow string tensors (numpy object
+    arrays of ``bytes``). ``tensor_name`` is the graph tensor TF Serving's metadata reports.
+    """
 
     name: str
     dtype: str
     shape: list[int | None]
+    tensor_name: str | None = None
 
 
 class ModelSpec(BaseModel):
@@ -116,6 +121,25 @@ class ModelSpec(BaseModel):
     outputs: list[TensorSpec]
 
 
+class BatchStatsView(BaseModel):
+    """What one model version's dynamic batcher did in one worker process (since it started).
+
+    ``batch_sizes`` counts model calls by examples per call; ``queue_wait_buckets`` counts
+    computed requests by the time they waited for their batch, keyed by the bucket's upper bound
+    in seconds (``"+Inf"`` last), not cumulative.
+    """
+
+    requests: int = 0
+    items: int = 0
+    batches: int = 0
+    expired: int = 0
+    failed_batches: int = 0
+    batch_sizes: dict[int, int] = Field(default_factory=dict)
+    queue_wait_seconds_sum: float = 0.0
+    queue_wait_seconds_max: float = 0.0
+    queue_wait_buckets: dict[str, int] = Field(default_factory=dict)
+
+
 class ModelAdvert(BaseModel):
     """What one worker process serves of one model (published with its heartbeat)."""
 
@@ -124,6 +148,8 @@ class ModelAdvert(BaseModel):
     latest: int
     specs: dict[int, ModelSpec]
     class_names: list[str] | None = None
+    version_labels: dict[str, int] = Field(default_factory=dict)
+    stats: dict[int, BatchStatsView] = Field(default_factory=dict)
 
 
 class WorkerHeartbeat(BaseModel):
@@ -131,5 +157,8 @@ class WorkerHeartbeat(BaseModel):
     hostname: str
     pid: int
     ready: bool
+    sent_at: float = 0.0  # epoch seconds of this snapshot (its batch stats are as of then)
+    parent_pid: int = 0  # the Celery main process of a pool child (drains it on shutdown)
+    draining: bool = False  # its worker is shutting down: finishing in-flight jobs, not ready
     models: dict[str, ModelAdvert] = Field(default_factory=dict)
     errors: dict[str, str] = Field(default_factory=dict)

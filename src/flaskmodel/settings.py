@@ -8,6 +8,7 @@ sections joined by ``__`` (``FLASKMODEL_REDIS__URL``, ``FLASKMODEL_JOBS__TTL_SEC
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -80,6 +81,9 @@ class JobSettings(Section):
     """Deliveries of one job (redeliveries after a worker crash included) before it is FAILED."""
     publish_timeout: float = 1.0
     """Seconds a submit may spend publishing to the broker before answering 503."""
+    max_pending: int = Field(default=10000, ge=1)
+    """Most unfinished (queued or running) jobs one model may have; a submit past it gets 429
+    with a Retry-After computed from the queue depth and the measured throughput."""
 
 
 class SeriesSettings(Section):
@@ -87,6 +91,8 @@ class SeriesSettings(Section):
     """Model used by the original `/inference/...` route and `/v1/series/<uid>/results`."""
     batch_size: int = 16
     """Slices per model call in a series job (and per progress step)."""
+    thumbnails: bool = True
+    """Render a PNG thumbnail of every slice for the results viewer (`/ui/`), kept with the job."""
     results_ttl_seconds: int = 30 * 24 * 3600
     """TTL of the per-series result hashes `flaskmodel:series:<uid>:<model>`."""
 
@@ -99,10 +105,33 @@ class KvSettings(Section):
 
 
 class RuntimeSettings(Section):
-    backend: Literal["savedmodel", "fake"] = "savedmodel"
-    """Model runtime: in-process TensorFlow SavedModel, or the shipped fake (tests, benchmarks)."""
+    backend: Literal["savedmodel", "fake", "tfserving_rest"] = "savedmodel"
+    """Model runtime: in-process TensorFlow SavedModel, the shipped fake (tests, benchmarks), or a
+    remote TensorFlow Serving REST endpoint (`tfserving_url`)."""
     warmup: bool = True
     """Call each model once with zeros before the worker reports ready."""
+    tfserving_url: str | None = None
+    """Base URL of the TensorFlow Serving REST API (`http://host:8501`) for `tfserving_rest`."""
+    tfserving_models: list[str] = Field(default_factory=list)
+    """Models the `tfserving_rest` backend serves (JSON list); TF Serving cannot list them."""
+    tfserving_timeout_seconds: float = 30.0
+    """Seconds one call to TensorFlow Serving may take."""
+
+
+class BatchingSettings(Section):
+    max_batch_size: int = 32
+    """Most examples one model call merges from concurrent requests (per model: `max_batch_size`
+    in `flaskmodel.json`). 0 turns dynamic batching off."""
+    max_batch_delay_ms: float = 2.0
+    """Longest a request waits for others to fill its batch; a full batch goes at once (per model:
+    `max_batch_delay_ms` in `flaskmodel.json`). 0 turns dynamic batching off."""
+    sync_timeout_seconds: float = 30.0
+    """Default deadline of a synchronous predict/infer: 504 past it, and work not started by then
+    is dropped."""
+    max_timeout_seconds: float = 300.0
+    """Longest deadline a request may ask for (V2 `timeout` parameter, `Prefer: wait=N`)."""
+    reply_ttl_seconds: int = 30
+    """TTL of a synchronous call's reply key `flaskmodel:reply:<id>` (read at once when awaited)."""
 
 
 class LogSettings(Section):
@@ -135,6 +164,7 @@ class Settings(BaseSettings):
     series: SeriesSettings = Field(default_factory=SeriesSettings)
     kv: KvSettings = Field(default_factory=KvSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @model_validator(mode="after")
@@ -145,6 +175,10 @@ class Settings(BaseSettings):
         # A lease shorter than the hard limit redelivers a job that is still running.
         if jobs.visibility_timeout <= jobs.time_limit:
             raise ValueError("jobs.visibility_timeout must exceed jobs.time_limit")
+        if self.runtime.backend == "tfserving_rest" and not self.runtime.tfserving_url:
+            raise ValueError("runtime.backend 'tfserving_rest' needs runtime.tfserving_url")
+        if self.batching.sync_timeout_seconds > self.batching.max_timeout_seconds:
+            raise ValueError("batching.sync_timeout_seconds must not exceed max_timeout_seconds")
         return self
 
     def redis_url(self) -> str:
@@ -163,6 +197,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 text = value.get_secret_value()
+            elif isinstance(value, list | dict):
+                text = json.dumps(value)  # pydantic-settings reads complex values as JSON
             else:
                 text = str(value).lower() if isinstance(value, bool) else str(value)
             out["FLASKMODEL_" + key.upper()] = text

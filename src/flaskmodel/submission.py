@@ -2,8 +2,10 @@
 
 Checks first what the web tier can know without TensorFlow: that a live worker serves the model
 (503 otherwise, never a job that waits forever), that the version exists, and for tensor jobs that
-the inputs match the signature the workers advertise (400). A publish that fails (broker down)
-removes the record again and answers 503, so a client never holds the id of a job that was lost.
+the inputs match the signature the workers advertise (400). Then admission control counts the
+job against its model's bound of unfinished jobs (429 + Retry-After past it; ``Admission``). A
+publish that fails (broker down) removes the record again and answers 503, so a client never holds
+the id of a job that was lost.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 from redis import RedisError
 
-from flaskmodel.errors import ModelNotFound, ServiceUnavailable
+from flaskmodel.admission import Admission
+from flaskmodel.errors import FlaskModelError, ModelNotFound, ServiceUnavailable
 from flaskmodel.jobs import JobStore
-from flaskmodel.schemas import JobRequest, ModelAdvert
+from flaskmodel.schemas import JobRequest, JobView, ModelAdvert
 from flaskmodel.storage.workers import WorkerRegistry
 from flaskmodel.tensors import decode_inputs
 from flaskmodel.worker.celery_app import TASK_RUN_JOB
@@ -27,18 +30,27 @@ logger = logging.getLogger(__name__)
 class JobSubmitter:
     """Validates, records and enqueues jobs."""
 
-    def __init__(self, jobs: JobStore, workers: WorkerRegistry, celery: Celery, *, queue: str):
+    def __init__(
+        self,
+        jobs: JobStore,
+        workers: WorkerRegistry,
+        celery: Celery,
+        *,
+        queue: str,
+        admission: Admission | None = None,
+    ) -> None:
         self._jobs = jobs
         self._workers = workers
         self._celery = celery
         self._queue = queue
+        self._admission = admission  # None: no bound (unit tests of the other checks)
 
     def model(self, name: str) -> ModelAdvert:
         """The model as the live workers serve it; 404 if unknown, 503 if no worker is up."""
-        advert = self._workers.model(name)
+        live = self._workers.live()  # one snapshot: heartbeats come and go between reads
+        advert = self._workers.model(name, live)
         if advert is not None:
             return advert
-        live = self._workers.live()
         if not any(w.ready for w in live):
             raise ServiceUnavailable(
                 f"no ready worker serves model '{name}' (workers up: {len(live)})", retry_after=5
@@ -59,18 +71,35 @@ class JobSubmitter:
         if request.inputs is not None:
             decode_inputs(request.inputs, advert.specs[version])
         job_id, created = self._jobs.create(request, idempotency_key=idempotency_key)
-        if created:
-            try:
-                self._celery.send_task(
-                    TASK_RUN_JOB, args=[job_id], task_id=job_id, queue=self._queue
-                )
-            except (OperationalError, RedisError, OSError) as exc:
-                logger.warning("publish of job %s failed: %s", job_id, exc)
-                try:
-                    self._jobs.delete(job_id)
-                except RedisError:
-                    logger.warning("could not remove unpublished job %s", job_id)
-                raise ServiceUnavailable(
-                    "the job queue is unavailable; try again shortly", retry_after=2
-                ) from exc
-        return job_id, created
+        if not created:
+            return job_id, False
+        try:
+            if self._admission is not None:
+                self._admission.admit(request.model, job_id)
+            self._celery.send_task(TASK_RUN_JOB, args=[job_id], task_id=job_id, queue=self._queue)
+        except FlaskModelError:
+            self._forget(request.model, job_id)
+            raise
+        except (OperationalError, RedisError, OSError) as exc:
+            logger.warning("publish of job %s failed: %s", job_id, exc)
+            self._forget(request.model, job_id)
+            raise ServiceUnavailable(
+                "the job queue is unavailable; try again shortly", retry_after=2
+            ) from exc
+        return job_id, True
+
+    def cancel(self, job_id: str) -> JobView:
+        """Cancel a queued or running job; it stops counting against its model's bound."""
+        view = self._jobs.cancel(job_id)
+        if self._admission is not None:
+            self._admission.release(view.model, job_id)
+        return view
+
+    def _forget(self, model: str, job_id: str) -> None:
+        """Remove a job the client will not get an id for (refused or not published)."""
+        try:
+            if self._admission is not None:
+                self._admission.release(model, job_id, ended=False)
+            self._jobs.delete(job_id)
+        except RedisError:
+            logger.warning("could not remove unpublished job %s", job_id)

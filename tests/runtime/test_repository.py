@@ -15,7 +15,7 @@ from tests.conftest import FAKE_SPEC, write_fake_model
 
 def test_savedmodel_signature_and_predict(models_root: Path) -> None:
     repository = ModelRepository(models_root)
-    assert repository.names() == ["ct_classifier", "tiny"]
+    assert repository.names() == ["ct_classifier", "echo", "tiny"]
     tiny = repository.get("tiny")
     assert [(t.name, t.dtype, t.shape) for t in tiny.spec.inputs] == [("x", "float32", [None, 32])]
     assert [(t.name, t.shape) for t in tiny.spec.outputs] == [("probabilities", [None, 10])]

@@ -1,4 +1,4 @@
-"""The web process never imports TensorFlow, pydicom or grpc."""
+"""The web process never imports TensorFlow, pydicom or grpc, whichever API it serves."""
 
 from __future__ import annotations
 
@@ -15,6 +15,13 @@ def test_web_tier_imports_no_heavy_modules() -> None:
         "app = create_app(Settings(redis={'url': 'redis://127.0.0.1:1/0'}))\n"
         "client = app.test_client()\n"
         "client.get('/healthz')\n"
+        "assert client.get('/v2').status_code == 200\n"
+        "assert client.get('/v2/health/live').status_code == 200\n"
+        "for path in ('/v1/models/tiny', '/v1/models/tiny/metadata', '/v2/models/tiny'):\n"
+        "    assert client.get(path).status_code == 503\n"
+        "body = {'instances': [[1]]}\n"
+        "assert client.post('/v1/models/tiny:predict', json=body).status_code == 503\n"
+        "assert client.post('/v2/models/tiny/infer', data=b'{}').status_code == 503\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('tensorflow', 'pydicom', 'grpc', 'keras'))))\n"
     )

@@ -8,6 +8,7 @@ from typing import Protocol
 import numpy as np
 
 from flaskmodel.schemas import ModelSpec
+from flaskmodel.tensors import numpy_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +28,11 @@ class ModelRuntime(Protocol):
 
 def warm_up(runtime: ModelRuntime) -> None:
     """Call the model once on zeros (batch 1) so the first real request pays no tracing cost."""
-    inputs = {
-        t.name: np.zeros([1, *[d if d is not None else 1 for d in t.shape[1:]]], dtype=t.dtype)
-        for t in runtime.spec.inputs
-    }
+    inputs = {}
+    for t in runtime.spec.inputs:
+        shape = [1, *[d if d is not None else 1 for d in t.shape[1:]]]
+        dtype = numpy_dtype(t.dtype)
+        inputs[t.name] = (
+            np.full(shape, b"", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype)
+        )
     runtime.predict(inputs)

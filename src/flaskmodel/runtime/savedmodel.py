@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from flaskmodel.errors import ModelNotFound
+from flaskmodel.errors import InvalidInput, ModelNotFound
 from flaskmodel.schemas import ModelSpec, TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -53,12 +53,23 @@ class SavedModelRuntime:
             )
         fn = loaded.signatures[SIGNATURE]
         _, kwargs = fn.structured_input_signature
+        in_names, out_names = self._tensor_names()
         inputs = [
-            TensorSpec(name=name, dtype=spec.dtype.name, shape=list(spec.shape.as_list()))
+            TensorSpec(
+                name=name,
+                dtype=spec.dtype.name,
+                shape=list(spec.shape.as_list()),
+                tensor_name=in_names.get(name),
+            )
             for name, spec in sorted(kwargs.items())
         ]
         outputs = [
-            TensorSpec(name=name, dtype=spec.dtype.name, shape=list(spec.shape.as_list()))
+            TensorSpec(
+                name=name,
+                dtype=spec.dtype.name,
+                shape=list(spec.shape.as_list()),
+                tensor_name=out_names.get(name),
+            )
             for name, spec in sorted(fn.structured_outputs.items())
         ]
         self._keep = loaded  # the signature needs its owner alive
@@ -68,10 +79,26 @@ class SavedModelRuntime:
         )
         logger.info("loaded model %s version %d from %s", self._name, self._version, self._path)
 
+    def _tensor_names(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Graph tensor names of the signature (what TF Serving's metadata reports)."""
+        from tensorflow.core.protobuf import saved_model_pb2  # noqa: PLC0415 - heavy import
+
+        proto = saved_model_pb2.SavedModel()
+        proto.ParseFromString((self._path / "saved_model.pb").read_bytes())
+        signature = proto.meta_graphs[0].signature_def[SIGNATURE]
+        return (
+            {k: v.name for k, v in signature.inputs.items()},
+            {k: v.name for k, v in signature.outputs.items()},
+        )
+
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tf = _tf()
         tensors = {name: tf.constant(value) for name, value in inputs.items()}
-        result = self._fn(**tensors)
+        try:
+            result = self._fn(**tensors)
+        except tf.errors.InvalidArgumentError as exc:
+            # The input's fault (TF Serving answers 400 for it too), not the server's.
+            raise InvalidInput(f"model '{self._name}': {exc.message}") from exc
         return {name: value.numpy() for name, value in result.items()}
 
     def close(self) -> None:

@@ -29,6 +29,27 @@ def connect(settings: Settings) -> redis.Redis:
     )
 
 
+def connect_frames(settings: Settings, *, max_connections: int) -> redis.Redis:
+    """A binary client (``decode_responses=False``) for the synchronous protocol's frames.
+
+    Its pool blocks for a free connection instead of failing (every waiting call holds one for
+    its ``BLPOP``), and its socket timeout outlasts the longest deadline a call may ask for:
+    Redis answers a ``BLPOP`` only when its own timeout is up.
+    """
+    password = settings.redis.password.get_secret_value() if settings.redis.password else None
+    pool = redis.BlockingConnectionPool.from_url(
+        settings.redis_url(),
+        password=password,
+        socket_timeout=settings.batching.max_timeout_seconds + settings.redis.socket_timeout,
+        socket_connect_timeout=settings.redis.connect_timeout,
+        max_connections=max_connections,
+        timeout=settings.redis.socket_timeout,
+        health_check_interval=30,
+        decode_responses=False,
+    )
+    return redis.Redis(connection_pool=pool)
+
+
 def key(*parts: str) -> str:
     """A namespaced key: ``key("job", id)`` -> ``flaskmodel:job:<id>``."""
     return NAMESPACE + ":".join(parts)

@@ -3,11 +3,17 @@
 Each worker process writes ``flaskmodel:worker:<id>`` (JSON ``WorkerHeartbeat``, TTL three
 heartbeats) and scores its id in the ``flaskmodel:workers`` sorted set by expiry time. Readers take
 the ids whose expiry is in the future; stale ids are pruned on read. Both keys expire on their own.
+
+Draining: a Celery main process that starts shutting down sets ``flaskmodel:draining:<host>:<pid>``
+(``drain``) and rewrites its pool children's heartbeats as draining and not ready at once; every
+later heartbeat of a process whose own or parent's drain key exists says the same, so ``/readyz``
+and admission stop counting the worker while it finishes its in-flight jobs.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import redis
@@ -20,6 +26,10 @@ logger = logging.getLogger(__name__)
 INDEX = key("workers")
 
 
+def drain_key(hostname: str, pid: int) -> str:
+    return key("draining", f"{hostname}:{pid}")
+
+
 class WorkerRegistry:
     """Reads and writes worker heartbeats."""
 
@@ -28,6 +38,33 @@ class WorkerRegistry:
         self._ttl = ttl
 
     def beat(self, heartbeat: WorkerHeartbeat) -> None:
+        parent = os.getppid()
+        draining = bool(
+            self._redis.exists(
+                drain_key(heartbeat.hostname, heartbeat.pid), drain_key(heartbeat.hostname, parent)
+            )
+        )
+        heartbeat = heartbeat.model_copy(
+            update={
+                "parent_pid": parent,
+                "draining": draining,
+                "ready": heartbeat.ready and not draining,
+            }
+        )
+        self._write(heartbeat)
+
+    def drain(self, hostname: str, pid: int, *, ttl: int) -> int:
+        """Mark the worker ``pid`` (a Celery main process) and its pool children draining;
+        returns how many live heartbeats were rewritten."""
+        self._redis.set(drain_key(hostname, pid), "1", ex=ttl)
+        changed = 0
+        for beat in self.live():
+            if beat.hostname == hostname and pid in (beat.pid, beat.parent_pid):
+                self._write(beat.model_copy(update={"draining": True, "ready": False}))
+                changed += 1
+        return changed
+
+    def _write(self, heartbeat: WorkerHeartbeat) -> None:
         expires = time.time() + self._ttl
         pipe = self._redis.pipeline(transaction=True)
         pipe.set(
@@ -56,10 +93,12 @@ class WorkerRegistry:
         raws = self._redis.mget([key("worker", i) for i in ids])
         return [WorkerHeartbeat.model_validate_json(r) for r in raws if r]
 
-    def model(self, name: str) -> ModelAdvert | None:
-        """The model as served by the ready workers (versions merged), or None if none serves it."""
+    def model(self, name: str, beats: list[WorkerHeartbeat] | None = None) -> ModelAdvert | None:
+        """The model as served by the ready workers (versions merged), or None if none serves it.
+
+        ``beats``: a snapshot from ``live()`` to read instead of a fresh one."""
         merged: ModelAdvert | None = None
-        for beat in self.live():
+        for beat in self.live() if beats is None else beats:
             advert = beat.models.get(name) if beat.ready else None
             if advert is None:
                 continue

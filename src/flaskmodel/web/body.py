@@ -23,6 +23,11 @@ def _reject_constant(name: str) -> Any:
 def json_body() -> Any:
     """The request body as JSON (content type not required; NaN/Infinity refused)."""
     raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH, raised by werkzeug
+    return parse_json(raw)
+
+
+def parse_json(raw: bytes) -> Any:
+    """``raw`` parsed as JSON, with a 400 naming what is wrong instead of a 500."""
     if not raw.strip():
         raise InvalidRequest("request body is empty; expected JSON")
     try:
@@ -35,6 +40,8 @@ def json_body() -> Any:
         raise InvalidRequest(
             f"malformed JSON body: {exc.msg} (line {exc.lineno} column {exc.colno})"
         ) from exc
+    except ValueError as exc:  # e.g. an integer past Python's 4300-digit conversion limit
+        raise InvalidRequest(f"malformed JSON body: {exc}") from exc
 
 
 def parse(model: type[M], data: Any) -> M:

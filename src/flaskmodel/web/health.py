@@ -35,7 +35,13 @@ def readyz() -> tuple[dict[str, Any], int, dict[str, str]]:
         "status": "ready" if ready else "unavailable",
         "redis": "ok",
         "workers": [
-            {"id": w.worker_id, "ready": w.ready, "models": sorted(w.models), "errors": w.errors}
+            {
+                "id": w.worker_id,
+                "ready": w.ready,
+                "draining": w.draining,
+                "models": sorted(w.models),
+                "errors": w.errors,
+            }
             for w in workers
         ],
         "models": models,

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, request, url_for
 
+from flaskmodel.errors import InvalidRequest
 from flaskmodel.schemas import JobRequest, SubmitResponse
 from flaskmodel.web.body import json_body, parse
 from flaskmodel.web.services import services
@@ -33,6 +34,16 @@ def create_job() -> tuple[dict[str, Any], int, dict[str, str]]:
     return submit(parse(JobRequest, json_body()))
 
 
+@bp.get("/v1/jobs")
+def list_jobs() -> dict[str, Any]:
+    """The newest jobs, newest first (``?limit=``, 1-500, default 50), without results."""
+    raw = request.args.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+        raise InvalidRequest("limit must be a whole number from 1 to 500")
+    views = services().jobs.recent(int(raw))
+    return {"jobs": [v.model_dump(mode="json", exclude_none=True) for v in views]}
+
+
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str) -> dict[str, Any]:
     return services().jobs.get(job_id).model_dump(mode="json", exclude_none=True)
@@ -40,4 +51,4 @@ def get_job(job_id: str) -> dict[str, Any]:
 
 @bp.delete("/v1/jobs/<job_id>")
 def cancel_job(job_id: str) -> dict[str, Any]:
-    return services().jobs.cancel(job_id).model_dump(mode="json", exclude_none=True)
+    return services().submitter.cancel(job_id).model_dump(mode="json", exclude_none=True)

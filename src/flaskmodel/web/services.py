@@ -9,12 +9,14 @@ import redis
 from celery import Celery
 from flask import Flask, current_app
 
+from flaskmodel.admission import Admission
 from flaskmodel.jobs import JobStore
 from flaskmodel.settings import Settings
 from flaskmodel.storage.kv import KeyValueStore
-from flaskmodel.storage.redis import connect
+from flaskmodel.storage.redis import connect, connect_frames
 from flaskmodel.storage.workers import WorkerRegistry
 from flaskmodel.submission import JobSubmitter
+from flaskmodel.sync import SyncPredictor
 from flaskmodel.worker.celery_app import make_celery
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ class Services:
     kv: KeyValueStore
     workers: WorkerRegistry
     submitter: JobSubmitter
+    sync: SyncPredictor
 
 
 def init_services(app: Flask, settings: Settings) -> None:
@@ -36,6 +39,15 @@ def init_services(app: Flask, settings: Settings) -> None:
     celery = make_celery(settings)
     jobs = JobStore(client, ttl=settings.jobs.ttl_seconds)
     workers = WorkerRegistry(client, ttl=settings.worker.heartbeat_seconds * 3)
+    admission = Admission(
+        client, max_pending=settings.jobs.max_pending, ttl=settings.jobs.ttl_seconds
+    )
+    submitter = JobSubmitter(
+        jobs, workers, celery, queue=settings.worker.queue, admission=admission
+    )
+    # Every synchronous call in flight holds a connection for its BLPOP: one per gevent
+    # connection gunicorn admits, plus a few for the pushes.
+    frames_client = connect_frames(settings, max_connections=settings.web.worker_connections + 8)
     app.extensions["flaskmodel"] = Services(
         settings=settings,
         redis=client,
@@ -47,7 +59,8 @@ def init_services(app: Flask, settings: Settings) -> None:
             max_value_bytes=settings.kv.max_value_bytes,
         ),
         workers=workers,
-        submitter=JobSubmitter(jobs, workers, celery, queue=settings.worker.queue),
+        submitter=submitter,
+        sync=SyncPredictor(frames_client, submitter, settings.batching),
     )
 
 

@@ -32,6 +32,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     transport = {
         # A lease: an unacked job is redelivered after this, so it must outlive the hard limit.
         "visibility_timeout": jobs.visibility_timeout,
+        # Jobs of a worker killed outright sit unacked until the lease ends; sweep for them
+        # often enough (kombu's default sweeps every 100 s) that they return soon after it.
+        "unacked_restore_interval": max(1, min(10, jobs.visibility_timeout // 10)),
+        "unacked_restore_throttle": 1,
         "socket_timeout": settings.redis.socket_timeout,
         "socket_connect_timeout": settings.redis.connect_timeout,
         "max_connections": settings.redis.max_connections,
@@ -70,7 +74,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_proc_alive_timeout": settings.worker.proc_alive_timeout,
         "worker_max_tasks_per_child": settings.worker.max_tasks_per_child or None,
         "worker_hijack_root_logger": False,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Cancelling running jobs when the broker connection drops goes through the result
+        # backend (the same, unreachable, Redis); when that fails Celery terminates the job and
+        # acknowledges its message on the reconnected channel, which lost accepted jobs under
+        # `kill -9` of Redis. Left running, a job that cannot ack stays unacked and comes back.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_enable_remote_control": True,
     }
 

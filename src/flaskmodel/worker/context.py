@@ -1,8 +1,9 @@
 """The worker's per-process composition root: Redis, job store, model repository, runner.
 
 Built after fork in each pool process (``worker_process_init``), or in the main process for the
-solo pool (``worker_init``). Models load and warm there, before the process's heartbeat says
-ready; the heartbeat thread keeps ``flaskmodel:worker:<id>`` fresh while the process lives.
+solo pool (``worker_init``). Models load and warm there (each behind its dynamic batcher), before
+the process's heartbeat says ready; then the synchronous consumer starts taking requests, and the
+heartbeat thread keeps ``flaskmodel:worker:<id>`` (with the batchers' stats) fresh.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,9 +22,10 @@ from flaskmodel.jobs import JobStore
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import WorkerHeartbeat
 from flaskmodel.settings import Settings
-from flaskmodel.storage.redis import connect
+from flaskmodel.storage.redis import connect, connect_frames
 from flaskmodel.storage.workers import WorkerRegistry
 from flaskmodel.worker.runner import JobRunner
+from flaskmodel.worker.sync_consumer import SyncConsumer
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,7 @@ class WorkerContext:
     repository: ModelRepository
     registry: WorkerRegistry
     runner: JobRunner
+    consumer: SyncConsumer
     worker_id: str
     ready: bool = False
     errors: dict[str, str] = field(default_factory=dict)
@@ -44,9 +48,9 @@ class WorkerContext:
     def build(cls, settings: Settings) -> WorkerContext:
         client = connect(settings)
         jobs = JobStore(client, ttl=settings.jobs.ttl_seconds)
-        repository = ModelRepository(
-            settings.models_root, backend=settings.runtime.backend, warmup=settings.runtime.warmup
-        )
+        repository = ModelRepository.from_settings(settings)
+        # Consumer, reply sender and a spare: the consumer's BRPOP holds one connection.
+        frames_client = connect_frames(settings, max_connections=4)
         return cls(
             settings=settings,
             redis=client,
@@ -54,14 +58,18 @@ class WorkerContext:
             repository=repository,
             registry=WorkerRegistry(client, ttl=settings.worker.heartbeat_seconds * 3),
             runner=JobRunner(settings, jobs, repository, client),
+            consumer=SyncConsumer(
+                frames_client, repository, reply_ttl=settings.batching.reply_ttl_seconds
+            ),
             worker_id=f"{socket.gethostname()}:{os.getpid()}",
         )
 
     def start(self) -> None:
-        """Load and warm every model, then keep the heartbeat going in a daemon thread."""
+        """Load and warm every model, serve synchronous calls, keep the heartbeat going."""
         self.beat()  # live (not ready) while models load
         self.errors = self.repository.load_all()
         self.ready = not self.errors
+        self.consumer.start()
         self.beat()
         thread = threading.Thread(target=self._beat_loop, name="flaskmodel-heartbeat", daemon=True)
         thread.start()
@@ -72,6 +80,7 @@ class WorkerContext:
             hostname=socket.gethostname(),
             pid=os.getpid(),
             ready=self.ready,
+            sent_at=time.time(),
             models=self.repository.adverts() if self.ready else {},
             errors=self.errors,
         )
@@ -88,11 +97,13 @@ class WorkerContext:
 
     def stop(self) -> None:
         self._stop.set()
+        self.consumer.stop()
         try:
             self.registry.remove(self.worker_id)
         except redis.RedisError as exc:
             logger.warning("could not remove heartbeat: %s", exc)
-        self.repository.close()
+        self.repository.close()  # batchers answer or fail (503) what they still hold
+        self.consumer.close()  # ... and those answers go out before the process ends
 
 
 _current: WorkerContext | None = None

@@ -10,6 +10,7 @@ from celery import signals
 from flaskmodel.settings import Settings
 from flaskmodel.worker import context
 from flaskmodel.worker.celery_app import make_celery
+from flaskmodel.worker.lifecycle import MainProcessHooks, check_limits
 from flaskmodel.worker.tasks import register_tasks
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,9 @@ def run_worker(settings: Settings, *, hostname: str = "flaskmodel@%h") -> None:
     """Run a worker in the foreground until it is told to stop."""
     settings.redis_url()  # refuse to start without a Redis to talk to
     app = make_celery(settings)
+    check_limits(app, settings)  # refuse a lease shorter than the hard limit
     register_tasks(app)
+    MainProcessHooks(settings).connect()
 
     def init_process(**_: Any) -> None:
         # After fork, in the pool process: TensorFlow loads here, never in the parent.

@@ -2,7 +2,10 @@
 
 Idempotent under redelivery: a job found CANCELLED or finished is skipped, the attempt counter
 bounds how often a job that kills its worker is retried, and results are written with one atomic
-state transition.
+state transition. A Redis error is not the job's fault: it propagates (the task requeues the
+message) instead of failing the job. The job record keeps a ledger of what executions did:
+``completions`` counts executions that reached the result write, ``result_writes`` the writes that
+took effect (never more than one). A job that ends leaves its model's admission bound.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ import time
 from typing import Any
 
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 
+from flaskmodel.admission import Admission
 from flaskmodel.errors import FlaskModelError
 from flaskmodel.jobs import JobStore
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import JobRequest, JobState
 from flaskmodel.settings import Settings
+from flaskmodel.storage.redis import key
 from flaskmodel.tensors import decode_inputs, encode_outputs
 
 logger = logging.getLogger(__name__)
@@ -33,8 +39,23 @@ class JobRunner:
         self._jobs = jobs
         self._repository = repository
         self._redis = client
+        self._admission = Admission(
+            client, max_pending=settings.jobs.max_pending, ttl=settings.jobs.ttl_seconds
+        )
 
     def run(self, job_id: str) -> None:
+        """Run the job if it still needs running; raises only ``redis.RedisError``."""
+        self._run(job_id)
+        self.settle(job_id)
+
+    def settle(self, job_id: str) -> None:
+        """Once the job has ended, take it off its model's admission bound (idempotent)."""
+        model = self._redis.hget(key("job", job_id), "model")
+        state = self._jobs.state(job_id)
+        if model and state is not None and state.terminal:
+            self._admission.release(str(model), job_id)
+
+    def _run(self, job_id: str) -> None:
         found, attempt = self._jobs.start(job_id)
         if found is None:
             logger.warning("job %s: no record (expired or unknown); skipped", job_id)
@@ -60,13 +81,22 @@ class JobRunner:
             logger.info("job %s failed: %s: %s", job_id, exc.type, exc.message)
             self._jobs.fail(job_id, exc.type, exc.message)
             return
+        except (redis.RedisError, SoftTimeLimitExceeded):
+            raise  # the store is down (the message is requeued), or the task's time limit
         except Exception as exc:
             logger.exception("job %s crashed", job_id)
             self._jobs.fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}")
             return
         result.setdefault("timings", {})["total_seconds"] = round(time.perf_counter() - started, 6)
-        if not self._jobs.succeed(job_id, result):
-            logger.info("job %s finished after it was cancelled; result dropped", job_id)
+        self._count(job_id, "completions")
+        if not self._jobs.succeed(job_id, result):  # counts result_writes with the write
+            logger.info("job %s already ended (cancelled or finished); result dropped", job_id)
+
+    def _count(self, job_id: str, field: str) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hincrby(key("job", job_id), field, 1)
+        pipe.expire(key("job", job_id), self._settings.jobs.ttl_seconds)
+        pipe.execute()
 
     def _execute(self, job_id: str, request: JobRequest) -> dict[str, Any]:
         if request.kind == "tensor":

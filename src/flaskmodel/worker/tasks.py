@@ -1,11 +1,18 @@
-"""Celery tasks: unpack ids and hand them to the per-process ``JobRunner``."""
+"""Celery tasks: unpack ids and hand them to the per-process ``JobRunner``.
+
+A Redis error while running a job rejects the message with requeue (it is redelivered once Redis
+is back, or after the visibility timeout when the reject itself cannot reach Redis), so a store
+outage never turns an accepted job into a lost one. Past the soft time limit the job is FAILED
+(timeout) and the message acknowledged: one execution, no retry.
+"""
 
 from __future__ import annotations
 
 import logging
 
+import redis
 from celery import Celery
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from flaskmodel.worker.celery_app import TASK_RUN_JOB
 from flaskmodel.worker.context import current
@@ -25,3 +32,7 @@ def register_tasks(app: Celery) -> None:
             limit = context.settings.jobs.soft_time_limit
             logger.warning("job %s passed its time limit of %ds", job_id, limit)
             context.jobs.fail(job_id, "timeout", f"job ran longer than its time limit of {limit} s")
+            context.runner.settle(job_id)
+        except redis.RedisError as exc:
+            logger.warning("job %s: Redis unavailable (%s); message requeued", job_id, exc)
+            raise Reject(str(exc), requeue=True) from exc

@@ -1,0 +1,142 @@
+"""The lean Redis protocol of synchronous calls: its keys and its binary frames.
+
+A web process ``LPUSH``es a request frame to ``flaskmodel:sync:<model>`` and blocks on
+``BLPOP flaskmodel:reply:<id>``; a worker process ``BRPOP``s the request, computes it (through the
+model's dynamic batcher) and ``LPUSH``es a reply frame to the reply key, which has a short TTL.
+
+A frame is ``b"FMF1"``, a little-endian uint32 header length, a JSON header, then the raw tensor
+buffers in header order. Each tensor is ``{"name", "dtype", "shape", "nbytes"}``: numeric buffers
+are little-endian, row-major numpy data; ``"string"`` tensors are a 4-byte little-endian length
+before each element (as the V2 binary extension does it). No pickle: a frame is only data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from flaskmodel.errors import InvalidInput
+from flaskmodel.storage.redis import key
+from flaskmodel.tensors import STRING, numpy_dtype
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"FMF1"
+_LENGTH = struct.Struct("<I")
+
+
+def sync_queue_key(model: str) -> str:
+    """The list a model's synchronous requests wait in: ``flaskmodel:sync:<model>``."""
+    return key("sync", model)
+
+
+def reply_key(request_id: str) -> str:
+    """Where the answer to one synchronous request goes: ``flaskmodel:reply:<id>``."""
+    return key("reply", request_id)
+
+
+@dataclass
+class Frame:
+    """A decoded frame: its JSON header (without the tensor table) and its tensors."""
+
+    header: dict[str, Any]
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def pack_strings(array: np.ndarray) -> bytes:
+    """Row-major elements of an object/bytes array, each behind a 4-byte LE length."""
+    parts = []
+    for item in array.reshape(-1).tolist():
+        raw = item if isinstance(item, bytes) else str(item).encode()
+        parts.append(_LENGTH.pack(len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def unpack_strings(buffer: bytes | memoryview, count: int, what: str) -> np.ndarray:
+    """The inverse of ``pack_strings``: a flat object array of ``count`` bytes elements."""
+    view = memoryview(buffer)
+    out = np.empty(count, dtype=object)
+    offset = 0
+    for i in range(count):
+        if offset + 4 > len(view):
+            raise InvalidInput(f"{what}: string data ends after {i} of {count} elements")
+        (size,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + size > len(view):
+            raise InvalidInput(f"{what}: string element {i} runs past the end of its data")
+        out[i] = bytes(view[offset : offset + size])
+        offset += size
+    if offset != len(view):
+        raise InvalidInput(f"{what}: {len(view) - offset} bytes left after {count} elements")
+    return out
+
+
+def tensor_bytes(array: np.ndarray) -> tuple[str, bytes]:
+    """The frame dtype name and buffer of ``array``."""
+    if array.dtype == object or array.dtype.kind in "SU":
+        return STRING, pack_strings(array)
+    little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+    return array.dtype.name, np.ascontiguousarray(little).tobytes()
+
+
+def tensor_from_bytes(
+    buffer: bytes | memoryview, dtype: str, shape: list[int], what: str
+) -> np.ndarray:
+    """An array from a frame buffer (numeric buffers are used in place, read-only)."""
+    count = int(np.prod(shape)) if shape else 1
+    if dtype == STRING:
+        return unpack_strings(buffer, count, what).reshape(shape)
+    numeric = numpy_dtype(dtype).newbyteorder("<")
+    if len(buffer) != count * numeric.itemsize:
+        raise InvalidInput(
+            f"{what}: {len(buffer)} bytes do not hold shape {shape} of {dtype} "
+            f"({count * numeric.itemsize} bytes)"
+        )
+    return np.frombuffer(buffer, dtype=numeric).reshape(shape)
+
+
+def encode(header: dict[str, Any], tensors: dict[str, np.ndarray] | None = None) -> bytes:
+    """A frame holding ``header`` and ``tensors``."""
+    table = []
+    blobs = []
+    for name, array in (tensors or {}).items():
+        dtype, blob = tensor_bytes(array)
+        table.append(
+            {"name": name, "dtype": dtype, "shape": list(array.shape), "nbytes": len(blob)}
+        )
+        blobs.append(blob)
+    raw = json.dumps({**header, "tensors": table}, separators=(",", ":")).encode()
+    return b"".join([MAGIC, _LENGTH.pack(len(raw)), raw, *blobs])
+
+
+def decode(frame: bytes) -> Frame:
+    """The header and tensors of a frame; ``InvalidInput`` when it is not one."""
+    if frame[:4] != MAGIC or len(frame) < 8:
+        raise InvalidInput("not a FlaskModel frame")
+    (size,) = _LENGTH.unpack_from(frame, 4)
+    try:
+        header = json.loads(frame[8 : 8 + size])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"frame header is not JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise InvalidInput("frame header is not a JSON object")
+    view = memoryview(frame)
+    offset = 8 + size
+    tensors = {}
+    for entry in header.pop("tensors", []):
+        end = offset + int(entry["nbytes"])
+        if end > len(frame):
+            raise InvalidInput(f"frame tensor {entry['name']!r} runs past the end of the frame")
+        tensors[entry["name"]] = tensor_from_bytes(
+            view[offset:end], entry["dtype"], list(entry["shape"]), f"tensor {entry['name']!r}"
+        )
+        offset = end
+    if offset != len(frame):
+        raise InvalidInput(f"frame has {len(frame) - offset} bytes after its tensors")
+    return Frame(header, tensors)

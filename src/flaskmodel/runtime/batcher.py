@@ -1,0 +1,224 @@
+"""``DynamicBatcher``: merges concurrent calls of one model version into model batches.
+
+Triton's semantics: a batch goes at once when it is full (``max_batch_size`` examples), and no
+call waits longer than ``max_batch_delay`` for others to join it. Either knob at 0 turns merging
+off: ``predict`` then calls the model directly and ``submit`` runs calls one at a time. Calls
+whose deadline passed before their batch ran are dropped, never computed; a failing batch fails
+every call in it with the cause. ``BatchStats`` records batch sizes and queue waits.
+
+The batcher is itself a ``ModelRuntime`` (``spec``/``load``/``predict``/``close``), so tensor jobs,
+series jobs and synchronous calls of one model version all share it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flaskmodel.errors import DeadlineExceeded, ServiceUnavailable
+from flaskmodel.runtime.base import ModelRuntime
+from flaskmodel.runtime.batching import (
+    BatchKey,
+    batch_key,
+    batch_rows,
+    merge_inputs,
+    plan_batch,
+    split_outputs,
+)
+from flaskmodel.schemas import BatchStatsView, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class BatchStats:
+    """Thread-safe counters of one batcher (read with ``snapshot``)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._view = BatchStatsView(
+            queue_wait_buckets={str(b): 0 for b in WAIT_BUCKETS} | {"+Inf": 0}
+        )
+
+    def submitted(self, rows: int) -> None:
+        with self._lock:
+            self._view.requests += 1
+            self._view.items += rows
+
+    def expired(self, count: int = 1) -> None:
+        with self._lock:
+            self._view.expired += count
+
+    def batch(self, rows: int, waits: list[float], *, failed: bool = False) -> None:
+        with self._lock:
+            view = self._view
+            view.batches += 1
+            view.failed_batches += int(failed)
+            view.batch_sizes[rows] = view.batch_sizes.get(rows, 0) + 1
+            for wait in waits:
+                view.queue_wait_seconds_sum += wait
+                view.queue_wait_seconds_max = max(view.queue_wait_seconds_max, wait)
+                bucket = next((str(b) for b in WAIT_BUCKETS if wait <= b), "+Inf")
+                view.queue_wait_buckets[bucket] += 1
+
+    def snapshot(self) -> BatchStatsView:
+        with self._lock:
+            return self._view.model_copy(deep=True)
+
+
+@dataclass
+class _Call:
+    inputs: Outputs
+    rows: int
+    key: BatchKey
+    deadline: float | None
+    enqueued: float = field(default_factory=time.monotonic)
+    future: Future[Outputs] = field(default_factory=Future)
+
+
+class DynamicBatcher:
+    """Wraps one loaded ``ModelRuntime``; calls from any thread, model calls on one thread."""
+
+    def __init__(
+        self, runtime: ModelRuntime, *, max_batch_size: int, max_batch_delay: float
+    ) -> None:
+        self.runtime = runtime
+        self.max_batch_size = max_batch_size
+        self.max_batch_delay = max_batch_delay
+        self.enabled = max_batch_size > 0 and max_batch_delay > 0
+        self.stats = BatchStats()
+        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.runtime.spec
+
+    def load(self) -> None:
+        self.runtime.load()
+
+    def predict(self, inputs: Outputs) -> Outputs:
+        """The model's outputs for ``inputs``, merged with concurrent calls when enabled."""
+        if self.enabled:
+            return self.submit(inputs).result()
+        rows = batch_rows(inputs)
+        self.stats.submitted(rows)
+        try:
+            outputs = self.runtime.predict(inputs)
+        except Exception:
+            self.stats.batch(rows, [0.0], failed=True)
+            raise
+        self.stats.batch(rows, [0.0])
+        return outputs
+
+    def submit(self, inputs: Outputs, *, deadline: float | None = None) -> Future[Outputs]:
+        """Queue a call; its future holds the outputs, or the error of its batch.
+
+        ``deadline`` is epoch seconds: past it the call is dropped with ``DeadlineExceeded``.
+        """
+        call = _Call(inputs, batch_rows(inputs), batch_key(inputs), deadline)
+        with self._lock:
+            if self._closed:
+                raise ServiceUnavailable(f"model '{self.spec.name}' is shutting down")
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name=f"batcher-{self.spec.name}", daemon=True
+                )
+                self._thread.start()
+        self.stats.submitted(call.rows)
+        self._queue.put(call)
+        return call.future
+
+    def close(self) -> None:
+        """Stop the loop (queued calls fail with 503) and close the runtime."""
+        with self._lock:
+            self._closed = True
+            thread = self._thread
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(10)
+        self.runtime.close()
+
+    def _loop(self) -> None:
+        pending: list[_Call] = []
+        stopping = False
+        while not stopping:
+            if not pending:
+                first = self._queue.get()
+                if first is None:
+                    break
+                pending.append(first)
+            stopping = self._collect(pending)
+            limit = self.max_batch_size if self.enabled else 1
+            chosen, _ = plan_batch([(c.key, c.rows) for c in pending], limit)
+            taken = set(chosen)
+            batch = [pending[i] for i in chosen]
+            pending = [c for i, c in enumerate(pending) if i not in taken]
+            self._run(batch)
+        for call in pending:
+            call.future.set_exception(ServiceUnavailable(f"model '{self.spec.name}' shut down"))
+
+    def _collect(self, pending: list[_Call]) -> bool:
+        """Wait for more calls until the head's batch is full or its delay is up; True: stop."""
+        if not self.enabled:
+            return False
+        send_at = pending[0].enqueued + self.max_batch_delay
+        while True:
+            _, full = plan_batch([(c.key, c.rows) for c in pending], self.max_batch_size)
+            remaining = send_at - time.monotonic()
+            if full or remaining <= 0:
+                return False
+            try:
+                call = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return False
+            if call is None:
+                return True
+            pending.append(call)
+
+    def _run(self, batch: list[_Call]) -> None:
+        now = time.time()
+        live = []
+        for call in batch:
+            if not call.future.set_running_or_notify_cancel():
+                continue  # its caller cancelled it
+            if call.deadline is not None and call.deadline <= now:
+                self.stats.expired()
+                call.future.set_exception(
+                    DeadlineExceeded(f"model '{self.spec.name}': deadline passed before its batch")
+                )
+                continue
+            live.append(call)
+        if not live:
+            return
+        started = time.monotonic()
+        waits = [started - c.enqueued for c in live]
+        rows = sum(c.rows for c in live)
+        try:
+            outputs = self.runtime.predict(merge_inputs([c.inputs for c in live]))
+            parts = split_outputs(outputs, [c.rows for c in live])
+        except Exception as exc:  # noqa: BLE001 - each caller gets the cause, none is lost
+            logger.warning(
+                "model %s: batch of %d calls (%d examples) failed: %s",
+                self.spec.name,
+                len(live),
+                rows,
+                exc,
+            )
+            self.stats.batch(rows, waits, failed=True)
+            for call in live:
+                call.future.set_exception(exc)
+            return
+        self.stats.batch(rows, waits)
+        for call, part in zip(live, parts, strict=True):
+            call.future.set_result(part)

@@ -1,0 +1,121 @@
+"""``SyncPredictor``: the web side of synchronous calls (TF Serving ``:predict``, V2 ``infer``).
+
+Resolves the model and version from what the ready workers advertise (404 unknown, 503 when no
+worker serves it), pushes one request frame to ``flaskmodel:sync:<model>`` and blocks on its
+reply key until the deadline. Under gevent the ``BLPOP`` blocks only the request's greenlet; no
+polling. A deadline that passes is a 504; the worker drops the request if it has not started it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+import numpy as np
+import redis
+
+from flaskmodel import frames
+from flaskmodel.errors import DeadlineExceeded, InternalError, ModelNotFound, error_class
+from flaskmodel.jobs import done_key
+from flaskmodel.schemas import ModelAdvert, ModelSpec
+from flaskmodel.settings import BatchingSettings
+from flaskmodel.submission import JobSubmitter
+
+logger = logging.getLogger(__name__)
+
+# Redis answers BLPOP timeouts on its own clock (about 0.1 s granularity); never ask for 0,
+# which would mean "forever".
+_MIN_WAIT = 0.001
+# Reading and parsing every heartbeat per call cost more than the model; adverts change at
+# heartbeat pace anyway, so each web process reuses what it read for this long.
+ADVERT_CACHE_SECONDS = 1.0
+
+
+class SyncPredictor:
+    """Sends validated tensors to the workers and waits for their outputs."""
+
+    def __init__(
+        self, client: redis.Redis, submitter: JobSubmitter, settings: BatchingSettings
+    ) -> None:
+        self._redis = client
+        self._submitter = submitter
+        self._settings = settings
+        self._adverts: dict[str, tuple[float, ModelAdvert]] = {}
+
+    def model(
+        self, name: str, version: int | None = None, label: str | None = None
+    ) -> tuple[ModelAdvert, ModelSpec]:
+        """The model as advertised and the spec of the requested (or latest) version."""
+        cached = self._adverts.get(name)
+        if cached is not None and cached[0] > time.monotonic():
+            advert = cached[1]
+        else:
+            advert = self._submitter.model(name)  # 404 / 503 are never cached
+            self._adverts[name] = (time.monotonic() + ADVERT_CACHE_SECONDS, advert)
+        if label is not None:
+            if label not in advert.version_labels:
+                known = sorted(advert.version_labels) or "none"
+                raise ModelNotFound(
+                    f"model '{name}' has no version label '{label}' (labels: {known})"
+                )
+            version = advert.version_labels[label]
+        resolved = advert.latest if version is None else version
+        if resolved not in advert.specs:
+            raise ModelNotFound(f"model '{name}' has no version {resolved} (has {advert.versions})")
+        return advert, advert.specs[resolved]
+
+    def timeout(self, requested: float | None = None) -> float:
+        """Seconds a call may take: ``requested`` (capped) or the configured default."""
+        if requested is None or requested <= 0:
+            return self._settings.sync_timeout_seconds
+        return min(requested, self._settings.max_timeout_seconds)
+
+    def predict(
+        self,
+        spec: ModelSpec,
+        inputs: dict[str, np.ndarray],
+        *,
+        outputs: list[str] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The model's outputs for ``inputs`` (validated against ``spec`` by the caller)."""
+        budget = self.timeout(timeout)
+        request_id = uuid.uuid4().hex
+        deadline = time.time() + budget
+        frame = frames.encode(
+            {
+                "id": request_id,
+                "model": spec.name,
+                "version": spec.version,
+                "deadline": deadline,
+                "outputs": outputs,
+            },
+            inputs,
+        )
+        queue = frames.sync_queue_key(spec.name)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.lpush(queue, frame)
+        # Every entry is dead after its deadline: a queue nobody consumes goes away on its own.
+        pipe.expire(queue, int(self._settings.max_timeout_seconds) + 1)
+        pipe.execute()
+        reply = self._redis.blpop([frames.reply_key(request_id)], timeout=max(budget, _MIN_WAIT))
+        if reply is None:
+            raise DeadlineExceeded(
+                f"model '{spec.name}' version {spec.version} did not answer within {budget:g} s"
+            )
+        raw = reply[1]
+        assert isinstance(raw, bytes)  # the frames client does not decode responses
+        decoded = frames.decode(raw)
+        header = decoded.header
+        if header.get("id") != request_id:
+            raise InternalError(f"reply for request {header.get('id')!r} on {request_id}'s key")
+        error = header.get("error")
+        if error is not None:
+            raise error_class(error.get("type", "error"))(error.get("message", "model call failed"))
+        return decoded.tensors
+
+    def wait_job(self, job_id: str, timeout: float) -> None:
+        """Block until job ``job_id`` reaches a terminal state or ``timeout`` passes."""
+        budget = min(max(timeout, _MIN_WAIT), self._settings.max_timeout_seconds)
+        self._redis.blpop([done_key(job_id)], timeout=budget)

@@ -1,0 +1,193 @@
+"""The Open Inference Protocol (KServe V2) REST API: health, server and model metadata, model
+readiness and ``infer`` with JSON tensors or the binary tensor extension.
+
+``infer`` runs synchronously on the workers (through ``SyncPredictor``, the batcher's path) with
+the request's ``timeout`` parameter (microseconds) as its deadline. ``Prefer: respond-async``
+turns it into a job (202, readable at ``/v1/jobs/<id>``); ``Prefer: wait=N`` makes the job and
+waits up to N seconds for it, answering like a synchronous call if it finished, else 202.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Response, request
+
+from flaskmodel.errors import InvalidInput, InvalidRequest, error_class
+from flaskmodel.schemas import JobRequest, JobState, ModelAdvert, ModelSpec
+from flaskmodel.tensors import decode_outputs, encode_columnar
+from flaskmodel.v2_tensors import (
+    InferRequest,
+    check_outputs,
+    decode_inputs,
+    encode_outputs,
+    split_body,
+    v2_datatype,
+)
+from flaskmodel.web.body import parse, parse_json
+from flaskmodel.web.jobs import submit
+from flaskmodel.web.services import services
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("infer_v2", __name__)
+
+#: Exactly the protocol extensions implemented here.
+EXTENSIONS = ["binary_tensor_data", "classification"]
+HEADER_LENGTH = "Inference-Header-Content-Length"
+Reply = Response | tuple[dict[str, Any], int, dict[str, str]] | dict[str, Any]
+
+
+def _version(text: str | None) -> int | None:
+    if text is None:
+        return None
+    if not text.isdigit():
+        raise InvalidRequest(f"version must be a positive integer, got {text[:32]!r}")
+    return int(text)
+
+
+@bp.get("/v2")
+def server_metadata() -> dict[str, Any]:
+    try:
+        ours = package_version("flaskmodel")
+    except PackageNotFoundError:
+        ours = "unknown"
+    return {"name": "flaskmodel", "version": ours, "extensions": EXTENSIONS}
+
+
+@bp.get("/v2/health/live")
+def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@bp.get("/v2/health/ready")
+def ready() -> tuple[dict[str, bool], int, dict[str, str]]:
+    """200 when a worker is ready and no model failed to load; 503 otherwise."""
+    workers = services().workers.live()
+    failed = any(w.errors for w in workers)
+    ok = any(w.ready for w in workers) and not failed
+    return {"ready": ok}, (200 if ok else 503), ({} if ok else {"Retry-After": "5"})
+
+
+@bp.get("/v2/models/<name>")
+@bp.get("/v2/models/<name>/versions/<version>")
+def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
+    advert, spec = services().sync.model(name, _version(version))
+    return {
+        "name": spec.name,
+        "versions": [str(v) for v in advert.versions],
+        "platform": "tensorflow_savedmodel",
+        "inputs": [_tensor_metadata(t.name, t.dtype, t.shape) for t in spec.inputs],
+        "outputs": [_tensor_metadata(t.name, t.dtype, t.shape) for t in spec.outputs],
+    }
+
+
+def _tensor_metadata(name: str, dtype: str, shape: list[int | None]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "datatype": v2_datatype(dtype),
+        "shape": [-1 if d is None else d for d in shape],
+    }
+
+
+@bp.get("/v2/models/<name>/ready")
+@bp.get("/v2/models/<name>/versions/<version>/ready")
+def model_ready(name: str, version: str | None = None) -> dict[str, Any]:
+    """200 once a ready worker serves it; 404 unknown, 503 while no worker serves it."""
+    _, spec = services().sync.model(name, _version(version))
+    return {"name": spec.name, "ready": True}
+
+
+@bp.post("/v2/models/<name>/infer")
+@bp.post("/v2/models/<name>/versions/<version>/infer")
+def infer(name: str, version: str | None = None) -> Reply:
+    svc = services()
+    advert, spec = svc.sync.model(name, _version(version))
+    raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH, raised by werkzeug
+    header, blobs = split_body(raw, request.headers.get(HEADER_LENGTH))
+    infer_request = parse(InferRequest, parse_json(header))
+    inputs = decode_inputs(infer_request, blobs, spec)
+    wanted = check_outputs(infer_request, spec)
+    respond_async, wait = _prefer()
+    if respond_async or wait is not None:
+        return _as_job(infer_request, advert, spec, inputs, wait)
+    outputs = svc.sync.predict(spec, inputs, outputs=wanted, timeout=_timeout(infer_request))
+    return _response(infer_request, advert, spec, outputs)
+
+
+def _timeout(infer_request: InferRequest) -> float | None:
+    """The ``timeout`` parameter (schedule policy, microseconds) in seconds; None: default."""
+    micros = infer_request.parameters.get("timeout")
+    if micros is None:
+        return None
+    if not isinstance(micros, int) or isinstance(micros, bool) or micros < 0:
+        raise InvalidInput("parameter 'timeout' must be a non-negative integer (microseconds)")
+    return micros / 1e6 if micros else None
+
+
+def _prefer() -> tuple[bool, float | None]:
+    """RFC 7240 ``Prefer``: respond-async, and wait=<seconds>; anything else is ignored."""
+    respond_async = False
+    wait = None
+    for value in request.headers.getlist("Prefer"):
+        for token in value.split(","):
+            name, _, argument = token.split(";")[0].strip().partition("=")
+            name = name.strip().lower()
+            if name == "respond-async":
+                respond_async = True
+            elif name == "wait":
+                try:
+                    wait = max(0.0, float(argument.strip().strip('"')))
+                except ValueError:
+                    logger.info("ignored Prefer: wait=%r", argument[:32])
+    return respond_async, wait
+
+
+def _as_job(
+    infer_request: InferRequest,
+    advert: ModelAdvert,
+    spec: ModelSpec,
+    inputs: dict[str, np.ndarray],
+    wait: float | None,
+) -> Reply:
+    svc = services()
+    job = JobRequest(model=spec.name, version=spec.version, inputs=encode_columnar(inputs))
+    body, status, headers = submit(job)
+    job_id = body["job_id"]
+    if wait is not None:
+        view = svc.jobs.get(job_id)
+        if not view.state.terminal:
+            svc.sync.wait_job(job_id, wait)
+            view = svc.jobs.get(job_id)
+        if view.state is JobState.SUCCEEDED and view.result is not None:
+            outputs = decode_outputs(view.result["outputs"], spec)
+            return _response(infer_request, advert, spec, outputs)
+        if view.error is not None:
+            raise error_class(view.error.type)(view.error.message)
+    if infer_request.id is not None:
+        body["id"] = infer_request.id
+    return body, status, {**headers, "Preference-Applied": "respond-async"}
+
+
+def _response(
+    infer_request: InferRequest,
+    advert: ModelAdvert,
+    spec: ModelSpec,
+    outputs: dict[str, np.ndarray],
+) -> Reply:
+    entries, blobs = encode_outputs(infer_request, spec, outputs, advert.class_names)
+    body: dict[str, Any] = {"model_name": spec.name, "model_version": str(spec.version)}
+    if infer_request.id is not None:
+        body["id"] = infer_request.id
+    body["outputs"] = entries
+    if not blobs:
+        return body
+    header = json.dumps(body, separators=(",", ":")).encode()
+    response = Response(b"".join([header, *blobs]), mimetype="application/octet-stream")
+    response.headers[HEADER_LENGTH] = str(len(header))
+    return response

@@ -1,0 +1,123 @@
+"""Hooks of the Celery main process: the hard time limit, draining on shutdown, start-up checks.
+
+- A job killed by the hard time limit (``jobs.time_limit``) is acknowledged by Celery and its pool
+  process replaced; the main process then marks the job FAILED (timeout) here, so it is neither
+  left RUNNING forever nor redelivered: one execution. (Only when its current delivery has run
+  that long: a timer left over from a delivery whose process died is ignored.)
+- On shutdown (SIGTERM: warm, running jobs finish) the worker's heartbeats say draining at once,
+  so ``/readyz`` answers 503 and submits stop counting on it while it finishes its jobs.
+- A worker refuses to start when the broker lease (visibility timeout) Celery will use is not
+  longer than the hard time limit: a running job would be delivered a second time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from datetime import datetime
+from typing import Any
+
+import redis
+from celery import Celery, signals
+from celery.exceptions import TimeLimitExceeded
+
+from flaskmodel.admission import Admission
+from flaskmodel.jobs import JobStore
+from flaskmodel.settings import Settings
+from flaskmodel.storage.redis import connect, key
+from flaskmodel.storage.workers import WorkerRegistry
+
+logger = logging.getLogger(__name__)
+
+# Seconds of clock and scheduling slack when telling a real hard-limit kill from a stale timer.
+STALE_TOLERANCE = 0.5
+
+
+def check_limits(app: Celery, settings: Settings) -> None:
+    """Raise ``ValueError`` unless every visibility timeout Celery reads exceeds the hard limit."""
+    limit = app.conf.task_time_limit or 0
+    leases = {
+        "broker_transport_options": app.conf.broker_transport_options.get("visibility_timeout"),
+        "result_backend_transport_options": app.conf.result_backend_transport_options.get(
+            "visibility_timeout"
+        ),
+        "visibility_timeout": app.conf.get("visibility_timeout"),
+    }
+    for where, lease in leases.items():
+        if lease is None or lease <= limit:
+            raise ValueError(
+                f"{where} visibility_timeout ({lease}) must exceed the hard time limit "
+                f"({limit} s, FLASKMODEL_JOBS__TIME_LIMIT); a running job would be redelivered"
+            )
+    if settings.jobs.soft_time_limit >= limit:
+        raise ValueError("jobs.soft_time_limit must be below jobs.time_limit")
+
+
+class MainProcessHooks:
+    """Signal receivers of the worker's main process (its Redis client is made on first use)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._client: redis.Redis | None = None
+
+    def connect(self) -> None:
+        signals.task_failure.connect(self.on_task_failure, weak=False)
+        signals.worker_shutting_down.connect(self.on_shutting_down, weak=False)
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None:
+            self._client = connect(self._settings)
+        return self._client
+
+    def on_task_failure(self, task_id: str | None = None, exception: Any = None, **_: Any) -> None:
+        if not isinstance(exception, TimeLimitExceeded) or task_id is None:
+            return
+        jobs = self._settings.jobs
+        client = self._redis()
+        try:
+            if not self._ran_past_limit(client, task_id):
+                return
+            store = JobStore(client, ttl=jobs.ttl_seconds)
+            store.fail(
+                task_id,
+                "timeout",
+                f"job ran past its hard time limit of {jobs.time_limit} s and was stopped",
+            )
+            model = client.hget(key("job", task_id), "model")
+            if model:
+                Admission(client, max_pending=jobs.max_pending, ttl=jobs.ttl_seconds).release(
+                    str(model), task_id
+                )
+        except redis.RedisError:
+            logger.exception("job %s: could not record its hard time limit", task_id)
+        else:
+            logger.warning("job %s killed at its hard time limit; FAILED (timeout)", task_id)
+
+    def _ran_past_limit(self, client: redis.Redis, job_id: str) -> bool:
+        """Whether the job's current delivery started at least the hard limit ago.
+
+        Billiard's timer of a delivery whose pool process died can still fire after the job was
+        redelivered under the same id; that stale timeout must not fail the running delivery.
+        """
+        started = client.hget(key("job", job_id), "started_at")
+        if not started:
+            return False
+        elapsed = time.time() - datetime.fromisoformat(str(started)).timestamp()
+        if elapsed < self._settings.jobs.time_limit - STALE_TOLERANCE:
+            logger.info("job %s: stale hard-limit timer ignored (running %.1fs)", job_id, elapsed)
+            return False
+        return True
+
+    def on_shutting_down(self, **_: Any) -> None:
+        client = self._redis()
+        registry = WorkerRegistry(client, ttl=self._settings.worker.heartbeat_seconds * 3)
+        try:
+            changed = registry.drain(
+                socket.gethostname(), os.getpid(), ttl=self._settings.jobs.time_limit + 60
+            )
+        except redis.RedisError as exc:
+            logger.warning("could not mark the worker draining: %s", exc)
+        else:
+            logger.info("worker draining: %d heartbeats marked not ready", changed)

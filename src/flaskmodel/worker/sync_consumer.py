@@ -1,0 +1,173 @@
+"""``SyncConsumer``: the worker side of synchronous calls (the lean Redis protocol, not Celery).
+
+One thread per worker process ``BRPOP``s ``flaskmodel:sync:<model>`` for every model the process
+serves, takes whatever else is already queued for that model in the same round trip, drops
+requests whose deadline has passed (their caller has gone: the work is not computed) and hands
+the rest to the model version's ``DynamicBatcher`` without waiting. A second thread sends the
+replies, all those ready in one pipeline, each ``LPUSH`` + ``EXPIRE`` on its reply key.
+Synchronous calls are at-most-once: a request held by a worker that dies is answered by the
+caller's deadline (504); durable work goes through jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+import redis
+
+from flaskmodel import frames
+from flaskmodel.errors import DeadlineExceeded, FlaskModelError, InvalidInput
+from flaskmodel.runtime.repository import ModelRepository
+
+logger = logging.getLogger(__name__)
+
+Outcome = dict[str, np.ndarray] | FlaskModelError | Exception
+# Requests taken per round trip besides the one BRPOP returned.
+DRAIN = 127
+# How often the list of served models is re-read (new model folders appear without restart).
+MODELS_REFRESH_SECONDS = 5.0
+
+
+class SyncConsumer:
+    """Feeds synchronous requests from Redis to the batchers and sends the replies back."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        repository: ModelRepository,
+        *,
+        reply_ttl: int,
+        poll_seconds: float = 1.0,
+    ) -> None:
+        self._redis = client
+        self._repository = repository
+        self._reply_ttl = reply_ttl
+        self._poll = poll_seconds
+        self._replies: queue.SimpleQueue[tuple[dict[str, Any], Outcome] | None] = (
+            queue.SimpleQueue()
+        )
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for target, name in ((self._consume, "sync-consumer"), (self._send, "sync-replies")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """Take no more requests (the batchers may still answer those they hold)."""
+        self._stop.set()
+        for thread in self._threads[:1]:
+            thread.join(self._poll + 5)
+
+    def close(self) -> None:
+        """Send the replies still queued, then end the reply thread (after ``stop``)."""
+        self._stop.set()
+        self._replies.put(None)
+        for thread in self._threads[1:]:
+            thread.join(5)
+
+    def _consume(self) -> None:
+        keys: list[bytes | str] = []
+        refreshed = 0.0
+        turn = 0
+        while not self._stop.is_set():
+            if time.monotonic() - refreshed > MODELS_REFRESH_SECONDS:
+                keys = [frames.sync_queue_key(n) for n in self._repository.names()]
+                refreshed = time.monotonic()
+            if not keys:
+                self._stop.wait(self._poll)
+                continue
+            # BRPOP serves its keys in order: rotate so a busy model cannot starve the others.
+            turn = (turn + 1) % len(keys)
+            order = keys[turn:] + keys[:turn]
+            try:
+                popped = self._redis.brpop(order, timeout=self._poll)
+                if popped is None:
+                    continue
+                queue_key, first = popped
+                more = self._redis.rpop(queue_key, DRAIN) or []
+            except redis.RedisError as exc:
+                logger.warning("sync consumer: redis unavailable: %s", exc)
+                self._stop.wait(self._poll)
+                continue
+            for raw in [first, *more]:
+                self._dispatch(raw)
+
+    def _dispatch(self, raw: bytes) -> None:
+        try:
+            request = frames.decode(raw)
+        except (InvalidInput, KeyError, TypeError, ValueError) as exc:
+            logger.warning("sync consumer: dropped a malformed request frame: %s", exc)
+            return
+        header = request.header
+        if not isinstance(header.get("id"), str):
+            logger.warning("sync consumer: dropped a request frame without an id")
+            return
+        try:
+            batcher = self._repository.get(str(header["model"]), header.get("version"))
+            if float(header.get("deadline") or 0) <= time.time():
+                batcher.stats.expired()
+                logger.info(
+                    "sync request %s for %s expired in the queue", header["id"], header["model"]
+                )
+                return
+            future = batcher.submit(request.tensors, deadline=float(header["deadline"]))
+        except Exception as exc:  # noqa: BLE001 - the caller gets the cause as its reply
+            self._replies.put((header, exc))
+            return
+        future.add_done_callback(lambda done: self._finished(header, done))
+
+    def _finished(self, header: dict[str, Any], future: Future[dict[str, np.ndarray]]) -> None:
+        exc = future.exception()
+        if isinstance(exc, DeadlineExceeded):
+            return  # dropped before its batch ran: nobody waits for an answer any more
+        self._replies.put((header, exc if isinstance(exc, Exception) else future.result()))
+
+    def _send(self) -> None:
+        stopping = False
+        while not stopping:
+            item = self._replies.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < 256:
+                try:
+                    more = self._replies.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            pipe = self._redis.pipeline(transaction=False)
+            for header, outcome in batch:
+                target = frames.reply_key(header["id"])
+                pipe.lpush(target, reply_frame(header, outcome))
+                pipe.expire(target, self._reply_ttl)
+            try:
+                pipe.execute()
+            except redis.RedisError as exc:
+                logger.warning("sync consumer: %d replies lost: %s", len(batch), exc)
+
+
+def reply_frame(header: dict[str, Any], outcome: Outcome) -> bytes:
+    """The reply to one request: its outputs (only those it asked for), or its error."""
+    base = {"id": header["id"], "model_version": header.get("version")}
+    if isinstance(outcome, dict):
+        wanted = header.get("outputs")
+        outputs = outcome if not wanted else {k: v for k, v in outcome.items() if k in wanted}
+        return frames.encode(base, outputs)
+    if isinstance(outcome, FlaskModelError):
+        error = outcome.to_dict()
+    else:
+        logger.warning("sync request %s failed: %r", header["id"], outcome)
+        error = {"type": "internal_error", "message": f"{type(outcome).__name__}: {outcome}"}
+    return frames.encode({**base, "error": error})

@@ -1,0 +1,118 @@
+"""Graceful shutdown and readiness: SIGTERM to the worker finishes its in-flight jobs and loses
+none, ``/readyz`` turns 503 as soon as the worker starts draining, and a model that fails to load
+leaves the service live but not ready, its submits answered 503, never 202.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+
+from flaskmodel.settings import Settings
+from flaskmodel.storage.workers import WorkerRegistry
+from tests import procs
+from tests.conftest import redis_db
+from tests.reliability.harness import Harness, fake_models, ledger, open_harness
+
+pytestmark = pytest.mark.reliability
+
+
+def test_sigterm_drains_the_worker_and_loses_nothing(tmp_path: Path, redis_url: str) -> None:
+    root = fake_models(tmp_path / "models", {"slowish": {"delay_ms": 800}})
+    settings = Settings(
+        models_root=root,
+        data_root=tmp_path,
+        run_dir=tmp_path,
+        redis={"url": redis_db(redis_url, 7)},
+        worker={"heartbeat_seconds": 0.5, "concurrency": 2},
+        runtime={"backend": "fake"},
+    )
+    with open_harness(settings, tmp_path) as harness:
+        ids = [
+            harness.submit("slowish", [[float(i), 0.0, 0.0, 0.0]]).json()["job_id"]
+            for i in range(10)
+        ]
+        procs.wait_for(
+            lambda: sum(harness.record(i)["state"] == "RUNNING" for i in ids) == 2, 10, "running"
+        )
+        in_flight = [i for i in ids if harness.record(i)["state"] == "RUNNING"]
+        assert harness.worker is not None
+        harness.worker.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        while requests.get(harness.url("/readyz"), timeout=5).status_code != 503:
+            assert time.monotonic() - sent < 5, "/readyz never said not ready"
+            time.sleep(0.02)
+        not_ready_after = time.monotonic() - sent
+        readyz = requests.get(harness.url("/readyz"), timeout=5).json()
+        draining_submit = harness.submit("slowish", [[99.0, 0.0, 0.0, 0.0]])
+        harness.worker.wait(30)
+        exited_after = time.monotonic() - sent
+        at_exit = Counter(harness.record(i)["state"] for i in ids)
+        finished_in_flight = [harness.record(i)["state"] for i in in_flight]
+        harness.start_worker()
+        counted = ledger(harness.wait_terminal(ids, timeout=30))
+    print(
+        f"\nSIGTERM: /readyz 503 after {not_ready_after:.2f}s "
+        f"(draining {[w['draining'] for w in readyz['workers']]}), submit while draining "
+        f"{draining_submit.status_code}, worker exited after {exited_after:.2f}s with jobs "
+        f"{dict(at_exit)} (in flight at SIGTERM: {finished_in_flight}); after a new worker: "
+        f"ledger {counted}"
+    )
+    assert not_ready_after < 1.0
+    assert readyz["workers"] and all(w["draining"] for w in readyz["workers"])
+    assert draining_submit.status_code == 503
+    assert finished_in_flight == ["SUCCEEDED", "SUCCEEDED"]
+    assert counted["states"] == {"SUCCEEDED": 10}
+    assert counted["attempts"] == {1: 10}, "an in-flight job was run again"
+    assert counted["result_writes"] == {1: 10}
+
+
+def test_model_that_fails_to_load_is_live_not_ready_and_refused(
+    tmp_path: Path, redis_url: str
+) -> None:
+    root = fake_models(tmp_path / "models", {"good": {}})
+    (root / "broken" / "1").mkdir(parents=True)
+    (root / "broken" / "1" / "fake.json").write_text("{ this is not a model")
+    settings = Settings(
+        models_root=root,
+        data_root=tmp_path,
+        run_dir=tmp_path,
+        redis={"url": redis_db(redis_url, 8)},
+        worker={"heartbeat_seconds": 0.5, "concurrency": 1},
+        runtime={"backend": "fake"},
+    )
+    harness = Harness(settings, tmp_path)
+    try:
+        args = [sys.executable, "-m", "flaskmodel", "worker"]
+        harness.worker = procs.spawn(args, settings, tmp_path / "worker.log")
+        registry = WorkerRegistry(harness.redis, ttl=1.5)
+        procs.wait_for(lambda: any("broken" in w.errors for w in registry.live()), 60, "load error")
+        harness.start_web()
+        healthz = requests.get(harness.url("/healthz"), timeout=5)
+        readyz = requests.get(harness.url("/readyz"), timeout=5)
+        answers: Counter[int] = Counter()
+        retry_after = set()
+        for i in range(20):
+            response = harness.submit("broken", [[float(i), 0.0, 0.0, 0.0]])
+            answers[response.status_code] += 1
+            retry_after.add(response.headers.get("Retry-After"))
+            assert "broken" in response.json()["error"]
+        assert harness.worker.poll() is None
+    finally:
+        harness.close()
+    print(
+        f"\nfailed model: /healthz {healthz.status_code}, /readyz {readyz.status_code} "
+        f"(errors {[w['errors'] for w in readyz.json()['workers']]}), 20 submits: "
+        f"{dict(answers)}, Retry-After {retry_after}"
+    )
+    assert healthz.status_code == 200
+    assert readyz.status_code == 503
+    assert any("broken" in w["errors"] for w in readyz.json()["workers"])
+    assert answers == {503: 20}
+    assert None not in retry_after

@@ -1,0 +1,161 @@
+"""``DynamicBatcher`` timing semantics with a recording model (no Redis, no TensorFlow)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from flaskmodel.errors import DeadlineExceeded
+from flaskmodel.runtime.batcher import DynamicBatcher
+from flaskmodel.schemas import ModelSpec, TensorSpec
+
+Factory = Callable[[int, float], DynamicBatcher]
+SPEC = ModelSpec(
+    name="rec",
+    version=1,
+    inputs=[TensorSpec(name="x", dtype="float32", shape=[None, None])],
+    outputs=[TensorSpec(name="y", dtype="float32", shape=[None, None])],
+)
+
+
+class Recorder:
+    """A model that doubles its input, remembers each call, and fails on the value 7."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[tuple[int, int]] = []  # (rows, calling thread)
+        self.delay = delay
+
+    @property
+    def spec(self) -> ModelSpec:
+        return SPEC
+
+    def load(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.calls.append((len(inputs["x"]), threading.get_ident()))
+        if self.delay:
+            time.sleep(self.delay)
+        if np.any(inputs["x"] == 7):
+            raise ValueError("poisoned row in the batch")
+        return {"y": inputs["x"] * 2}
+
+
+def rows(n: int, start: float = 0.0, width: int = 2) -> dict[str, np.ndarray]:
+    return {"x": np.arange(n * width, dtype=np.float32).reshape(n, width) + start}
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def make(recorder: Recorder) -> Iterator[Factory]:
+    made: list[DynamicBatcher] = []
+
+    def build(size: int, delay: float) -> DynamicBatcher:
+        batcher = DynamicBatcher(recorder, max_batch_size=size, max_batch_delay=delay)
+        made.append(batcher)
+        return batcher
+
+    yield build
+    for batcher in made:
+        batcher.close()
+
+
+def test_full_batch_goes_at_once(make: Factory, recorder: Recorder) -> None:
+    batcher = make(4, 5.0)
+    started = time.monotonic()
+    futures = [batcher.submit(rows(1, 10 * i)) for i in range(4)]
+    results = [f.result(timeout=2) for f in futures]
+    assert time.monotonic() - started < 1.0  # far below the 5 s delay
+    assert [r for r, _ in recorder.calls] == [4]
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result["y"], rows(1, 10 * i)["x"] * 2)
+    stats = batcher.stats.snapshot()
+    assert stats.batch_sizes == {4: 1} and stats.requests == 4 and stats.items == 4
+
+
+def test_no_call_waits_longer_than_the_delay(make: Factory, recorder: Recorder) -> None:
+    batcher = make(100, 0.15)
+    started = time.monotonic()
+    first = batcher.submit(rows(1))
+    time.sleep(0.05)
+    second = batcher.submit(rows(2, 100))
+    first.result(timeout=2)
+    elapsed = time.monotonic() - started
+    second.result(timeout=2)
+    assert 0.14 <= elapsed < 0.4  # sent when the first call's delay ran out, not later
+    assert [r for r, _ in recorder.calls] == [3]  # the second joined the first's batch
+    stats = batcher.stats.snapshot()
+    assert 0.14 <= stats.queue_wait_seconds_max < 0.4
+    assert sum(stats.queue_wait_buckets.values()) == 2
+
+
+def test_off_when_either_knob_is_zero(make: Factory, recorder: Recorder) -> None:
+    for size, delay in ((0, 1.0), (8, 0.0)):
+        recorder.calls.clear()
+        batcher = make(size, delay)
+        assert not batcher.enabled
+        out = batcher.predict(rows(3))
+        np.testing.assert_array_equal(out["y"], rows(3)["x"] * 2)
+        assert recorder.calls == [(3, threading.get_ident())]  # in the caller's thread
+        futures = [batcher.submit(rows(1)) for _ in range(3)]
+        for future in futures:
+            future.result(timeout=2)
+        assert [r for r, _ in recorder.calls[1:]] == [1, 1, 1]  # one call at a time, unmerged
+
+
+def test_failing_batch_fails_every_caller_with_the_cause(make: Factory, recorder: Recorder) -> None:
+    batcher = make(8, 0.2)
+    good = batcher.submit(rows(2))
+    bad = batcher.submit({"x": np.array([[7.0, 7.0]], np.float32)})
+    other = batcher.submit(rows(1, 50))
+    for future in (good, bad, other):
+        with pytest.raises(ValueError, match="poisoned row"):
+            future.result(timeout=2)
+    assert [r for r, _ in recorder.calls] == [4]
+    assert batcher.stats.snapshot().failed_batches == 1
+    # The batcher keeps serving afterwards.
+    np.testing.assert_array_equal(batcher.predict(rows(1))["y"], rows(1)["x"] * 2)
+
+
+def test_expired_calls_are_dropped_not_computed(make: Factory, recorder: Recorder) -> None:
+    batcher = make(8, 0.05)
+    gone = batcher.submit(rows(1), deadline=time.time() + 0.01)
+    with pytest.raises(DeadlineExceeded):
+        gone.result(timeout=2)
+    assert recorder.calls == []
+    stats = batcher.stats.snapshot()
+    assert stats.expired == 1 and stats.batches == 0
+
+
+def test_different_signatures_are_not_merged(make: Factory, recorder: Recorder) -> None:
+    batcher = make(8, 0.1)
+    narrow = batcher.submit(rows(1, width=2))
+    wide = batcher.submit(rows(2, width=3))
+    also_narrow = batcher.submit(rows(1, 5, width=2))
+    assert narrow.result(timeout=2)["y"].shape == (1, 2)
+    assert wide.result(timeout=2)["y"].shape == (2, 3)
+    np.testing.assert_array_equal(also_narrow.result(timeout=2)["y"], rows(1, 5)["x"] * 2)
+    assert sorted(r for r, _ in recorder.calls) == [2, 2]
+
+
+def test_jobs_and_sync_calls_share_the_batch(make: Factory, recorder: Recorder) -> None:
+    batcher = make(16, 0.2)
+    sync = batcher.submit(rows(1))
+    job_result: dict[str, np.ndarray] = {}
+    job = threading.Thread(target=lambda: job_result.update(batcher.predict(rows(4, 100))))
+    job.start()
+    job.join(2)
+    sync.result(timeout=2)
+    assert [r for r, _ in recorder.calls] == [5]
+    np.testing.assert_array_equal(job_result["y"], rows(4, 100)["x"] * 2)
