@@ -43,3 +43,18 @@ def test_submit_without_a_server() -> None:
     result = CliRunner().invoke(main, ["submit", "x", "--url", "http://127.0.0.1:9"])
     assert result.exit_code == 1
     assert "cannot reach" in result.output
+
+
+def test_jobs_lists_the_newest_first(stack: Stack) -> None:
+    runner = CliRunner()
+    first = runner.invoke(main, ["submit", DEMO_SERIES_UID, "--stop", "2", "--url", stack.base_url])
+    second = runner.invoke(
+        main, ["submit", DEMO_SERIES_UID, "--stop", "3", "--url", stack.base_url]
+    )
+    listing = runner.invoke(main, ["jobs", "--limit", "5", "--url", stack.base_url])
+    assert listing.exit_code == 0, listing.output
+    lines = listing.output.splitlines()
+    assert lines[0].startswith("job")
+    ids = [line.split()[0] for line in lines[1:]]
+    assert ids[:2] == [second.output.strip(), first.output.strip()]
+    assert all("series" in line for line in lines[1:3])

@@ -151,6 +151,26 @@ def submit(
         )
 
 
+@main.command()
+@click.option("--limit", default=20, show_default=True, help="How many of the newest jobs.")
+@click.option("--url", default=None, help="Server URL (default: http://web.host:web.port).")
+def jobs(limit: int, url: str | None) -> None:
+    """List recent jobs with their state and progress."""
+    settings = load_settings()
+    client = Client(url or f"http://{settings.web.host}:{settings.web.port}")
+    try:
+        views = client.jobs(limit)
+    except ClientError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(f"{'job':<32}  {'kind':<6}  {'model':<16} {'state':<10} {'progress':>9}  created")
+    for view in views:
+        progress = f"{view['progress']['done']}/{view['progress']['total']}"
+        click.echo(
+            f"{view['job_id']:<32}  {view['kind']:<6}  {view['model']:<16} {view['state']:<10} "
+            f"{progress:>9}  {view['created_at']}"
+        )
+
+
 def _wait_with_bar(client: Client, job_id: str) -> dict[str, Any]:
     with click.progressbar(length=1, label="slices", show_pos=True, file=sys.stderr) as bar:
 

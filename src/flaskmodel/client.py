@@ -70,6 +70,11 @@ class Client:
             payload["slices"] = {"start": start, "stop": stop}
         return self.submit(payload)
 
+    def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest jobs, newest first (no results)."""
+        body: dict[str, Any] = self._call("GET", f"/v1/jobs?limit={limit}")
+        return list(body["jobs"])
+
     def job(self, job_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}")
         return result

@@ -8,19 +8,23 @@ finished result is also merged into ``flaskmodel:series:<uid>:<model>`` for othe
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import redis
 
+from flaskmodel.dicom.pixels import file_window, load_hu
 from flaskmodel.dicom.postprocess import postprocess
 from flaskmodel.dicom.preprocess import PreprocessConfig, preprocess_slice, resolve_window
-from flaskmodel.dicom.series import Series, SliceRef, file_window, load_hu, scan_series
+from flaskmodel.dicom.series import Series, SliceRef, scan_series
+from flaskmodel.dicom.thumbnail import render_thumbnail
 from flaskmodel.errors import InvalidRequest, JobCancelled
 from flaskmodel.jobs import JobStore
 from flaskmodel.runtime.base import ModelRuntime
@@ -72,6 +76,8 @@ def run_series(
     if done:
         logger.info("job %s resumes with %d of %d slices scored", job_id, len(done), len(slices))
     todo = [s for s in slices if s.sop_instance_uid not in done]
+    offset = series.slices.index(slices[0])
+    index_of = {s.sop_instance_uid: offset + i for i, s in enumerate(slices)}
     with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="dicom") as pool:
         for first in range(0, len(todo), batch_size):
             if jobs.state(job_id) is not JobState.RUNNING:
@@ -79,24 +85,15 @@ def run_series(
             batch = todo[first : first + batch_size]
             tick = time.perf_counter()
             prepared = list(pool.map(lambda ref: _prepare(ref, settings, preprocess), batch))
-            images = [image for image, _, _ in prepared]
+            images = [p.image for p in prepared]
             # Summed across the decode threads: CPU time spent, not wall time.
-            timings["decode"] += sum(decode for _, decode, _ in prepared)
-            timings["preprocess"] += sum(pre for _, _, pre in prepared)
+            timings["decode"] += sum(p.decode_seconds for p in prepared)
+            timings["preprocess"] += sum(p.preprocess_seconds for p in prepared)
             tick2 = time.perf_counter()
             outputs = runtime.predict({image_input: np.stack(images)})
             timings["inference"] += time.perf_counter() - tick2
             scores = np.asarray(outputs[score_output], dtype=np.float64).reshape(len(batch), -1)
-            pipe = client.pipeline(transaction=True)
-            pipe.hset(
-                scores_key,
-                mapping={
-                    ref.sop_instance_uid: json.dumps(row.tolist())
-                    for ref, row in zip(batch, scores, strict=True)
-                },
-            )
-            pipe.expire(scores_key, settings.jobs.ttl_seconds)
-            pipe.execute()
+            _store_batch(client, settings, job_id, batch, scores, prepared, index_of)
             done.update({ref.sop_instance_uid: row for ref, row in zip(batch, scores, strict=True)})
             jobs.set_progress(job_id, sum(s.sop_instance_uid in done for s in slices), len(slices))
             logger.debug(
@@ -118,21 +115,63 @@ def run_series(
     return result
 
 
+def _store_batch(
+    client: redis.Redis,
+    settings: Settings,
+    job_id: str,
+    batch: list[SliceRef],
+    scores: np.ndarray,
+    prepared: list[Prepared],
+    index_of: dict[str, int],
+) -> None:
+    """One batch's scores (the resume point) and thumbnails, in one transaction."""
+    scores_key = key("job", job_id, "slices")
+    pipe = client.pipeline(transaction=True)
+    pipe.hset(
+        scores_key,
+        mapping={
+            ref.sop_instance_uid: json.dumps(row.tolist())
+            for ref, row in zip(batch, scores, strict=True)
+        },
+    )
+    pipe.expire(scores_key, settings.jobs.ttl_seconds)
+    thumbnails = {
+        index_of[ref.sop_instance_uid]: base64.b64encode(p.thumbnail).decode()
+        for ref, p in zip(batch, prepared, strict=True)
+        if p.thumbnail is not None
+    }
+    if thumbnails:
+        pipe.hset(key("thumbs", job_id), mapping=thumbnails)  # type: ignore[arg-type]
+        pipe.expire(key("thumbs", job_id), settings.jobs.ttl_seconds)
+    pipe.execute()
+
+
 def _stored_scores(client: redis.Redis, scores_key: str) -> dict[str, np.ndarray]:
     raw: dict[str, str] = client.hgetall(scores_key)  # type: ignore[assignment]
     return {uid: np.asarray(json.loads(row), dtype=np.float64) for uid, row in raw.items()}
 
 
-def _prepare(
-    ref: SliceRef, settings: Settings, config: PreprocessConfig
-) -> tuple[np.ndarray, float, float]:
-    """One slice as model input, with the seconds spent decoding and preprocessing it."""
+@dataclass(frozen=True)
+class Prepared:
+    """One slice ready for the model, its thumbnail (PNG) and what it cost."""
+
+    image: np.ndarray
+    thumbnail: bytes | None
+    decode_seconds: float
+    preprocess_seconds: float
+
+
+def _prepare(ref: SliceRef, settings: Settings, config: PreprocessConfig) -> Prepared:
+    """One slice as model input (and, when enabled, its thumbnail for the results viewer)."""
     tick = time.perf_counter()
     hu = load_hu(ref, settings.data_root)
     window = file_window(ref, settings.data_root) if config.window == "file" else None
     tock = time.perf_counter()
     image = preprocess_slice(hu, config, window)
-    return image, tock - tick, time.perf_counter() - tock
+    thumbnail = None
+    if settings.series.thumbnails:
+        thumbnail = render_thumbnail(hu, resolve_window(config, window))
+    return Prepared(image, thumbnail, tock - tick, time.perf_counter() - tock)
 
 
 def _image_signature(spec: ModelSpec) -> tuple[str, str]:
