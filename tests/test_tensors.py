@@ -115,3 +115,16 @@ def test_explicit_formats_and_output_decoding() -> None:
     assert outputs["s_bytes"].tolist() == [b"\x00\xff"] and outputs["n"].dtype == np.int32
     assert decode_outputs([[0.5]], ONE)["y"].tolist() == [[0.5]]
     assert encode_columnar({"s": np.array([b"a"], dtype=object)}) == {"s": [{"b64": "YQ=="}]}
+
+
+def test_numbers_out_of_range_for_the_dtype_are_refused() -> None:
+    with pytest.raises(InvalidInput, match="too large for float32"):
+        decode_inputs([[1e39, 0.0]], ONE)
+    small = ModelSpec(
+        name="s", version=1,
+        inputs=[TensorSpec(name="i", dtype="int8", shape=[None])],
+        outputs=[],
+    )  # fmt: skip
+    with pytest.raises(InvalidInput, match="out of range for int8"):
+        decode_inputs([1, 300], small)
+    assert decode_inputs([1, -128], small)["i"].dtype == np.int8

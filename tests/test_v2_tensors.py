@@ -89,3 +89,16 @@ def test_output_encoding_and_datatypes() -> None:
     ]
     with pytest.raises(InvalidInput):
         v2_datatype("complex64")
+
+
+def test_fp32_values_beyond_float32_are_refused() -> None:
+    spec = ModelSpec(
+        name="f", version=1,
+        inputs=[TensorSpec(name="x", dtype="float32", shape=[None])],
+        outputs=[],
+    )  # fmt: skip
+    huge = request(x={"shape": [2], "datatype": "FP32", "data": [1.0, 1e39]})
+    with pytest.raises(InvalidInput, match="outside FP32"):
+        decode_inputs(huge, b"", spec)
+    fine = request(x={"shape": [2], "datatype": "FP32", "data": [1.0, 3e38]})
+    assert decode_inputs(fine, b"", spec)["x"].dtype == np.float32

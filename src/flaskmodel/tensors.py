@@ -93,7 +93,15 @@ def _number_array(value: Any, spec: TensorSpec) -> np.ndarray:
         raise InvalidInput(f"input {spec.name!r} must hold integers ({spec.dtype})")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
         raise InvalidInput(f"input {spec.name!r} holds NaN or infinity")
-    return array.astype(dtype, copy=False)
+    if dtype.kind in "iu" and array.size:
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise InvalidInput(f"input {spec.name!r} holds a number out of range for {spec.dtype}")
+    with np.errstate(over="ignore"):  # checked just below: a silent cast to inf is refused
+        converted = array.astype(dtype, copy=False)
+    if dtype.kind == "f" and not np.isfinite(converted).all():
+        raise InvalidInput(f"input {spec.name!r} holds a number too large for {spec.dtype}")
+    return converted
 
 
 def check_shape(array: np.ndarray, spec: TensorSpec) -> None:

@@ -173,7 +173,12 @@ def _json(tensor: InferInput) -> np.ndarray:
             info = np.iinfo(dtype)
             if array.min() < info.min or array.max() > info.max:
                 raise InvalidInput(f"input '{tensor.name}' holds values outside {tensor.datatype}")
-        array = array.astype(dtype)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInput(f"input '{tensor.name}' holds NaN or infinity")
+        with np.errstate(over="ignore"):  # a silent cast to infinity is refused just below
+            array = array.astype(dtype)
+        if dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInput(f"input '{tensor.name}' holds values outside {tensor.datatype}")
     if array.size != count:
         raise InvalidInput(
             f"input '{tensor.name}' has {array.size} values; shape {tensor.shape} needs {count}"
