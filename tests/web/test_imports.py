@@ -15,6 +15,8 @@ def test_web_tier_imports_no_heavy_modules() -> None:
         "app = create_app(Settings(redis={'url': 'redis://127.0.0.1:1/0'}))\n"
         "client = app.test_client()\n"
         "client.get('/healthz')\n"
+        "assert client.get('/openapi.json').status_code == 200\n"
+        "assert client.get('/docs').status_code == 200\n"
         "assert client.get('/v2').status_code == 200\n"
         "assert client.get('/v2/health/live').status_code == 200\n"
         "for path in ('/v1/models/tiny', '/v1/models/tiny/metadata', '/v2/models/tiny'):\n"

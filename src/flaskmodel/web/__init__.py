@@ -10,7 +10,18 @@ import logging
 from flask import Flask
 
 from flaskmodel.settings import Settings
-from flaskmodel.web import errors, health, infer_v2, jobs, kv, legacy, predict_v1, series, ui
+from flaskmodel.web import (
+    errors,
+    health,
+    infer_v2,
+    jobs,
+    kv,
+    legacy,
+    openapi,
+    predict_v1,
+    series,
+    ui,
+)
 from flaskmodel.web.services import init_services
 
 logger = logging.getLogger(__name__)
@@ -29,5 +40,5 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 def register_blueprints(app: Flask) -> None:
-    for module in (health, jobs, kv, series, legacy, predict_v1, infer_v2, ui):
+    for module in (health, jobs, kv, series, legacy, predict_v1, infer_v2, ui, openapi):
         app.register_blueprint(module.bp)

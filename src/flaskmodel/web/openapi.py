@@ -1,0 +1,299 @@
+"""``/openapi.json``: OpenAPI 3.1 built from ``url_map`` (a new route shows up by itself, with a
+generic JSON answer until ``OPERATIONS`` names its pydantic schemas). ``/docs``: Swagger UI from
+the ``swagger-ui-bundle`` package, served here (no CDN). That Swagger UI (4.x) renders only
+OpenAPI 3.0, so it reads ``/docs/openapi-3.0.json``, the same document spelled the 3.0 way.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any
+
+import swagger_ui_bundle  # type: ignore[import-untyped]
+from flask import Blueprint, Flask, Response, current_app, send_from_directory, url_for
+from pydantic import BaseModel, ConfigDict, create_model
+
+from flaskmodel.schemas import JobRequest, JobView, SubmitResponse
+from flaskmodel.v2_tensors import InferRequest
+from flaskmodel.web.kv import PutValue
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("openapi", __name__)
+
+ASSETS = Path(swagger_ui_bundle.swagger_ui_path)
+#: Endpoints left out of the document: static files and the documentation itself.
+HIDDEN = re.compile(r"^(static|ui\.ui_asset|openapi\..*)$")
+_CONVERTER = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
+_TYPES = {"int": "integer", "float": "number"}
+_REF = "#/components/schemas/{model}"
+
+
+class Open(BaseModel):
+    """A JSON object whose fields vary (by model, by format)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class PredictRequest(Open):
+    """TF Serving ``:predict``: row ``instances`` or columnar ``inputs`` (not both)."""
+
+    signature_name: str | None = None
+    instances: list[Any] | None = None
+    inputs: Any = None
+
+
+# Bodies the views build as dicts, described here for the document only.
+_S, _B, _ROWS = (str, ...), (bool, ...), (list[dict[str, Any]], ...)
+ErrorBody = create_model("ErrorBody", error=_S, type=_S)
+HealthStatus = create_model("HealthStatus", status=_S)
+Readiness = create_model(
+    "Readiness", __base__=Open, status=_S, redis=_S, workers=_ROWS, models=(list[str], [])
+)
+JobList = create_model("JobList", jobs=(list[JobView], ...))
+KvEntry = create_model("KvEntry", key=_S, value=(Any, ...), ttl=(int | None, ...))
+SeriesResults = create_model("SeriesResults", __base__=Open, series_uid=_S, model=_S, slices=_ROWS)
+LegacySubmit = create_model("LegacySubmit", __base__=SubmitResponse, task_id=_S)
+_ANY, _STRS = (Any, None), (list[str], ...)
+PredictResponse = create_model(
+    "PredictResponse", __base__=Open, predictions=(list[Any] | None, None), outputs=_ANY
+)
+ServerMetadata = create_model("ServerMetadata", name=_S, version=_S, extensions=_STRS)
+Live = create_model("Live", live=_B)
+Ready = create_model("Ready", ready=_B)
+_TENSOR: dict[str, Any] = {"name": _S, "datatype": _S, "shape": (list[int], ...)}
+TensorMetadata = create_model("TensorMetadata", **_TENSOR)
+_TENSORS = (list[TensorMetadata], ...)
+_MODEL: dict[str, Any] = {"name": _S, "versions": _STRS, "platform": _S}
+ModelMetadata = create_model("ModelMetadata", **_MODEL, inputs=_TENSORS, outputs=_TENSORS)
+ModelReady = create_model("ModelReady", name=_S, ready=_B)
+InferOutputEntry = create_model("InferOutputEntry", __base__=Open, **_TENSOR, data=_ANY)
+_OUTPUTS = (list[InferOutputEntry], ...)
+InferResponse = create_model(
+    "InferResponse", model_name=_S, model_version=_S, id=(str | None, None), outputs=_OUTPUTS
+)
+
+
+#: A response body: a model, a media type with a raw schema, or None (no body).
+Body = type[BaseModel] | tuple[str, dict[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    responses: dict[int, Body]
+    request: type[BaseModel] | None = None
+    query: dict[str, dict[str, Any]] = field(default_factory=dict)
+    headers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+_HTML, _INT = ("text/html", {"type": "string"}), {"type": "integer", "minimum": 1}
+OPERATIONS: dict[str, Operation] = {
+    "health.healthz": Operation("The web process answers", {200: HealthStatus}),
+    "health.readyz": Operation("Redis up and a worker ready", {200: Readiness, 503: Readiness}),
+    "jobs.create_job": Operation(
+        "Submit a job (202 new, 200 idempotent repeat)",
+        {202: SubmitResponse, 200: SubmitResponse},
+        JobRequest,
+        headers={"Idempotency-Key": {"type": "string"}},
+    ),
+    "jobs.list_jobs": Operation(
+        "Recent jobs, newest first", {200: JobList}, query={"limit": {**_INT, "maximum": 500}}
+    ),
+    "jobs.get_job": Operation("A job's state, progress and result", {200: JobView}),
+    "jobs.cancel_job": Operation("Cancel a job", {200: JobView}),
+    "kv.get_value": Operation("Read a key", {200: KvEntry}),
+    "kv.put_value": Operation("Write a key", {201: KvEntry, 200: KvEntry}, PutValue),
+    "kv.delete_value": Operation("Delete a key", {204: None}),
+    "series.series_results": Operation(
+        "Per-slice labels of a series", {200: SeriesResults}, query={"model": {"type": "string"}}
+    ),
+    "legacy.inference": Operation(
+        "Start a series job over slices [start, end)", {202: LegacySubmit, 200: LegacySubmit}
+    ),
+    "legacy.get_result": Operation("A job's result, or its state", {200: Open, 202: Open}),
+    "predict_v1.status_or_metadata": Operation(
+        "TF Serving model status or (…/metadata) signature", {200: Open}
+    ),
+    "predict_v1.predict": Operation(
+        "TF Serving ':predict'", {200: PredictResponse}, PredictRequest
+    ),
+    "infer_v2.server_metadata": Operation("Server metadata", {200: ServerMetadata}),
+    "infer_v2.live": Operation("Server live", {200: Live}),
+    "infer_v2.ready": Operation("Server ready", {200: Ready, 503: Ready}),
+    "infer_v2.model_metadata": Operation("Model metadata", {200: ModelMetadata}),
+    "infer_v2.model_ready": Operation("Model ready", {200: ModelReady}),
+    "infer_v2.infer": Operation(
+        "Inference (JSON or binary tensors; Prefer: respond-async|wait=N makes a job)",
+        {200: InferResponse, 202: SubmitResponse},
+        InferRequest,
+        headers={"Prefer": {"type": "string"}, "Inference-Header-Content-Length": _INT},
+    ),
+    "ui.ui_redirect": Operation("Redirect to /ui/", {308: None}),
+    "ui.ui_index": Operation("The results viewer", {200: _HTML}),
+    "ui.thumbnail": Operation(
+        "A slice thumbnail", {200: ("image/png", {"type": "string", "format": "binary"})}
+    ),
+}
+_GENERIC = Operation("", {200: Open})
+
+
+def build_spec(app: Flask) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of every route of ``app`` (except static files and docs)."""
+    schemas: dict[str, Any] = {}
+    paths: dict[str, dict[str, Any]] = {}
+    used_ids: set[str] = set()
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        if HIDDEN.match(rule.endpoint):
+            continue
+        path = _CONVERTER.sub(r"{\g<name>}", rule.rule)
+        params = [
+            _param(m["name"], "path", {"type": _TYPES.get(m["converter"] or "", "string")})
+            for m in _CONVERTER.finditer(rule.rule)
+        ]
+        op = OPERATIONS.get(rule.endpoint, _GENERIC)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            op_id = rule.endpoint.replace(".", "_")
+            while op_id in used_ids:
+                op_id += "_"
+            used_ids.add(op_id)
+            paths.setdefault(path, {})[method.lower()] = _operation(
+                rule.endpoint, op_id, op, params, schemas
+            )
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "FlaskModel", "version": _version()},
+        "tags": [{"name": name} for name in sorted(app.blueprints) if name != "openapi"],
+        "paths": paths,
+        "components": {"schemas": dict(sorted(schemas.items()))},
+    }
+
+
+def _operation(
+    endpoint: str,
+    op_id: str,
+    op: Operation,
+    params: list[dict[str, Any]],
+    schemas: dict[str, Any],
+) -> dict[str, Any]:
+    error = {"application/json": {"schema": _ref(ErrorBody, schemas)}}
+    responses: dict[str, Any] = {}
+    for status, body in sorted(op.responses.items()):
+        response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
+        if isinstance(body, tuple):
+            response["content"] = {body[0]: {"schema": body[1]}}
+        elif body is not None:
+            response["content"] = {"application/json": {"schema": _ref(body, schemas)}}
+        responses[str(status)] = response
+    for series in ("4XX", "5XX"):
+        responses[series] = {"description": "error", "content": error}
+    extra = [_param(n, "query", s) for n, s in op.query.items()]
+    extra += [_param(n, "header", s) for n, s in op.headers.items()]
+    operation: dict[str, Any] = {
+        "operationId": op_id,
+        "tags": [endpoint.partition(".")[0]],
+        "summary": op.summary or endpoint,
+        "responses": responses,
+    }
+    if params or extra:
+        operation["parameters"] = params + extra
+    if op.request is not None:
+        content = {"application/json": {"schema": _ref(op.request, schemas)}}
+        operation["requestBody"] = {"required": True, "content": content}
+    return operation
+
+
+def _param(name: str, where: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": where == "path", "schema": schema}
+
+
+def _ref(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, str]:
+    """Put ``model`` (and what it nests) into ``schemas``; answer a ``$ref`` to it."""
+    if model.__name__ not in schemas:
+        schema = model.model_json_schema(ref_template=_REF)
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+    return {"$ref": _REF.format(model=model.__name__)}
+
+
+def _version() -> str:
+    try:
+        return package_version("flaskmodel")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def to_openapi_30(node: Any) -> Any:
+    """The document (or schema) in OpenAPI 3.0 spelling, for Swagger UI 4."""
+    if isinstance(node, list):
+        return [to_openapi_30(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: to_openapi_30(v) for k, v in node.items()}
+    if out.get("openapi") == "3.1.0":
+        out["openapi"] = "3.0.3"
+    options = out.get("anyOf")
+    if isinstance(options, list) and {"type": "null"} in options:
+        rest = [o for o in options if o != {"type": "null"}]
+        del out["anyOf"]
+        if len(rest) == 1:
+            out.update({"allOf": rest} if "$ref" in rest[0] else rest[0])
+        else:
+            out["anyOf"] = rest
+        out["nullable"] = True
+    if "const" in out and not isinstance(out["const"], dict):
+        out["enum"] = [out.pop("const")]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = out.get(bound)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[plain], out[bound] = value, True
+    return out
+
+
+def _cached(app: Flask, name: str) -> dict[str, Any]:
+    """The document (``"3.1"``) or its 3.0 spelling (``"3.0"``), built once per app."""
+    cache: dict[str, dict[str, Any]] = app.extensions.setdefault("flaskmodel.openapi", {})
+    if not cache:
+        cache["3.1"] = build_spec(app)
+        cache["3.0"] = to_openapi_30(cache["3.1"])
+    return cache[name]
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> dict[str, Any]:
+    return _cached(current_app, "3.1")
+
+
+@bp.get("/docs/openapi-3.0.json")
+def openapi_30_json() -> dict[str, Any]:
+    return _cached(current_app, "3.0")
+
+
+@bp.get("/docs")
+def docs() -> Response:
+    asset = url_for("openapi.docs_asset", name="swagger-ui.css").removesuffix("swagger-ui.css")
+    spec_url = url_for("openapi.openapi_30_json")
+    html = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>FlaskModel API</title>
+<link rel="stylesheet" href="{asset}swagger-ui.css">
+</head><body><div id="swagger-ui"></div>
+<script src="{asset}swagger-ui-bundle.js"></script>
+<script src="{asset}swagger-ui-standalone-preset.js"></script>
+<script>
+window.ui = SwaggerUIBundle({{url: "{spec_url}", dom_id: "#swagger-ui", validatorUrl: null,
+  deepLinking: true, presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+  layout: "BaseLayout"}});
+</script></body></html>
+"""
+    return Response(html, mimetype="text/html")
+
+
+@bp.get("/docs/assets/<path:name>")
+def docs_asset(name: str) -> Response:
+    return send_from_directory(ASSETS, name, max_age=3600)
