@@ -36,6 +36,12 @@ class SliceRange(Strict):
     start: int | None = Field(default=None, ge=0)
     stop: int | None = Field(default=None, ge=0)
 
+    @model_validator(mode="after")
+    def _not_empty(self) -> SliceRange:
+        if self.start is not None and self.stop is not None and self.stop <= self.start:
+            raise ValueError(f"slice range [{self.start}, {self.stop}) is empty")
+        return self
+
 
 class JobRequest(Strict):
     """``POST /v1/jobs``: a tensor job (``inputs``) or a DICOM series job (``series_uid``)."""

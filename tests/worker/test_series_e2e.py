@@ -104,10 +104,15 @@ def test_series_failures_are_clear(stack: Stack) -> None:
     )
     assert past["state"] == "FAILED" and "past the end" in past["error"]["message"]
     assert "20 slices" in past["error"]["message"]
-    empty = submit(
-        stack, {"model": "ct_classifier", "series_uid": "chest", "slices": {"start": 5, "stop": 5}}
+    # An empty range is refused before it is queued, on both routes.
+    empty = requests.post(
+        stack.url("/v1/jobs"),
+        json={"model": "ct_classifier", "series_uid": "chest", "slices": {"start": 5, "stop": 5}},
+        timeout=10,
     )
-    assert empty["state"] == "FAILED" and "empty" in empty["error"]["message"]
+    assert empty.status_code == 400 and "is empty" in empty.json()["error"]
+    backwards = requests.get(stack.url("/inference/chest/5/1"), timeout=10)
+    assert backwards.status_code == 400 and "is empty" in backwards.json()["error"]
     wrong_model = submit(stack, {"model": "tiny", "series_uid": "chest"})
     assert (
         wrong_model["state"] == "FAILED"

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint
 
-from flaskmodel.schemas import JobRequest, JobState, SliceRange
+from flaskmodel.schemas import JobRequest, JobState
 from flaskmodel.web.body import parse
 from flaskmodel.web.jobs import submit
 from flaskmodel.web.services import services
@@ -29,7 +29,7 @@ def inference(series_uid: str, start: int, end: int) -> tuple[dict[str, Any], in
         {
             "model": services().settings.series.default_model,
             "series_uid": series_uid,
-            "slices": SliceRange(start=start, stop=end).model_dump(),
+            "slices": {"start": start, "stop": end},
         },
     )
     body, status, headers = submit(job_request)
