@@ -118,4 +118,7 @@ class SyncPredictor:
     def wait_job(self, job_id: str, timeout: float) -> None:
         """Block until job ``job_id`` reaches a terminal state or ``timeout`` passes."""
         budget = min(max(timeout, _MIN_WAIT), self._settings.max_timeout_seconds)
-        self._redis.blpop([done_key(job_id)], timeout=budget)
+        popped = self._redis.blpop([done_key(job_id)], timeout=budget)
+        if popped is not None:
+            # Put the notice back so every other waiter on this job wakes too.
+            self._redis.lpush(done_key(job_id), popped[1])

@@ -145,3 +145,25 @@ def test_health_and_readiness(stack: Stack) -> None:
     ready = requests.get(stack.url("/readyz"), timeout=5)
     assert ready.status_code == 200
     assert {"tiny", "ct_classifier"} <= set(ready.json()["models"])
+
+
+def test_get_with_wait_blocks_until_the_job_is_done(stack: Stack) -> None:
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    payload = {"model": "ct_classifier", "inputs": np.zeros((32, 64, 64, 1)).tolist()}
+    job_id = requests.post(stack.url("/v1/jobs"), json=payload, timeout=30).json()["job_id"]
+
+    def waiter(_: int) -> str:
+        url = stack.url(f"/v1/jobs/{job_id}?wait=60")
+        state: str = requests.get(url, timeout=70).json()["state"]
+        return state
+
+    with ThreadPoolExecutor(3) as pool:  # several waiters on one job all wake
+        states = list(pool.map(waiter, range(3)))
+    assert states == ["SUCCEEDED"] * 3
+    finished = requests.get(stack.url(f"/v1/jobs/{job_id}?wait=5"), timeout=10)
+    assert finished.json()["state"] == "SUCCEEDED"  # already finished: answers at once
+    for bad in ("x", "-1", "100000", "nan"):
+        response = requests.get(stack.url(f"/v1/jobs/{job_id}?wait={bad}"), timeout=10)
+        assert response.status_code == 400, bad
+        assert "wait must be" in response.json()["error"]

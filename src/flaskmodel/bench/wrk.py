@@ -51,7 +51,7 @@ end
     + _DONE
 )
 
-# Job round trip, one connection per thread: POST a job, poll it until SUCCEEDED, repeat.
+# Job round trip, one connection per thread: POST a job, GET it with ?wait= until SUCCEEDED.
 JOB_SCRIPT = (
     _THREADS
     + """
@@ -64,7 +64,7 @@ request = function()
   if job_id == nil then
     return wrk.format("POST", "/v1/jobs", {["Content-Type"] = "application/json"}, job_body)
   end
-  return wrk.format("GET", "/v1/jobs/" .. job_id)
+  return wrk.format("GET", "/v1/jobs/" .. job_id .. "?wait=30")
 end
 response = function(status, headers, body)
   if job_id == nil then

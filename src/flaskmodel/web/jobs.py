@@ -46,7 +46,27 @@ def list_jobs() -> dict[str, Any]:
 
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str) -> dict[str, Any]:
-    return services().jobs.get(job_id).model_dump(mode="json", exclude_none=True)
+    """The job; with ``?wait=N`` block up to N seconds (no polling) until it has finished."""
+    svc = services()
+    seconds = _wait_seconds(svc.settings.batching.max_timeout_seconds)
+    view = svc.jobs.get(job_id)
+    if seconds and not view.state.terminal:
+        svc.sync.wait_job(job_id, seconds)
+        view = svc.jobs.get(job_id)
+    return view.model_dump(mode="json", exclude_none=True)
+
+
+def _wait_seconds(limit: float) -> float:
+    raw = request.args.get("wait")
+    if raw is None:
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise InvalidRequest("wait must be a number of seconds") from None
+    if not 0 <= seconds <= limit:
+        raise InvalidRequest(f"wait must be between 0 and {limit:g} seconds")
+    return seconds
 
 
 @bp.delete("/v1/jobs/<job_id>")
