@@ -81,7 +81,10 @@ def test_viewer_shows_jobs_strip_and_thumbnail(
     assert colours >= 6
     shot = tmp_path / "viewer.png"
     driver.save_screenshot(str(shot))  # type: ignore[attr-defined]
-    thumb = driver.find_element(By.ID, "thumb").screenshot_as_png  # type: ignore[attr-defined]
+    image = driver.find_element(By.ID, "thumb")  # type: ignore[attr-defined]
+    # A long job list pushes the detail below the fold; element shots need it in view.
+    driver.execute_script("arguments[0].scrollIntoView(true);", image)  # type: ignore[attr-defined]
+    thumb = image.screenshot_as_png
     assert shot.stat().st_size > 10_000 and len(thumb) > 1_000
     # The thumbnail is a real windowed slice: not a flat image.
     png = requests.get(stack.url(f"/v1/jobs/{job_id}/slices/20/thumbnail.png"), timeout=5)
