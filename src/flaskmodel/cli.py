@@ -57,13 +57,19 @@ def demo(ct_size: int, force: bool) -> None:
 
 
 @main.command()
-def worker() -> None:
+@click.option("--models", default=None, help="Comma-separated models to serve (default: all).")
+def worker(models: str | None) -> None:
     """Run a Celery worker (models load in each pool process after fork)."""
     # Slices are decoded and resized by numpy in two threads beside TensorFlow's own pools; a
     # multi-threaded BLAS inside them oversubscribes the cores (series jobs ran 25 % slower).
     # Set before numpy is first imported, below.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     settings = load_settings()
+    if models:
+        names = [name.strip() for name in models.split(",") if name.strip()]
+        settings = settings.model_copy(
+            update={"worker": settings.worker.model_copy(update={"models": names})}
+        )
     configure(settings)
     from flaskmodel.worker.main import run_worker  # noqa: PLC0415
 

@@ -63,7 +63,10 @@ class WorkerSettings(Section):
     heartbeat_seconds: float = 5.0
     """How often a worker process refreshes its readiness heartbeat in Redis."""
     queue: str = "flaskmodel"
-    """Celery queue the jobs go to."""
+    """Prefix of the Celery queues: jobs for model `m` go to `<queue>.<m>`."""
+    models: list[str] = Field(default_factory=list)
+    """Models this worker loads and takes work for (JSON list; empty: every model in the models
+    root when it starts). `flaskmodel worker --models a,b` sets it."""
     max_tasks_per_child: int = 0
     """Recycle a pool process after this many tasks (0: never)."""
 

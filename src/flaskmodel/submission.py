@@ -22,7 +22,7 @@ from flaskmodel.jobs import JobStore
 from flaskmodel.schemas import JobRequest, JobView, ModelAdvert
 from flaskmodel.storage.workers import WorkerRegistry
 from flaskmodel.tensors import decode_inputs
-from flaskmodel.worker.celery_app import TASK_RUN_JOB
+from flaskmodel.worker.celery_app import TASK_RUN_JOB, model_queue
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,12 @@ class JobSubmitter:
         try:
             if self._admission is not None:
                 self._admission.admit(request.model, job_id)
-            self._celery.send_task(TASK_RUN_JOB, args=[job_id], task_id=job_id, queue=self._queue)
+            self._celery.send_task(
+                TASK_RUN_JOB,
+                args=[job_id],
+                task_id=job_id,
+                queue=model_queue(self._queue, request.model),
+            )
         except FlaskModelError:
             self._forget(request.model, job_id)
             raise

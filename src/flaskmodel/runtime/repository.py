@@ -63,8 +63,11 @@ class ModelRepository:
         batching: BatchingSettings | None = None,
         remote: TfServingRestClient | None = None,
         remote_models: list[str] | None = None,
+        only: list[str] | None = None,
     ) -> None:
         self.root = root
+        # A worker started with --models serves those alone.
+        self._only = frozenset(only) if only else None
         self._backend = backend
         self._warmup = warmup
         self._rescan = rescan_seconds
@@ -93,19 +96,23 @@ class ModelRepository:
             batching=settings.batching,
             remote=remote,
             remote_models=runtime.tfserving_models,
+            only=settings.worker.models,
         )
 
     def names(self) -> list[str]:
+        """The models this process serves: all found (or configured remote), or ``only``."""
         if self._remote is not None:
-            return list(self._remote_models)
-        if not self.root.is_dir():
-            return []
-        pattern = re.compile(MODEL_NAME_PATTERN)
-        return sorted(
-            p.name
-            for p in self.root.iterdir()
-            if p.is_dir() and pattern.match(p.name) and self._scan(p.name)
-        )
+            found = list(self._remote_models)
+        elif not self.root.is_dir():
+            found = []
+        else:
+            pattern = re.compile(MODEL_NAME_PATTERN)
+            found = sorted(
+                p.name
+                for p in self.root.iterdir()
+                if p.is_dir() and pattern.match(p.name) and self._scan(p.name)
+            )
+        return [name for name in found if self._only is None or name in self._only]
 
     def versions(self, name: str) -> list[int]:
         with self._lock:

@@ -14,6 +14,11 @@ logger = logging.getLogger(__name__)
 TASK_RUN_JOB = "flaskmodel.run_job"
 
 
+def model_queue(base: str, model: str) -> str:
+    """The Celery queue of one model's jobs (``<base>.<model>``): workers consume their models'."""
+    return f"{base}.{model}"
+
+
 def broker_url(settings: Settings) -> str:
     """The Redis URL in kombu's spelling (``redis+socket://`` for unix sockets)."""
     url = settings.redis_url()

@@ -7,13 +7,20 @@ from typing import Any
 
 from celery import signals
 
+from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.settings import Settings
 from flaskmodel.worker import context
-from flaskmodel.worker.celery_app import make_celery
+from flaskmodel.worker.celery_app import make_celery, model_queue
 from flaskmodel.worker.lifecycle import MainProcessHooks, check_limits
 from flaskmodel.worker.tasks import register_tasks
 
 logger = logging.getLogger(__name__)
+
+
+def queues(settings: Settings) -> list[str]:
+    """The base queue and one queue per served model (as found at start-up)."""
+    models = settings.worker.models or ModelRepository.from_settings(settings).names()
+    return [settings.worker.queue, *(model_queue(settings.worker.queue, m) for m in models)]
 
 
 def run_worker(settings: Settings, *, hostname: str = "flaskmodel@%h") -> None:
@@ -40,7 +47,7 @@ def run_worker(settings: Settings, *, hostname: str = "flaskmodel@%h") -> None:
             f"--loglevel={settings.log.level}",
             f"--concurrency={settings.worker.concurrency}",
             f"--pool={settings.worker.pool}",
-            f"--queues={settings.worker.queue}",
+            f"--queues={','.join(queues(settings))}",
             f"--hostname={hostname}",
             "--without-gossip",
             "--without-mingle",
