@@ -57,3 +57,13 @@ def test_bad_model_is_reported_not_fatal(tmp_path: Path) -> None:
     errors = repository.load_all()
     assert list(errors) == ["bad"]
     assert list(repository.adverts()) == ["good"]
+
+
+def test_only_restricts_the_served_models(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_fake_model(root, "a", 1, FAKE_SPEC)
+    write_fake_model(root, "b", 1, FAKE_SPEC)
+    assert ModelRepository(root, backend="fake").names() == ["a", "b"]
+    assert ModelRepository(root, backend="fake", only=["b"]).names() == ["b"]
+    # A worker that found no model at start serves none, even if one appears later.
+    assert ModelRepository(root, backend="fake", only=[]).names() == []

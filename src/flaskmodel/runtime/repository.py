@@ -66,8 +66,8 @@ class ModelRepository:
         only: list[str] | None = None,
     ) -> None:
         self.root = root
-        # A worker started with --models serves those alone.
-        self._only = frozenset(only) if only else None
+        # A worker serves the models it resolved at start-up (its queues) alone; None: all.
+        self._only = frozenset(only) if only is not None else None
         self._backend = backend
         self._warmup = warmup
         self._rescan = rescan_seconds
@@ -81,7 +81,7 @@ class ModelRepository:
         self._configs: dict[str, ModelConfig] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ModelRepository:
+    def from_settings(cls, settings: Settings, *, only: list[str] | None = None) -> ModelRepository:
         runtime = settings.runtime
         remote = None
         if runtime.backend == "tfserving_rest":
@@ -96,7 +96,7 @@ class ModelRepository:
             batching=settings.batching,
             remote=remote,
             remote_models=runtime.tfserving_models,
-            only=settings.worker.models,
+            only=only if only is not None else (settings.worker.models or None),
         )
 
     def names(self) -> list[str]:

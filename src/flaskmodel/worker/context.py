@@ -45,10 +45,10 @@ class WorkerContext:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def build(cls, settings: Settings) -> WorkerContext:
+    def build(cls, settings: Settings, models: list[str] | None = None) -> WorkerContext:
         client = connect(settings)
         jobs = JobStore(client, ttl=settings.jobs.ttl_seconds)
-        repository = ModelRepository.from_settings(settings)
+        repository = ModelRepository.from_settings(settings, only=models)
         # Consumer, reply sender and a spare: the consumer's BRPOP holds one connection.
         frames_client = connect_frames(settings, max_connections=4)
         return cls(
@@ -109,10 +109,10 @@ class WorkerContext:
 _current: WorkerContext | None = None
 
 
-def install(settings: Settings) -> WorkerContext:
-    """Build and start this process's context."""
+def install(settings: Settings, models: list[str] | None = None) -> WorkerContext:
+    """Build and start this process's context (serving ``models``; None: every model found)."""
     global _current  # noqa: PLW0603 - one context per process, set by the worker signals
-    _current = WorkerContext.build(settings)
+    _current = WorkerContext.build(settings, models)
     _current.start()
     return _current
 

@@ -17,10 +17,15 @@ from flaskmodel.worker.tasks import register_tasks
 logger = logging.getLogger(__name__)
 
 
-def queues(settings: Settings) -> list[str]:
-    """The base queue and one queue per served model (as found at start-up)."""
-    models = settings.worker.models or ModelRepository.from_settings(settings).names()
-    return [settings.worker.queue, *(model_queue(settings.worker.queue, m) for m in models)]
+def served_models(settings: Settings) -> list[str]:
+    """The models this worker serves: ``worker.models``, else every model found at start-up."""
+    return settings.worker.models or ModelRepository.from_settings(settings).names()
+
+
+def queues(settings: Settings, models: list[str] | None = None) -> list[str]:
+    """The base queue and one queue per served model."""
+    served = served_models(settings) if models is None else models
+    return [settings.worker.queue, *(model_queue(settings.worker.queue, m) for m in served)]
 
 
 def run_worker(settings: Settings, *, hostname: str = "flaskmodel@%h") -> None:
@@ -31,9 +36,12 @@ def run_worker(settings: Settings, *, hostname: str = "flaskmodel@%h") -> None:
     register_tasks(app)
     MainProcessHooks(settings).connect()
 
+    # Resolved once: every pool process serves exactly the models whose queues are consumed.
+    models = served_models(settings)
+
     def init_process(**_: Any) -> None:
         # After fork, in the pool process: TensorFlow loads here, never in the parent.
-        context.install(settings)
+        context.install(settings, models)
 
     if settings.worker.pool == "solo":
         signals.worker_init.connect(init_process, weak=False)
@@ -47,7 +55,7 @@ def run_worker(settings: Settings, *, hostname: str = "flaskmodel@%h") -> None:
             f"--loglevel={settings.log.level}",
             f"--concurrency={settings.worker.concurrency}",
             f"--pool={settings.worker.pool}",
-            f"--queues={','.join(queues(settings))}",
+            f"--queues={','.join(queues(settings, models))}",
             f"--hostname={hostname}",
             "--without-gossip",
             "--without-mingle",
