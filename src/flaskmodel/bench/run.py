@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,18 @@ from flaskmodel.stack import free_port
 
 logger = logging.getLogger(__name__)
 
-FULL = {"connections": (1, 16, 64, 256), "seconds": 10.0, "limit_seconds": 3.0}
-QUICK = {"connections": (1, 64), "seconds": 4.0, "limit_seconds": 1.0}
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure: wrk connection counts, seconds per cell, seconds per limit."""
+
+    connections: tuple[int, ...]
+    seconds: float
+    limit_seconds: float
+
+
+FULL = Plan(connections=(1, 16, 64, 256), seconds=10.0, limit_seconds=3.0)
+QUICK = Plan(connections=(1, 64), seconds=4.0, limit_seconds=1.0)
 
 
 def run_bench(out_dir: Path, *, quick: bool, say: Callable[[str], None]) -> Path:
@@ -46,9 +57,9 @@ def run_bench(out_dir: Path, *, quick: bool, say: Callable[[str], None]) -> Path
     for line in build_bench_models(models_root, data_root):
         say(line)
     say("measuring the in-process limit")
-    limits = measure(models_root, "tiny", (1, 8, 32, 128), plan["limit_seconds"])  # type: ignore[arg-type]
-    limits += measure(models_root, "ct", (1, 8), plan["limit_seconds"])  # type: ignore[arg-type]
-    limits += measure(models_root, "ct_classifier", (1, 16), plan["limit_seconds"])  # type: ignore[arg-type]
+    limits = measure(models_root, "tiny", (1, 8, 32, 128), plan.limit_seconds)
+    limits += measure(models_root, "ct", (1, 8), plan.limit_seconds)
+    limits += measure(models_root, "ct_classifier", (1, 16), plan.limit_seconds)
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FLASKMODEL_")},
@@ -104,13 +115,12 @@ def _drive(
     base: str,
     models_root: Path,
     work: Path,
-    plan: dict[str, object],
+    plan: Plan,
     limits: list[Limit],
     report: Report,
     say: Callable[[str], None],
 ) -> None:
-    connections: tuple[int, ...] = plan["connections"]  # type: ignore[assignment]
-    seconds: float = plan["seconds"]  # type: ignore[assignment]
+    connections, seconds = plan.connections, plan.seconds
     for scenario in scenarios(work):
         _check(base, models_root, scenario)
         for count in connections if scenario.model == "tiny" else (1, 16, 64):

@@ -21,7 +21,7 @@ import numpy as np
 import redis
 
 from flaskmodel.dicom.pixels import file_window, load_hu
-from flaskmodel.dicom.postprocess import postprocess
+from flaskmodel.dicom.postprocess import PostprocessResult, postprocess
 from flaskmodel.dicom.preprocess import PreprocessConfig, preprocess_slice, resolve_window
 from flaskmodel.dicom.series import Series, SliceRef, scan_series
 from flaskmodel.dicom.thumbnail import render_thumbnail
@@ -210,7 +210,7 @@ def _result(
     runtime: ModelRuntime,
     class_names: list[str] | None,
     scores: np.ndarray,
-    post: Any,
+    post: PostprocessResult,
     preprocess: PreprocessConfig,
     postprocessor: str,
 ) -> dict[str, Any]:
