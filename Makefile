@@ -36,6 +36,10 @@ $(VENV)/.installed: pyproject.toml
 	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[tf,dicom,dev]'
+	# The gRPC runtime's TF Serving protos; the package pins the full `tensorflow`, which would
+	# replace tensorflow-cpu, so it goes in without its dependencies (grpcio and protobuf come
+	# with tensorflow-cpu).
+	$(PY) -m pip install -q --no-deps 'tensorflow-serving-api==2.21.0'
 	touch $@
 
 # The benchmark (wrk from Debian/Ubuntu packages); writes var/bench/report.md.

@@ -1,8 +1,6 @@
-"""The ``tfserving_rest`` runtime against a real TF Serving REST API: FlaskModel's own.
-
-No ``tensorflow_model_server`` can be installed here, and FlaskModel speaks TF Serving's REST API,
-so the session stack stands in for TF Serving: first the client alone, then a whole second stack
-(its own Redis database) whose worker serves ``tiny`` and ``echo`` through it.
+"""A whole second stack (its own Redis database) whose worker serves ``tiny`` and ``echo``
+through a TF Serving REST API: FlaskModel's own (the clients alone are tested against the stand-in
+TF Serving in ``test_tfserving_clients``).
 """
 
 from __future__ import annotations
@@ -14,58 +12,9 @@ import numpy as np
 import pytest
 import requests
 
-from flaskmodel.errors import InvalidInput, ModelNotFound, ServiceUnavailable
-from flaskmodel.runtime.repository import ModelRepository
-from flaskmodel.runtime.tfserving_rest import TfServingRestClient, TfServingRestRuntime
 from flaskmodel.settings import Settings
 from tests.conftest import Stack, redis_db, running_stack
 from tests.web.test_predict_v1 import reference
-
-
-@pytest.fixture
-def client(stack: Stack) -> Iterator[TfServingRestClient]:
-    found = TfServingRestClient(stack.base_url, timeout=10)
-    yield found
-    found.close()
-
-
-def test_versions_metadata_and_predict(client: TfServingRestClient, models_root: Path) -> None:
-    assert client.versions("tiny") == [1]
-    assert client.versions("nope") == []
-    runtime = TfServingRestRuntime(client, "tiny", 1)
-    runtime.load()
-    local = ModelRepository(models_root).get("tiny").spec
-    assert runtime.spec == local  # names, dtypes, shapes and graph tensor names
-    x = np.random.default_rng(8).normal(size=(5, 32)).astype(np.float32)
-    got = runtime.predict({"x": x})
-    assert got["probabilities"].dtype == np.float32
-    np.testing.assert_allclose(
-        got["probabilities"], reference(models_root, "tiny", x=x)["probabilities"], rtol=1e-6
-    )
-
-
-def test_strings_and_several_outputs(client: TfServingRestClient, models_root: Path) -> None:
-    runtime = TfServingRestRuntime(client, "echo", 1)
-    runtime.load()
-    text = np.array([b"\xff\x00raw", b"text"], dtype=object)
-    scale = np.array([[1, 2], [3, 4]], np.float32)
-    got = runtime.predict({"text": text, "scale": scale})
-    expected = reference(models_root, "echo", text=text, scale=scale)
-    assert got["text_bytes"].tolist() == expected["text_bytes"].tolist()
-    assert got["length"].dtype == np.int32 and got["length"].tolist() == [5, 4]
-    np.testing.assert_array_equal(got["doubled"], expected["doubled"])
-
-
-def test_errors_map_onto_the_error_tree(client: TfServingRestClient) -> None:
-    with pytest.raises(ModelNotFound):
-        TfServingRestRuntime(client, "tiny", 9).load()
-    runtime = TfServingRestRuntime(client, "tiny", 1)
-    runtime.load()
-    with pytest.raises(InvalidInput):
-        runtime.predict({"x": np.zeros((1, 31), np.float32)})
-    gone = TfServingRestClient("http://127.0.0.1:9", timeout=2)
-    with pytest.raises(ServiceUnavailable):
-        gone.versions("tiny")
 
 
 @pytest.fixture(scope="module")
