@@ -48,6 +48,29 @@ def test_env_round_trip() -> None:
     assert "FLASKMODEL_KV__DEFAULT_TTL_SECONDS" not in env
 
 
+def test_remote_models_per_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = {
+        "Tiny": {"backend": "tfserving_grpc", "target": "tfs:8500", "timeout_seconds": 2},
+        "echo": {"backend": "tfserving_rest", "target": "http://tfs:8501"},
+    }
+    env = Settings(runtime={"remote_models": remote}).env()
+    # One JSON variable, so model names keep their case.
+    monkeypatch.setenv(
+        "FLASKMODEL_RUNTIME__REMOTE_MODELS", env["FLASKMODEL_RUNTIME__REMOTE_MODELS"]
+    )
+    parsed = Settings().runtime
+    assert parsed.backend == "savedmodel"  # still the default of every other model
+    assert parsed.remote_models["Tiny"].target == "tfs:8500"
+    assert parsed.remote_models["Tiny"].timeout_seconds == 2
+    assert parsed.remote_models["echo"].backend == "tfserving_rest"
+    with pytest.raises(ValidationError, match="host:port"):
+        Settings(runtime={"remote_models": {"m": {"backend": "tfserving_grpc", "target": "x"}}})
+    with pytest.raises(ValidationError, match="http"):
+        Settings(runtime={"remote_models": {"m": {"backend": "tfserving_rest", "target": "h:1"}}})
+    with pytest.raises(ValidationError, match="tfserving_grpc"):
+        Settings(runtime={"remote_models": {"m": {"backend": "grpc", "target": "h:1"}}})
+
+
 def test_masking() -> None:
     assert mask_url("redis://:pw@host:6379/0") == "redis://:**********@host:6379/0"
     assert mask_url("redis://host:6379/0") == "redis://host:6379/0"

@@ -107,18 +107,39 @@ class KvSettings(Section):
     """Largest JSON value the key/value API stores."""
 
 
+class RemoteModel(Section):
+    backend: Literal["tfserving_grpc", "tfserving_rest"]
+    """How the model is reached: TensorFlow Serving's gRPC API or its REST API."""
+    target: str
+    """`host:8500` for `tfserving_grpc`, `http://host:8501` for `tfserving_rest`."""
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    """Deadline of one call to it (empty: `runtime.tfserving_timeout_seconds`)."""
+
+    @model_validator(mode="after")
+    def _check_target(self) -> RemoteModel:
+        web = self.target.startswith(("http://", "https://"))
+        if self.backend == "tfserving_rest" and not web:
+            raise ValueError(
+                f"tfserving_rest target must be http(s)://host:port, got {self.target!r}"
+            )
+        if self.backend == "tfserving_grpc" and ("://" in self.target or ":" not in self.target):
+            raise ValueError(f"tfserving_grpc target must be host:port, got {self.target!r}")
+        return self
+
+
 class RuntimeSettings(Section):
-    backend: Literal["savedmodel", "fake", "tfserving_rest"] = "savedmodel"
-    """Model runtime: in-process TensorFlow SavedModel, the shipped fake (tests, benchmarks), or a
-    remote TensorFlow Serving REST endpoint (`tfserving_url`)."""
+    backend: Literal["savedmodel", "fake"] = "savedmodel"
+    """Runtime of the models found under the models root: in-process TensorFlow SavedModel, or
+    the shipped fake (tests, benchmarks). Models in `remote_models` use theirs instead."""
+    remote_models: dict[str, RemoteModel] = Field(default_factory=dict)
+    """Models served by TensorFlow Serving instead of in-process (JSON object): name →
+    `{"backend": "tfserving_grpc" | "tfserving_rest", "target", "timeout_seconds"?}`, e.g.
+    `{"tiny": {"backend": "tfserving_grpc", "target": "tfs:8500"}}`. Their versions are those TF
+    Serving reports AVAILABLE; a `flaskmodel.json` under the models root still applies."""
     warmup: bool = True
     """Call each model once with zeros before the worker reports ready."""
-    tfserving_url: str | None = None
-    """Base URL of the TensorFlow Serving REST API (`http://host:8501`) for `tfserving_rest`."""
-    tfserving_models: list[str] = Field(default_factory=list)
-    """Models the `tfserving_rest` backend serves (JSON list); TF Serving cannot list them."""
     tfserving_timeout_seconds: float = 30.0
-    """Seconds one call to TensorFlow Serving may take."""
+    """Seconds one call to TensorFlow Serving may take (default of `remote_models`)."""
 
 
 class BatchingSettings(Section):
@@ -178,8 +199,6 @@ class Settings(BaseSettings):
         # A lease shorter than the hard limit redelivers a job that is still running.
         if jobs.visibility_timeout <= jobs.time_limit:
             raise ValueError("jobs.visibility_timeout must exceed jobs.time_limit")
-        if self.runtime.backend == "tfserving_rest" and not self.runtime.tfserving_url:
-            raise ValueError("runtime.backend 'tfserving_rest' needs runtime.tfserving_url")
         if self.batching.sync_timeout_seconds > self.batching.max_timeout_seconds:
             raise ValueError("batching.sync_timeout_seconds must not exceed max_timeout_seconds")
         return self
@@ -195,7 +214,7 @@ class Settings(BaseSettings):
     def env(self) -> dict[str, str]:
         """These settings as FLASKMODEL_* environment variables (for child processes)."""
         out: dict[str, str] = {}
-        for key, value in _flatten(self.model_dump(mode="python")):
+        for key, value in _flatten(self.model_dump(mode="python"), Settings):
             if value is None:
                 continue
             if isinstance(value, SecretStr):
@@ -210,7 +229,7 @@ class Settings(BaseSettings):
     def masked(self) -> list[tuple[str, str]]:
         """(env name, value) pairs with secrets and URL passwords masked, for display."""
         rows = []
-        for key, value in _flatten(self.model_dump(mode="python")):
+        for key, value in _flatten(self.model_dump(mode="python"), Settings):
             if isinstance(value, SecretStr):
                 shown = "**********"
             elif isinstance(value, str) and "://" in value:
@@ -221,11 +240,15 @@ class Settings(BaseSettings):
         return rows
 
 
-def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def _flatten(
+    data: dict[str, Any], model: type[BaseModel], prefix: str = ""
+) -> list[tuple[str, Any]]:
+    """(name, value) per field; sections recurse, other dicts (e.g. mappings) stay whole."""
     rows: list[tuple[str, Any]] = []
     for key, value in data.items():
-        if isinstance(value, dict):
-            rows.extend(_flatten(value, f"{prefix}{key}__"))
+        annotation = model.model_fields[key].annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section):
+            rows.extend(_flatten(value, annotation, f"{prefix}{key}__"))
         else:
             rows.append((prefix + key, value))
     return rows

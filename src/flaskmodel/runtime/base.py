@@ -26,6 +26,16 @@ class ModelRuntime(Protocol):
     def close(self) -> None: ...
 
 
+class RemoteClient(Protocol):
+    """A connection to a model server (TF Serving over gRPC or REST) shared by its models."""
+
+    def versions(self, name: str) -> list[int]: ...
+
+    def runtime(self, name: str, version: int) -> ModelRuntime: ...
+
+    def close(self) -> None: ...
+
+
 def warm_up(runtime: ModelRuntime) -> None:
     """Call the model once on zeros (batch 1) so the first real request pays no tracing cost."""
     inputs = {}

@@ -4,8 +4,9 @@ The highest version serves unless a request names one. ``flaskmodel.json`` besid
 holds what a signature cannot say (class names, DICOM preprocessing, post-processor, series batch
 size, dynamic batching knobs, version labels). Runtimes are loaded once per process, warmed up,
 wrapped in their ``DynamicBatcher`` and cached; a new version directory is noticed on the next
-lookup after ``rescan_seconds``. With the ``tfserving_rest`` backend the models are the configured
-names and their versions those TF Serving reports AVAILABLE.
+lookup after ``rescan_seconds``. Models named in ``runtime.remote_models`` are served by TensorFlow
+Serving instead (gRPC or REST, one client per server and process), with the versions it reports
+AVAILABLE; the others by the local backend, so one worker can mix both.
 
 Thread-safe: Celery's task thread and the synchronous consumer thread look models up together.
 """
@@ -23,11 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flaskmodel.dicom.preprocess import PreprocessConfig
 from flaskmodel.errors import InvalidRequest, ModelNotFound
-from flaskmodel.runtime.base import ModelRuntime, warm_up
+from flaskmodel.runtime.base import ModelRuntime, RemoteClient, warm_up
 from flaskmodel.runtime.batcher import DynamicBatcher
 from flaskmodel.runtime.fake import FakeRuntime
 from flaskmodel.runtime.savedmodel import SavedModelRuntime
-from flaskmodel.runtime.tfserving_rest import TfServingRestClient, TfServingRestRuntime
+from flaskmodel.runtime.tfserving_rest import TfServingRestClient
 from flaskmodel.schemas import MODEL_NAME_PATTERN, ModelAdvert
 from flaskmodel.settings import BatchingSettings, Settings
 
@@ -61,8 +62,7 @@ class ModelRepository:
         warmup: bool = True,
         rescan_seconds: float = 5.0,
         batching: BatchingSettings | None = None,
-        remote: TfServingRestClient | None = None,
-        remote_models: list[str] | None = None,
+        remotes: dict[str, RemoteClient] | None = None,
         only: list[str] | None = None,
     ) -> None:
         self.root = root
@@ -73,8 +73,8 @@ class ModelRepository:
         self._rescan = rescan_seconds
         # No settings: batching off, each call goes straight to the model.
         self._batching = batching or BatchingSettings(max_batch_size=0)
-        self._remote = remote
-        self._remote_models = sorted(remote_models or [])
+        # Model name → the client of the TF Serving that serves it (shared per server).
+        self._remotes = dict(remotes or {})
         self._lock = threading.RLock()
         self._loaded: dict[tuple[str, int], DynamicBatcher] = {}
         self._versions: dict[str, tuple[float, list[int]]] = {}
@@ -83,36 +83,34 @@ class ModelRepository:
     @classmethod
     def from_settings(cls, settings: Settings, *, only: list[str] | None = None) -> ModelRepository:
         runtime = settings.runtime
-        remote = None
-        if runtime.backend == "tfserving_rest":
-            assert runtime.tfserving_url is not None  # checked by Settings
-            remote = TfServingRestClient(
-                runtime.tfserving_url, timeout=runtime.tfserving_timeout_seconds
-            )
+        clients: dict[tuple[str, str, float], RemoteClient] = {}
+        remotes: dict[str, RemoteClient] = {}
+        for name, remote in runtime.remote_models.items():
+            timeout = remote.timeout_seconds or runtime.tfserving_timeout_seconds
+            where = (remote.backend, remote.target, timeout)
+            if where not in clients:
+                clients[where] = _client(remote.backend, remote.target, timeout)
+            remotes[name] = clients[where]
         return cls(
             settings.models_root,
             backend=runtime.backend,
             warmup=runtime.warmup,
             batching=settings.batching,
-            remote=remote,
-            remote_models=runtime.tfserving_models,
+            remotes=remotes,
             only=only if only is not None else (settings.worker.models or None),
         )
 
     def names(self) -> list[str]:
-        """The models this process serves: all found (or configured remote), or ``only``."""
-        if self._remote is not None:
-            found = list(self._remote_models)
-        elif not self.root.is_dir():
-            found = []
-        else:
+        """The models this process serves: all found and remote ones, or those of ``only``."""
+        found = set(self._remotes)
+        if self.root.is_dir():
             pattern = re.compile(MODEL_NAME_PATTERN)
-            found = sorted(
+            found.update(
                 p.name
                 for p in self.root.iterdir()
                 if p.is_dir() and pattern.match(p.name) and self._scan(p.name)
             )
-        return [name for name in found if self._only is None or name in self._only]
+        return [name for name in sorted(found) if self._only is None or name in self._only]
 
     def versions(self, name: str) -> list[int]:
         with self._lock:
@@ -122,8 +120,9 @@ class ModelRepository:
             return self._versions[name][1]
 
     def _scan(self, name: str) -> list[int]:
-        if self._remote is not None:
-            return self._remote.versions(name) if name in self._remote_models else []
+        remote = self._remotes.get(name)
+        if remote is not None:
+            return remote.versions(name)
         folder = self.root / name
         if not folder.is_dir():
             return []
@@ -195,8 +194,9 @@ class ModelRepository:
 
     def _open(self, name: str, version: int) -> ModelRuntime:
         path = self.root / name / str(version)
-        if self._remote is not None:
-            return TfServingRestRuntime(self._remote, name, version)
+        remote = self._remotes.get(name)
+        if remote is not None:
+            return remote.runtime(name, version)
         if self._backend == "fake":
             return FakeRuntime.from_dir(name, version, path)
         return SavedModelRuntime(name, version, path)
@@ -241,5 +241,14 @@ class ModelRepository:
             for batcher in self._loaded.values():
                 batcher.close()
             self._loaded.clear()
-        if self._remote is not None:
-            self._remote.close()
+        for client in {id(c): c for c in self._remotes.values()}.values():
+            client.close()
+
+
+def _client(backend: str, target: str, timeout: float) -> RemoteClient:
+    if backend == "tfserving_grpc":
+        # grpc and the TF Serving protos load only in workers that use them.
+        from flaskmodel.runtime.tfserving_grpc import TfServingGrpcClient  # noqa: PLC0415
+
+        return TfServingGrpcClient(target, timeout=timeout)
+    return TfServingRestClient(target, timeout=timeout)

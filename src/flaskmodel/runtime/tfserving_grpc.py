@@ -162,6 +162,10 @@ class TfServingGrpcClient:
         )
         return {name: from_tensor_proto(name, proto) for name, proto in reply.outputs.items()}
 
+    def runtime(self, name: str, version: int) -> TfServingGrpcRuntime:
+        """One version of ``name`` on this server, as a ``ModelRuntime``."""
+        return TfServingGrpcRuntime(self, name, version)
+
     def close(self) -> None:
         self._channel.close()
 

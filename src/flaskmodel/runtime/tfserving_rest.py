@@ -113,6 +113,10 @@ class TfServingRestClient:
             raise InternalError(f"TensorFlow Serving predict of '{spec.name}' gave no 'outputs'")
         return decode_outputs(body["outputs"], spec)
 
+    def runtime(self, name: str, version: int) -> TfServingRestRuntime:
+        """One version of ``name`` on this server, as a ``ModelRuntime``."""
+        return TfServingRestRuntime(self, name, version)
+
     def close(self) -> None:
         self._http.clear()
 
