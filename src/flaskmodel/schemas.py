@@ -156,6 +156,8 @@ class ModelAdvert(BaseModel):
     class_names: list[str] | None = None
     version_labels: dict[str, int] = Field(default_factory=dict)
     stats: dict[int, BatchStatsView] = Field(default_factory=dict)
+    # TF Serving's version states: LOADING, AVAILABLE (the versions above), END (unloaded).
+    states: dict[int, str] = Field(default_factory=dict)
 
 
 class WorkerHeartbeat(BaseModel):

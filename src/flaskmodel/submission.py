@@ -73,6 +73,9 @@ class JobSubmitter:
         job_id, created = self._jobs.create(request, idempotency_key=idempotency_key)
         if not created:
             return job_id, False
+        if request.version is None:
+            # Pin the cluster's default now: every live worker has it warm (issue 8 §3).
+            self._jobs.set_version(job_id, version)
         try:
             if self._admission is not None:
                 self._admission.admit(request.model, job_id)

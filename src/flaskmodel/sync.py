@@ -46,13 +46,8 @@ class SyncPredictor:
     def model(
         self, name: str, version: int | None = None, label: str | None = None
     ) -> tuple[ModelAdvert, ModelSpec]:
-        """The model as advertised and the spec of the requested (or latest) version."""
-        cached = self._adverts.get(name)
-        if cached is not None and cached[0] > time.monotonic():
-            advert = cached[1]
-        else:
-            advert = self._submitter.model(name)  # 404 / 503 are never cached
-            self._adverts[name] = (time.monotonic() + ADVERT_CACHE_SECONDS, advert)
+        """The model as advertised and the spec of the requested (or default) version."""
+        advert = self.advert(name)
         if label is not None:
             if label not in advert.version_labels:
                 known = sorted(advert.version_labels) or "none"
@@ -64,6 +59,15 @@ class SyncPredictor:
         if resolved not in advert.specs:
             raise ModelNotFound(f"model '{name}' has no version {resolved} (has {advert.versions})")
         return advert, advert.specs[resolved]
+
+    def advert(self, name: str) -> ModelAdvert:
+        """The model as the ready workers advertise it (cached briefly); 404 / 503 otherwise."""
+        cached = self._adverts.get(name)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        advert = self._submitter.model(name)  # 404 / 503 are never cached
+        self._adverts[name] = (time.monotonic() + ADVERT_CACHE_SECONDS, advert)
+        return advert
 
     def timeout(self, requested: float | None = None) -> float:
         """Seconds a call may take: ``requested`` (capped) or the configured default."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,8 @@ def test_versions_and_rescan(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound, match="no version 2"):
         repository.get("m", 2)
     write_fake_model(root, "m", 4, FAKE_SPEC)
+    repository.refresh()
+    repository.future("m", 4).result(timeout=10)
     assert repository.get("m").spec.version == 4
     shutil.rmtree(root / "m")
     with pytest.raises(ModelNotFound):
@@ -67,3 +70,34 @@ def test_only_restricts_the_served_models(tmp_path: Path) -> None:
     assert ModelRepository(root, backend="fake", only=["b"]).names() == ["b"]
     # A worker that found no model at start serves none, even if one appears later.
     assert ModelRepository(root, backend="fake", only=[]).names() == []
+
+
+def drop_version(root: Path, name: str, version: int, spec: dict[str, object]) -> None:
+    """Write a version beside the model and move it in at once (as a deployment should)."""
+    staged = write_fake_model(root / ".staging", name, version, spec)
+    staged.rename(root / name / str(version))
+
+
+def test_new_versions_load_in_the_background_and_gone_ones_end(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_fake_model(root, "m", 1, FAKE_SPEC)
+    repository = ModelRepository(root, backend="fake", rescan_seconds=0)
+    assert repository.load_all() == {}
+    drop_version(root, "m", 2, {**FAKE_SPEC, "load_delay_ms": 800})
+    started = time.monotonic()
+    repository.refresh()
+    assert time.monotonic() - started < 0.5  # the load runs in its own thread
+    assert repository.adverts()["m"].states == {1: "AVAILABLE", 2: "LOADING"}
+    assert repository.adverts()["m"].versions == [1]
+    assert repository.get("m").spec.version == 1  # the default until version 2 is warm
+    assert repository.future("m", 2).result(timeout=10).spec.version == 2
+    advert = repository.adverts()["m"]
+    assert advert.states == {1: "AVAILABLE", 2: "AVAILABLE"} and advert.latest == 2
+    assert repository.get("m").spec.version == 2
+    shutil.rmtree(root / "m" / "1")
+    repository.refresh()
+    advert = repository.adverts()["m"]
+    assert advert.states == {1: "END", 2: "AVAILABLE"} and advert.versions == [2]
+    with pytest.raises(ModelNotFound):
+        repository.get("m", 1)
+    repository.close()

@@ -1,10 +1,18 @@
 """The model repository: ``<models_root>/<model>/<version>/`` plus an optional ``flaskmodel.json``.
 
-The highest version serves unless a request names one. ``flaskmodel.json`` beside the versions
-holds what a signature cannot say (class names, DICOM preprocessing, post-processor, series batch
-size, dynamic batching knobs, version labels). Runtimes are loaded once per process, warmed up,
-wrapped in their ``DynamicBatcher`` and cached; a new version directory is noticed on the next
-lookup after ``rescan_seconds``. Models named in ``runtime.remote_models`` are served by TensorFlow
+The highest *loaded* version serves unless a request names one. ``flaskmodel.json`` beside the
+versions holds what a signature cannot say (class names, DICOM preprocessing, post-processor,
+series batch size, dynamic batching knobs, version labels). Runtimes are loaded once per process,
+warmed up, wrapped in their ``DynamicBatcher`` and cached.
+
+Versions have TF Serving's states: ``LOADING`` while a background thread loads and warms one
+(never under the repository lock, never in a request thread), ``AVAILABLE`` once it serves, and
+``END`` after its folder disappeared and it was unloaded (or its load failed). ``refresh`` (the
+worker's heartbeat thread calls it) rescans: a new highest version starts loading in the
+background and becomes this process's default only when warm; a removed one is unloaded. A
+request for a version that is not loaded yet waits on that version's load alone (``future``).
+
+Models named in ``runtime.remote_models`` are served by TensorFlow
 Serving instead (gRPC or REST, one client per server and process), with the versions it reports
 AVAILABLE; the others by the local backend, so one worker can mix both.
 
@@ -18,12 +26,13 @@ import logging
 import re
 import threading
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flaskmodel.dicom.preprocess import PreprocessConfig
-from flaskmodel.errors import InvalidRequest, ModelNotFound
+from flaskmodel.errors import FlaskModelError, InvalidRequest, ModelNotFound
 from flaskmodel.runtime.base import ModelRuntime, RemoteClient, warm_up
 from flaskmodel.runtime.batcher import DynamicBatcher
 from flaskmodel.runtime.fake import FakeRuntime
@@ -35,6 +44,8 @@ from flaskmodel.settings import BatchingSettings, Settings
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "flaskmodel.json"
+LOADING, AVAILABLE, END = "LOADING", "AVAILABLE", "END"
+Key = tuple[str, int]
 
 
 class ModelConfig(BaseModel):
@@ -76,7 +87,10 @@ class ModelRepository:
         # Model name → the client of the TF Serving that serves it (shared per server).
         self._remotes = dict(remotes or {})
         self._lock = threading.RLock()
-        self._loaded: dict[tuple[str, int], DynamicBatcher] = {}
+        self._loaded: dict[Key, DynamicBatcher] = {}
+        self._loading: dict[Key, Future[DynamicBatcher]] = {}
+        self._states: dict[Key, str] = {}
+        self._failed: dict[Key, str] = {}
         self._versions: dict[str, tuple[float, list[int]]] = {}
         self._configs: dict[str, ModelConfig] = {}
 
@@ -132,11 +146,14 @@ class ModelRepository:
         )
 
     def resolve(self, name: str, version: int | None = None) -> int:
+        """``version``, checked; None: the highest loaded version (the highest found if none is)."""
         versions = self.versions(name)
         if not versions:
             raise ModelNotFound(f"model '{name}' not found under {self.root}")
         if version is None:
-            return versions[-1]
+            with self._lock:
+                loaded = [v for n, v in self._loaded if n == name and v in versions]
+            return max(loaded) if loaded else versions[-1]
         if version not in versions:
             raise ModelNotFound(f"model '{name}' has no version {version} (has {versions})")
         return version
@@ -153,17 +170,91 @@ class ModelRepository:
             return self._configs[name]
 
     def get(self, name: str, version: int | None = None) -> DynamicBatcher:
-        """The loaded, warmed, batched runtime for ``name`` at ``version`` (latest when None)."""
-        resolved = self.resolve(name, version)
-        found = self._loaded.get((name, resolved))
+        """The loaded, warmed, batched runtime for ``name`` at ``version`` (default when None);
+        waits for that version's load if it is not loaded yet."""
+        return self.future(name, version).result()
+
+    def future(self, name: str, version: int | None = None) -> Future[DynamicBatcher]:
+        """Resolves to the batched runtime; a version not loaded yet loads in the background."""
+        key = (name, self.resolve(name, version))
+        found = self._loaded.get(key)
         if found is not None:
-            return found
+            done: Future[DynamicBatcher] = Future()
+            done.set_result(found)
+            return done
+        return self._start_load(key)
+
+    def _start_load(self, key: Key) -> Future[DynamicBatcher]:
         with self._lock:
-            found = self._loaded.get((name, resolved))
-            if found is None:
-                found = self._load(name, resolved)
-                self._loaded[(name, resolved)] = found
-            return found
+            pending = self._loading.get(key)
+            if pending is not None:
+                return pending
+            pending = Future()
+            found = self._loaded.get(key)
+            if found is not None:
+                pending.set_result(found)
+                return pending
+            self._loading[key] = pending
+            self._states[key] = LOADING
+            self._failed.pop(key, None)
+        thread = threading.Thread(
+            target=self._load_in_background,
+            args=(key, pending),
+            name=f"load-{key[0]}-{key[1]}",
+            daemon=True,
+        )
+        thread.start()
+        return pending
+
+    def _load_in_background(self, key: Key, pending: Future[DynamicBatcher]) -> None:
+        try:
+            batcher = self._load(*key)
+        except Exception as exc:  # recorded, and raised to every waiter
+            logger.exception("model %s version %d failed to load", *key)
+            with self._lock:
+                self._loading.pop(key, None)
+                self._states[key] = END
+                self._failed[key] = f"{type(exc).__name__}: {exc}"
+            pending.set_exception(exc)
+            return
+        with self._lock:
+            self._loaded[key] = batcher
+            self._loading.pop(key, None)
+            self._states[key] = AVAILABLE
+        pending.set_result(batcher)
+
+    def refresh(self) -> None:
+        """Rescan every served model: start loading a new highest version in the background,
+        unload versions that are gone (``END``)."""
+        names = set(self.names())
+        with self._lock:
+            names |= {n for n, _ in self._loaded}
+        closing: list[DynamicBatcher] = []
+        for name in sorted(names):
+            try:
+                found = self._scan(name)
+            except FlaskModelError as exc:
+                logger.warning("model %s: rescan failed: %s", name, exc)
+                continue
+            with self._lock:
+                self._versions[name] = (time.monotonic(), found)
+                loaded = [v for n, v in self._loaded if n == name]
+                for version in loaded:
+                    if version not in found:
+                        closing.append(self._loaded.pop((name, version)))
+                        self._states[(name, version)] = END
+                        logger.info("model %s version %d unloaded (gone)", name, version)
+                newest = found[-1] if found else None
+                wanted = (
+                    newest is not None
+                    and (not loaded or newest > max(loaded))
+                    and (name, newest) not in self._failed
+                )
+            if wanted and newest is not None:
+                logger.info("model %s: new version %d found, loading", name, newest)
+                self._start_load((name, newest))
+        for batcher in closing:
+            batcher.close()
 
     def _load(self, name: str, version: int) -> DynamicBatcher:
         config = self.config(name)
@@ -216,6 +307,7 @@ class ModelRepository:
         """What this process serves: loaded versions with their signatures and batch stats."""
         with self._lock:
             loaded = sorted(self._loaded.items())
+            states = dict(self._states)
             configs = dict(self._configs)
         adverts: dict[str, ModelAdvert] = {}
         for (name, version), batcher in loaded:
@@ -234,6 +326,9 @@ class ModelRepository:
             advert.specs[version] = batcher.spec
             advert.stats[version] = batcher.stats.snapshot()
             advert.latest = max(advert.latest, version)
+        for (name, version), state in sorted(states.items()):
+            if name in adverts:
+                adverts[name].states[version] = state
         return adverts
 
     def close(self) -> None:

@@ -94,19 +94,37 @@ class WorkerRegistry:
         return [WorkerHeartbeat.model_validate_json(r) for r in raws if r]
 
     def model(self, name: str, beats: list[WorkerHeartbeat] | None = None) -> ModelAdvert | None:
-        """The model as served by the ready workers (versions merged), or None if none serves it.
+        """The model as served by the ready workers, or None if none serves it.
 
-        ``beats``: a snapshot from ``live()`` to read instead of a fresh one."""
-        merged: ModelAdvert | None = None
-        for beat in self.live() if beats is None else beats:
-            advert = beat.models.get(name) if beat.ready else None
-            if advert is None:
-                continue
-            if merged is None:
-                merged = advert.model_copy(deep=True)
-                continue
+        Versions, specs and states are merged (a version is AVAILABLE where any worker serves
+        it, else LOADING where any loads it, else END). ``latest`` — the default version — is the
+        highest version every one of those workers has warm, so a new version becomes the
+        default only once all of them have loaded it. ``beats``: a snapshot from ``live()``."""
+        adverts = [
+            beat.models[name]
+            for beat in (self.live() if beats is None else beats)
+            if beat.ready and name in beat.models
+        ]
+        if not adverts:
+            return None
+        merged = adverts[0].model_copy(deep=True)
+        everywhere = set(merged.versions)
+        for advert in adverts[1:]:
             for version, spec in advert.specs.items():
                 merged.specs.setdefault(version, spec)
             merged.versions = sorted(set(merged.versions) | set(advert.versions))
-            merged.latest = max(merged.latest, advert.latest)
+            everywhere &= set(advert.versions)
+            for version, state in advert.states.items():
+                merged.states[version] = _merge_state(merged.states.get(version), state)
+        # Disjoint versions (a worker lagging far behind): the oldest worker's newest is safe.
+        merged.latest = max(everywhere) if everywhere else min(a.latest for a in adverts)
         return merged
+
+
+_STATE_RANK = {"AVAILABLE": 3, "LOADING": 2, "END": 1}
+
+
+def _merge_state(mine: str | None, theirs: str) -> str:
+    if mine is None:
+        return theirs
+    return max(mine, theirs, key=lambda state: _STATE_RANK.get(state, 0))

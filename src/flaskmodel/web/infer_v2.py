@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, request
 
-from flaskmodel.errors import InvalidInput, InvalidRequest, error_class
+from flaskmodel.errors import InvalidInput, InvalidRequest, ModelNotFound, error_class
 from flaskmodel.schemas import JobRequest, JobState, ModelAdvert, ModelSpec
 from flaskmodel.tensors import decode_outputs, encode_columnar
 from flaskmodel.v2_tensors import (
@@ -97,10 +97,22 @@ def _tensor_metadata(name: str, dtype: str, shape: list[int | None]) -> dict[str
 
 @bp.get("/v2/models/<name>/ready")
 @bp.get("/v2/models/<name>/versions/<version>/ready")
-def model_ready(name: str, version: str | None = None) -> dict[str, Any]:
-    """200 once a ready worker serves it; 404 unknown, 503 while no worker serves it."""
-    _, spec = services().sync.model(name, _version(version))
-    return {"name": spec.name, "ready": True}
+def model_ready(
+    name: str, version: str | None = None
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """200 once a ready worker serves it; 503 while no worker serves it or the version is still
+    LOADING; 404 unknown, or a version unloaded (END)."""
+    sync = services().sync
+    wanted = _version(version)
+    advert = sync.advert(name)
+    if wanted is not None and wanted not in advert.versions:
+        state = advert.states.get(wanted)
+        if state == "LOADING":
+            return {"name": name, "ready": False}, 503, {"Retry-After": "1"}
+        if state == "END":
+            raise ModelNotFound(f"model '{name}' version {wanted} was unloaded")
+    _, spec = sync.model(name, wanted)
+    return {"name": spec.name, "ready": True}, 200, {}
 
 
 @bp.post("/v2/models/<name>/infer")

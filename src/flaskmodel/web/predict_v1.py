@@ -47,18 +47,26 @@ def status_or_metadata(path: str) -> dict[str, Any]:
     """Model status, or with ``/metadata`` the signature in TF Serving's exact shape."""
     metadata = path.endswith("/metadata")
     name, version, label = _target(path.removesuffix("/metadata") if metadata else path)
-    advert, spec = services().sync.model(name, version, label)
+    sync = services().sync
     if metadata:
-        return model_metadata(spec)
-    versions = advert.versions if version is None and label is None else [spec.version]
+        return model_metadata(sync.model(name, version, label)[1])
+    advert = sync.advert(name)
+    if label is not None:
+        version = sync.model(name, None, label)[1].version
+    states = dict(advert.states)
+    states.update(dict.fromkeys(advert.versions, "AVAILABLE"))
+    if version is not None:
+        if version not in states:
+            raise ModelNotFound(f"model '{name}' has no version {version} (has {advert.versions})")
+        states = {version: states[version]}
     return {
         "model_version_status": [
             {
                 "version": str(v),
-                "state": "AVAILABLE",
+                "state": state,
                 "status": {"error_code": "OK", "error_message": ""},
             }
-            for v in sorted(versions)
+            for v, state in sorted(states.items())
         ]
     }
 

@@ -3,7 +3,8 @@
 Built after fork in each pool process (``worker_process_init``), or in the main process for the
 solo pool (``worker_init``). Models load and warm there (each behind its dynamic batcher), before
 the process's heartbeat says ready; then the synchronous consumer starts taking requests, and the
-heartbeat thread keeps ``flaskmodel:worker:<id>`` (with the batchers' stats) fresh.
+heartbeat thread rescans the models (new versions load and warm in the background) and keeps
+``flaskmodel:worker:<id>`` (with the version states and the batchers' stats) fresh.
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class WorkerContext:
 
     def _beat_loop(self) -> None:
         while not self._stop.wait(self.settings.worker.heartbeat_seconds):
+            try:
+                self.repository.refresh()  # new versions load in the background, gone ones end
+            except Exception:
+                logger.exception("model rescan failed")
             self.beat()
 
     def stop(self) -> None:

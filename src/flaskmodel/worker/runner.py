@@ -109,7 +109,9 @@ class JobRunner:
 
     def _tensor(self, job_id: str, request: JobRequest) -> dict[str, Any]:
         assert request.inputs is not None
-        runtime = self._repository.get(request.model, request.version)
+        # The version the web tier resolved at submit (see JobSubmitter), kept on redelivery.
+        pinned = self._jobs.get(job_id).version or request.version
+        runtime = self._repository.get(request.model, pinned)
         spec = runtime.spec
         self._jobs.set_version(job_id, spec.version)
         arrays = decode_inputs(request.inputs, spec)

@@ -23,6 +23,7 @@ import redis
 
 from flaskmodel import frames
 from flaskmodel.errors import DeadlineExceeded, FlaskModelError, InvalidInput
+from flaskmodel.runtime.batcher import DynamicBatcher
 from flaskmodel.runtime.repository import ModelRepository
 
 logger = logging.getLogger(__name__)
@@ -112,14 +113,28 @@ class SyncConsumer:
             logger.warning("sync consumer: dropped a request frame without an id")
             return
         try:
-            batcher = self._repository.get(str(header["model"]), header.get("version"))
+            # A version still loading holds only its own requests, never this thread.
+            pending = self._repository.future(str(header["model"]), header.get("version"))
+        except Exception as exc:  # noqa: BLE001 - the caller gets the cause as its reply
+            self._replies.put((header, exc))
+            return
+        pending.add_done_callback(lambda loaded: self._submit(header, request.tensors, loaded))
+
+    def _submit(
+        self,
+        header: dict[str, Any],
+        tensors: dict[str, np.ndarray],
+        loaded: Future[DynamicBatcher],
+    ) -> None:
+        try:
+            batcher = loaded.result()
             if float(header.get("deadline") or 0) <= time.time():
                 batcher.stats.expired()
                 logger.info(
                     "sync request %s for %s expired in the queue", header["id"], header["model"]
                 )
                 return
-            future = batcher.submit(request.tensors, deadline=float(header["deadline"]))
+            future = batcher.submit(tensors, deadline=float(header["deadline"]))
         except Exception as exc:  # noqa: BLE001 - the caller gets the cause as its reply
             self._replies.put((header, exc))
             return
