@@ -1,8 +1,9 @@
 """The lean Redis protocol of synchronous calls: its keys and its binary frames.
 
-A web process ``LPUSH``es a request frame to ``flaskmodel:sync:<model>`` and blocks on
-``BLPOP flaskmodel:reply:<id>``; a worker process ``BRPOP``s the request, computes it (through the
-model's dynamic batcher) and ``LPUSH``es a reply frame to the reply key, which has a short TTL.
+A web process ``LPUSH``es request frames to ``flaskmodel:sync:<model>``, each header naming the
+process's reply list ``flaskmodel:replies:<channel>`` (``reply_to``); a worker process ``BRPOP``s
+the requests, computes them (through the model's dynamic batcher) and ``LPUSH``es the reply
+frames to those lists, refreshing their short TTL (see ``flaskmodel.sync_channel``).
 
 A frame is ``b"FMF1"``, a little-endian uint32 header length, a JSON header, then the raw tensor
 buffers in header order. Each tensor is ``{"name", "dtype", "shape", "nbytes"}``: numeric buffers
@@ -35,9 +36,9 @@ def sync_queue_key(model: str) -> str:
     return key("sync", model)
 
 
-def reply_key(request_id: str) -> str:
-    """Where the answer to one synchronous request goes: ``flaskmodel:reply:<id>``."""
-    return key("reply", request_id)
+def reply_list_key(channel: str) -> str:
+    """Where one web process's replies go: ``flaskmodel:replies:<channel>``."""
+    return key("replies", channel)
 
 
 @dataclass

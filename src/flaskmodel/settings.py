@@ -155,7 +155,8 @@ class BatchingSettings(Section):
     max_timeout_seconds: float = 300.0
     """Longest deadline a request may ask for (V2 `timeout` parameter, `Prefer: wait=N`)."""
     reply_ttl_seconds: int = 30
-    """TTL of a synchronous call's reply key `flaskmodel:reply:<id>` (read at once when awaited)."""
+    """TTL of a web process's reply list `flaskmodel:replies:<channel>` (renewed by every reply;
+    the list of a web process that died expires)."""
 
 
 class LogSettings(Section):

@@ -1,9 +1,10 @@
 """``SyncPredictor``: the web side of synchronous calls (TF Serving ``:predict``, V2 ``infer``).
 
 Resolves the model and version from what the ready workers advertise (404 unknown, 503 when no
-worker serves it), pushes one request frame to ``flaskmodel:sync:<model>`` and blocks on its
-reply key until the deadline. Under gevent the ``BLPOP`` blocks only the request's greenlet; no
-polling. A deadline that passes is a 504; the worker drops the request if it has not started it.
+worker serves it), sends one request frame to ``flaskmodel:sync:<model>`` through the process's
+``SyncChannel`` and waits for its reply until the deadline. Under gevent the wait blocks only the
+request's greenlet; no polling. A deadline that passes is a 504; the worker drops the request if
+it has not started it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import numpy as np
 import redis
 
 from flaskmodel import frames
-from flaskmodel.errors import DeadlineExceeded, InternalError, ModelNotFound, error_class
+from flaskmodel.errors import DeadlineExceeded, ModelNotFound, error_class
 from flaskmodel.jobs import done_key
 from flaskmodel.schemas import ModelAdvert, ModelSpec
 from flaskmodel.settings import BatchingSettings
 from flaskmodel.submission import JobSubmitter
+from flaskmodel.sync_channel import SyncChannel
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ class SyncPredictor:
         self._submitter = submitter
         self._settings = settings
         self._adverts: dict[str, tuple[float, ModelAdvert]] = {}
+        self._channel = SyncChannel(client, queue_ttl=int(settings.max_timeout_seconds) + 1)
 
     def model(
         self, name: str, version: int | None = None, label: str | None = None
@@ -94,27 +97,16 @@ class SyncPredictor:
                 "version": spec.version,
                 "deadline": deadline,
                 "outputs": outputs,
+                "reply_to": self._channel.reply_list,
             },
             inputs,
         )
-        queue = frames.sync_queue_key(spec.name)
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.lpush(queue, frame)
-        # Every entry is dead after its deadline: a queue nobody consumes goes away on its own.
-        pipe.expire(queue, int(self._settings.max_timeout_seconds) + 1)
-        pipe.execute()
-        reply = self._redis.blpop([frames.reply_key(request_id)], timeout=max(budget, _MIN_WAIT))
-        if reply is None:
+        decoded = self._channel.call(frames.sync_queue_key(spec.name), request_id, frame, budget)
+        if decoded is None:
             raise DeadlineExceeded(
                 f"model '{spec.name}' version {spec.version} did not answer within {budget:g} s"
             )
-        raw = reply[1]
-        assert isinstance(raw, bytes)  # the frames client does not decode responses
-        decoded = frames.decode(raw)
-        header = decoded.header
-        if header.get("id") != request_id:
-            raise InternalError(f"reply for request {header.get('id')!r} on {request_id}'s key")
-        error = header.get("error")
+        error = decoded.header.get("error")
         if error is not None:
             raise error_class(error.get("type", "error"))(error.get("message", "model call failed"))
         return decoded.tensors

@@ -159,3 +159,19 @@ def test_jobs_and_sync_calls_share_the_batch(make: Factory, recorder: Recorder) 
     sync.result(timeout=2)
     assert [r for r, _ in recorder.calls] == [5]
     np.testing.assert_array_equal(job_result["y"], rows(4, 100)["x"] * 2)
+
+
+def test_calls_queued_behind_a_busy_model_share_the_next_batch() -> None:
+    # Under load every call waits longer than the delay while the model runs: those already
+    # queued must still merge (this once ran one call per batch exactly when load was high).
+    recorder = Recorder(delay=0.2)
+    batcher = DynamicBatcher(recorder, max_batch_size=32, max_batch_delay=0.005)
+    try:
+        first = batcher.submit(rows(1))
+        time.sleep(0.05)  # the first call's batch is running now
+        backlog = [batcher.submit(rows(1, 10 * i)) for i in range(10)]
+        for future in [first, *backlog]:
+            future.result(timeout=5)
+    finally:
+        batcher.close()
+    assert [r for r, _ in recorder.calls] == [1, 10]

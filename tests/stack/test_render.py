@@ -321,10 +321,19 @@ def test_gunicorn_conf_reads_env(run_dir: Path) -> None:
         "worker_class": "gevent",
         "worker_connections": 77,
         "graceful": settings.web.graceful_timeout,
-        "accesslog": "-",
+        "accesslog": None,  # nginx logs access; without it the command line turns it on
         "errorlog": "-",
         "control_socket_disable": True,
     }
+    # use_nginx=False: gunicorn faces clients, so its command line turns its access log on.
+    assert "--access-logfile=-" in paths.supervisord_conf.read_text()
+
+
+def test_behind_nginx_only_nginx_writes_the_access_log(run_dir: Path) -> None:
+    paths, _ = render_stack(Settings(run_dir=run_dir), use_nginx=True)
+    assert "--access-logfile" not in paths.supervisord_conf.read_text()
+    assert paths.nginx_conf is not None
+    assert "access_log /dev/stdout flaskmodel buffer=" in paths.nginx_conf.read_text()
 
 
 def test_render_deploy(tmp_path: Path) -> None:

@@ -258,6 +258,8 @@ def _app_programs(
     web = [str(tool_path("gunicorn")), "-c", str(gunicorn_conf)]
     if bind is not None:
         web += ["--bind", bind]
+    else:  # gunicorn faces clients itself: no nginx access log records them
+        web.append("--access-logfile=-")
     web.append("flaskmodel.web:create_app()")
     return [
         # Celery's warm shutdown lets the running job finish; only after its hard time limit

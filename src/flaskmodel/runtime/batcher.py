@@ -175,11 +175,17 @@ class DynamicBatcher:
         send_at = pending[0].enqueued + self.max_batch_delay
         while True:
             _, full = plan_batch([(c.key, c.rows) for c in pending], self.max_batch_size)
-            remaining = send_at - time.monotonic()
-            if full or remaining <= 0:
+            if full:
                 return False
+            # Calls already queued join at once, even when the head's delay is up: under load
+            # every head is older than the delay, and waiting only for new arrivals would run
+            # one call per batch exactly when batching matters most.
+            remaining = send_at - time.monotonic()
             try:
-                call = self._queue.get(timeout=remaining)
+                if remaining > 0:
+                    call = self._queue.get(timeout=remaining)
+                else:
+                    call = self._queue.get_nowait()
             except queue.Empty:
                 return False
             if call is None:

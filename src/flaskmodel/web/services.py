@@ -45,8 +45,8 @@ def init_services(app: Flask, settings: Settings) -> None:
     submitter = JobSubmitter(
         jobs, workers, celery, queue=settings.worker.queue, admission=admission
     )
-    # Every synchronous call in flight holds a connection for its BLPOP: one per gevent
-    # connection gunicorn admits, plus a few for the pushes.
+    # Synchronous calls share the process's sync channel (two connections); every job wait
+    # (`?wait=`, `Prefer: wait`) holds one for its BLPOP: up to one per gevent connection.
     frames_client = connect_frames(settings, max_connections=settings.web.worker_connections + 8)
     app.extensions["flaskmodel"] = Services(
         settings=settings,

@@ -4,7 +4,8 @@ One thread per worker process ``BRPOP``s ``flaskmodel:sync:<model>`` for every m
 serves, takes whatever else is already queued for that model in the same round trip, drops
 requests whose deadline has passed (their caller has gone: the work is not computed) and hands
 the rest to the model version's ``DynamicBatcher`` without waiting. A second thread sends the
-replies, all those ready in one pipeline, each ``LPUSH`` + ``EXPIRE`` on its reply key.
+replies, all those ready in one pipeline: one ``LPUSH`` + ``EXPIRE`` per web process's reply list
+(the request header's ``reply_to``).
 Synchronous calls are at-most-once: a request held by a worker that dies is answered by the
 caller's deadline (504); durable work goes through jobs.
 """
@@ -15,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections import defaultdict
 from concurrent.futures import Future
 from typing import Any
 
@@ -109,8 +111,11 @@ class SyncConsumer:
             logger.warning("sync consumer: dropped a malformed request frame: %s", exc)
             return
         header = request.header
-        if not isinstance(header.get("id"), str):
-            logger.warning("sync consumer: dropped a request frame without an id")
+        reply_to = header.get("reply_to")
+        if not isinstance(header.get("id"), str) or not (
+            isinstance(reply_to, str) and reply_to.startswith(frames.reply_list_key(""))
+        ):
+            logger.warning("sync consumer: dropped a request frame without an id or reply list")
             return
         try:
             # A version still loading holds only its own requests, never this thread.
@@ -162,10 +167,12 @@ class SyncConsumer:
                     stopping = True
                     break
                 batch.append(more)
-            pipe = self._redis.pipeline(transaction=False)
+            by_list: dict[str, list[bytes]] = defaultdict(list)
             for header, outcome in batch:
-                target = frames.reply_key(header["id"])
-                pipe.lpush(target, reply_frame(header, outcome))
+                by_list[str(header.get("reply_to"))].append(reply_frame(header, outcome))
+            pipe = self._redis.pipeline(transaction=False)
+            for target, replies in by_list.items():
+                pipe.lpush(target, *replies)
                 pipe.expire(target, self._reply_ttl)
             try:
                 pipe.execute()

@@ -32,7 +32,10 @@ timeout = 30
 # Longer than nginx's upstream keepalive_timeout (60 s), so nginx, never gunicorn, closes an idle
 # connection; otherwise nginx may reuse one that gunicorn is closing and answer 502.
 keepalive = 75
-accesslog = "-"
+# Behind nginx, nginx's access log already records every request (and costs far less than a
+# second line per request from Python); gunicorn writes its own only when it faces clients
+# itself (`flaskmodel up` without nginx adds --access-logfile, `flaskmodel serve` too).
+accesslog = None
 errorlog = "-"
 loglevel = _settings.log.level.lower()
 # Behind nginx the peer is nginx (on a unix socket: blank); the client is in X-Forwarded-For.
