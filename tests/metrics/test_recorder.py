@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import redis
@@ -15,10 +16,11 @@ from tests.conftest import redis_db
 
 
 @pytest.fixture
-def client(redis_url: str) -> redis.Redis:
+def client(redis_url: str) -> Iterator[redis.Redis]:
     db = redis.Redis.from_url(redis_db(redis_url, 10), decode_responses=True)
     db.delete(METRICS_KEY)
-    return db
+    yield db
+    db.close()
 
 
 def exposition(client: redis.Redis) -> dict[tuple[str, str], float]:
@@ -63,6 +65,7 @@ def test_a_failed_flush_keeps_its_counts(client: redis.Redis) -> None:
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     with pytest.raises(redis.ConnectionError):
         recorder.flush(dead)
+    dead.close()
     recorder.inc(catalogue.ERRORS, ("timeout", "job"))
     recorder.flush(client)
     assert exposition(client)[("flaskmodel_errors_total", "")] == 4
