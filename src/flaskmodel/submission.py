@@ -76,6 +76,9 @@ class JobSubmitter:
         job_id, created = self._jobs.create(request, idempotency_key=idempotency_key)
         if not created:
             return job_id, False
+        set_job_id(job_id)
+        # Logged before the publish: a worker may start the job the moment it is published.
+        logger.info("job submitted: model %s version %s, %s", request.model, version, request.kind)
         try:
             if self._admission is not None:
                 self._admission.admit(request.model, job_id)
@@ -94,9 +97,7 @@ class JobSubmitter:
             raise ServiceUnavailable(
                 "the job queue is unavailable; try again shortly", retry_after=2
             ) from exc
-        set_job_id(job_id)
         RECORDER.inc(catalogue.JOBS_SUBMITTED, (request.model, request.kind))
-        logger.info("job submitted: model %s version %s, %s", request.model, version, request.kind)
         return job_id, True
 
     def cancel(self, job_id: str) -> JobView:
