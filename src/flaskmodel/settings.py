@@ -8,6 +8,7 @@ sections joined by ``__`` (``FLASKMODEL_REDIS__URL``, ``FLASKMODEL_JOBS__TTL_SEC
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from pathlib import Path
@@ -69,6 +70,8 @@ class WorkerSettings(Section):
     root when it starts). `flaskmodel worker --models a,b` sets it."""
     max_tasks_per_child: int = 0
     """Recycle a pool process after this many tasks (0: never)."""
+    send_events: bool = False
+    """Send Celery task and worker events (what Celery Flower and `celery events` monitor)."""
 
 
 class JobSettings(Section):
@@ -159,6 +162,22 @@ class BatchingSettings(Section):
     the list of a web process that died expires)."""
 
 
+class MetricsSettings(Section):
+    flush_seconds: float = Field(default=1.0, gt=0)
+    """How often each web and worker process adds the counters it accumulated to Redis
+    (`flaskmodel:metrics`), which `/metrics` sums; also the most a scrape lags behind."""
+    allow: list[str] = Field(default_factory=list)
+    """Addresses or CIDR ranges nginx lets read `/metrics` (JSON list); empty: anyone who can
+    reach the API."""
+
+    @model_validator(mode="after")
+    def _check_allow(self) -> MetricsSettings:
+        for entry in self.allow:
+            if entry != "unix:":
+                ipaddress.ip_network(entry, strict=False)  # ValueError names the entry
+        return self
+
+
 class LogSettings(Section):
     level: str = "INFO"
     """Log level of every FlaskModel process."""
@@ -190,6 +209,7 @@ class Settings(BaseSettings):
     kv: KvSettings = Field(default_factory=KvSettings)
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
 
     @model_validator(mode="after")

@@ -19,6 +19,9 @@ from redis import RedisError
 from flaskmodel.admission import Admission
 from flaskmodel.errors import FlaskModelError, ModelNotFound, ServiceUnavailable
 from flaskmodel.jobs import JobStore
+from flaskmodel.logs import set_job_id
+from flaskmodel.metrics import catalogue
+from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.schemas import JobRequest, JobView, ModelAdvert
 from flaskmodel.storage.workers import WorkerRegistry
 from flaskmodel.tensors import decode_inputs
@@ -76,6 +79,9 @@ class JobSubmitter:
         if request.version is None:
             # Pin the cluster's default now: every live worker has it warm (issue 8 §3).
             self._jobs.set_version(job_id, version)
+        set_job_id(job_id)
+        # Logged before the publish: a worker may start the job the moment it is published.
+        logger.info("job submitted: model %s version %s, %s", request.model, version, request.kind)
         try:
             if self._admission is not None:
                 self._admission.admit(request.model, job_id)
@@ -94,11 +100,14 @@ class JobSubmitter:
             raise ServiceUnavailable(
                 "the job queue is unavailable; try again shortly", retry_after=2
             ) from exc
+        RECORDER.inc(catalogue.JOBS_SUBMITTED, (request.model, request.kind))
         return job_id, True
 
     def cancel(self, job_id: str) -> JobView:
         """Cancel a queued or running job; it stops counting against its model's bound."""
         view = self._jobs.cancel(job_id)
+        RECORDER.inc(catalogue.JOBS_FINISHED, (view.model, view.kind, view.state.value))
+        logger.info("job cancelled")
         if self._admission is not None:
             self._admission.release(view.model, job_id)
         return view

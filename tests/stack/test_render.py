@@ -383,3 +383,23 @@ def test_render_deploy(tmp_path: Path) -> None:
             f" include {site};\n}}\n"
         )
         _nginx_t(wrapper, prefix)
+
+
+def test_metrics_allow_restricts_metrics_in_nginx(run_dir: Path) -> None:
+    settings = Settings(run_dir=run_dir, metrics={"allow": ["127.0.0.1", "10.0.0.0/8"]})
+    paths, _ = render_stack(settings, use_nginx=True)
+    assert paths.nginx_conf is not None and paths.nginx_prefix is not None
+    _nginx_t(paths.nginx_conf, paths.nginx_prefix)
+    site = (paths.nginx_prefix / "flaskmodel.conf").read_text()
+    block = site[site.index("location = /metrics {") :]
+    assert "allow 127.0.0.1;" in block and "allow 10.0.0.0/8;" in block
+    assert block.index("allow 10.0.0.0/8;") < block.index("deny all;")
+    public = Settings(run_dir=run_dir)
+    paths, _ = render_stack(public, use_nginx=True)
+    assert paths.nginx_prefix is not None
+    assert "/metrics" not in (paths.nginx_prefix / "flaskmodel.conf").read_text()
+
+
+def test_metrics_allow_refuses_what_is_not_an_address() -> None:
+    with pytest.raises(ValueError, match="not-an-address"):
+        Settings(metrics={"allow": ["not-an-address"]})

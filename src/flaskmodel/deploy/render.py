@@ -367,6 +367,22 @@ def _site(settings: Settings, *, upstream: str, listen: str) -> str:
         listen=listen,
         max_body=str(settings.web.max_request_bytes),
         read_timeout=f"{settings.jobs.time_limit + 30}s",
+        metrics_location=_metrics_location(settings.metrics.allow),
+    )
+
+
+def _metrics_location(allow: list[str]) -> str:
+    """``/metrics`` for the ``metrics.allow`` addresses only; nothing (public) when empty."""
+    if not allow:
+        return ""
+    rules = "".join(f"        allow {entry};\n" for entry in allow)
+    return (
+        "\n    # metrics.allow: only these addresses may scrape /metrics.\n"
+        "    location = /metrics {\n"
+        f"{rules}"
+        "        deny all;\n"
+        "        proxy_pass http://flaskmodel_web;\n"
+        "    }\n"
     )
 
 

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from flaskmodel.errors import DeadlineExceeded, ServiceUnavailable
+from flaskmodel.errors import DeadlineExceeded, FlaskModelError, ServiceUnavailable
+from flaskmodel.metrics import catalogue
+from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.base import ModelRuntime
 from flaskmodel.runtime.batching import (
     BatchKey,
@@ -113,13 +115,30 @@ class DynamicBatcher:
             return self.submit(inputs).result()
         rows = batch_rows(inputs)
         self.stats.submitted(rows)
+        started = time.perf_counter()
         try:
             outputs = self.runtime.predict(inputs)
-        except Exception:
+        except Exception as exc:
             self.stats.batch(rows, [0.0], failed=True)
+            self._record(rows, [0.0], time.perf_counter() - started, exc)
             raise
         self.stats.batch(rows, [0.0])
+        self._record(rows, [0.0], time.perf_counter() - started)
         return outputs
+
+    def _record(
+        self, rows: int, waits: list[float], seconds: float, error: Exception | None = None
+    ) -> None:
+        """One model call in the process's metrics (flushed to Redis in the background)."""
+        model = (self.spec.name,)
+        RECORDER.observe(catalogue.BATCH_SIZE, model, rows)
+        RECORDER.observe_many(catalogue.BATCH_QUEUE_WAIT, model, waits)
+        RECORDER.observe(
+            catalogue.INFERENCE_DURATION, (self.spec.name, str(self.spec.version)), seconds
+        )
+        if error is not None:
+            kind = error.type if isinstance(error, FlaskModelError) else "model_error"
+            RECORDER.inc(catalogue.ERRORS, (kind, "model"))
 
     def submit(self, inputs: Outputs, *, deadline: float | None = None) -> Future[Outputs]:
         """Queue a call; its future holds the outputs, or the error of its batch.
@@ -214,6 +233,7 @@ class DynamicBatcher:
             outputs = self.runtime.predict(merge_inputs([c.inputs for c in live]))
             parts = split_outputs(outputs, [c.rows for c in live])
         except Exception as exc:  # noqa: BLE001 - each caller gets the cause, none is lost
+            self._record(rows, waits, time.monotonic() - started, exc)
             logger.warning(
                 "model %s: batch of %d calls (%d examples) failed: %s",
                 self.spec.name,
@@ -226,5 +246,6 @@ class DynamicBatcher:
                 call.future.set_exception(exc)
             return
         self.stats.batch(rows, waits)
+        self._record(rows, waits, time.monotonic() - started)
         for call, part in zip(live, parts, strict=True):
             call.future.set_result(part)

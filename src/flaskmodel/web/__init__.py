@@ -9,6 +9,7 @@ import logging
 
 from flask import Flask
 
+from flaskmodel.logs import configure_once
 from flaskmodel.settings import Settings
 from flaskmodel.web import (
     errors,
@@ -17,6 +18,7 @@ from flaskmodel.web import (
     jobs,
     kv,
     legacy,
+    metrics,
     openapi,
     predict_v1,
     series,
@@ -30,15 +32,17 @@ logger = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app; nothing connects until the first request."""
     settings = settings or Settings()
+    configure_once(settings)
     app = Flask("flaskmodel")
     app.config["MAX_CONTENT_LENGTH"] = settings.web.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     init_services(app, settings)
     register_blueprints(app)
+    metrics.init_request_metrics(app)
     errors.register_error_handlers(app)
     return app
 
 
 def register_blueprints(app: Flask) -> None:
-    for module in (health, jobs, kv, series, legacy, predict_v1, infer_v2, ui, openapi):
+    for module in (health, jobs, kv, series, legacy, predict_v1, infer_v2, ui, openapi, metrics):
         app.register_blueprint(module.bp)

@@ -11,6 +11,8 @@ from redis import RedisError
 from werkzeug.exceptions import HTTPException
 
 from flaskmodel.errors import FlaskModelError
+from flaskmodel.metrics import catalogue
+from flaskmodel.metrics.recorder import RECORDER
 
 logger = logging.getLogger(__name__)
 
@@ -18,6 +20,7 @@ logger = logging.getLogger(__name__)
 def error_response(
     status: int, message: str, *, type_: str, retry_after: float | None = None
 ) -> Response:
+    RECORDER.inc(catalogue.ERRORS, (type_, "web"))
     response = jsonify({"error": message, "type": type_})
     response.status_code = status
     if retry_after is not None:

@@ -140,6 +140,10 @@ OPERATIONS: dict[str, Operation] = {
     "ui.thumbnail": Operation(
         "A slice thumbnail", {200: ("image/png", {"type": "string", "format": "binary"})}
     ),
+    "metrics.metrics": Operation(
+        "Prometheus metrics of every web and worker process (text exposition format 0.0.4)",
+        {200: ("text/plain", {"type": "string"})},
+    ),
 }
 _GENERIC = Operation("", {200: Open})
 

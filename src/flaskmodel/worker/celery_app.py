@@ -85,6 +85,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # `kill -9` of Redis. Left running, a job that cannot ack stays unacked and comes back.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_enable_remote_control": True,
+        # Events are what Celery Flower and `celery events` watch; off by default (traffic).
+        "worker_send_task_events": settings.worker.send_events,
+        "task_send_sent_event": settings.worker.send_events,
     }
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from flaskmodel.jobs import JobStore
+from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import WorkerHeartbeat
 from flaskmodel.settings import Settings
@@ -67,6 +68,10 @@ class WorkerContext:
 
     def start(self) -> None:
         """Load and warm every model, serve synchronous calls, keep the heartbeat going."""
+        settings = self.settings
+        RECORDER.start(
+            lambda: connect(settings), settings.metrics.flush_seconds, settings.redis_url()
+        )
         self.beat()  # live (not ready) while models load
         self.errors = self.repository.load_all()
         self.ready = not self.errors
@@ -109,6 +114,7 @@ class WorkerContext:
             logger.warning("could not remove heartbeat: %s", exc)
         self.repository.close()  # batchers answer or fail (503) what they still hold
         self.consumer.close()  # ... and those answers go out before the process ends
+        RECORDER.stop()  # pool processes leave through os._exit: no atexit flush
 
 
 _current: WorkerContext | None = None

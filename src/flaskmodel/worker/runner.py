@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 import redis
@@ -20,6 +21,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from flaskmodel.admission import Admission
 from flaskmodel.errors import FlaskModelError
 from flaskmodel.jobs import JobStore
+from flaskmodel.metrics import catalogue
+from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import JobRequest, JobState
 from flaskmodel.settings import Settings
@@ -64,33 +67,69 @@ class JobRunner:
             logger.info("job %s is %s; skipped", job_id, found.value)
             return
         if attempt > self._settings.jobs.max_attempts:
-            self._jobs.fail(
+            if self._jobs.fail(
                 job_id,
                 "worker_lost",
                 f"job was delivered {attempt} times and its worker died each time "
                 f"(limit {self._settings.jobs.max_attempts})",
-            )
+            ):
+                self.finished(job_id, "FAILED", "worker_lost")
             return
         if found is JobState.RUNNING:
             logger.warning("job %s redelivered (attempt %d)", job_id, attempt)
+        waited = self._queue_wait(job_id, attempt)
         started = time.perf_counter()
         try:
             request = self._jobs.request(job_id)
             result = self._execute(job_id, request)
         except FlaskModelError as exc:
             logger.info("job %s failed: %s: %s", job_id, exc.type, exc.message)
-            self._jobs.fail(job_id, exc.type, exc.message)
+            if self._jobs.fail(job_id, exc.type, exc.message):
+                self.finished(job_id, "FAILED", exc.type, time.perf_counter() - started)
             return
         except (redis.RedisError, SoftTimeLimitExceeded):
             raise  # the store is down (the message is requeued), or the task's time limit
         except Exception as exc:
             logger.exception("job %s crashed", job_id)
-            self._jobs.fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}")
+            if self._jobs.fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}"):
+                self.finished(job_id, "FAILED", "internal_error", time.perf_counter() - started)
             return
-        result.setdefault("timings", {})["total_seconds"] = round(time.perf_counter() - started, 6)
+        elapsed = time.perf_counter() - started
+        timings = result.setdefault("timings", {})
+        if waited is not None:
+            timings["queue_wait_seconds"] = round(waited, 6)
+        timings["total_seconds"] = round(elapsed, 6)
         self._count(job_id, "completions")
         if not self._jobs.succeed(job_id, result):  # counts result_writes with the write
             logger.info("job %s already ended (cancelled or finished); result dropped", job_id)
+            return
+        self.finished(job_id, "SUCCEEDED", seconds=elapsed)
+
+    def _queue_wait(self, job_id: str, attempt: int) -> float | None:
+        """Seconds between submit and this start (recorded for a first delivery only)."""
+        created, started, model = self._redis.hmget(
+            key("job", job_id), ["created_at", "started_at", "model"]
+        )
+        if not created or not started:
+            return None
+        waited = max(0.0, _epoch(str(started)) - _epoch(str(created)))
+        logger.info("job %s started (attempt %d) after %.3f s queued", job_id, attempt, waited)
+        if attempt == 1 and model:
+            RECORDER.observe(catalogue.JOB_QUEUE_WAIT, (str(model),), waited)
+        return waited
+
+    def finished(
+        self, job_id: str, state: str, error_type: str | None = None, seconds: float | None = None
+    ) -> None:
+        """Count a job that this process moved to ``state`` (metrics and a log line)."""
+        model, kind = self._redis.hmget(key("job", job_id), ["model", "kind"])
+        labels = (str(model or ""), str(kind or ""))
+        RECORDER.inc(catalogue.JOBS_FINISHED, (*labels, state))
+        if error_type is not None:
+            RECORDER.inc(catalogue.ERRORS, (error_type, "job"))
+        if seconds is not None:
+            RECORDER.observe(catalogue.JOB_DURATION, labels, seconds)
+            logger.info("job %s %s in %.3f s", job_id, state, seconds)
 
     def _count(self, job_id: str, field: str) -> None:
         pipe = self._redis.pipeline(transaction=True)
@@ -114,17 +153,28 @@ class JobRunner:
         runtime = self._repository.get(request.model, pinned)
         spec = runtime.spec
         self._jobs.set_version(job_id, spec.version)
+        tick = time.perf_counter()
         arrays = decode_inputs(request.inputs, spec)
+        decoded = time.perf_counter()
         batch = len(next(iter(arrays.values())))
         self._jobs.set_progress(job_id, 0, batch)
         started = time.perf_counter()
         outputs = runtime.predict(arrays)
         elapsed = time.perf_counter() - started
         self._jobs.set_progress(job_id, batch, batch)
+        tock = time.perf_counter()
         body = encode_outputs(outputs, row_format=isinstance(request.inputs, list))
         body.update(
             model_name=spec.name,
             model_version=spec.version,
-            timings={"inference_seconds": round(elapsed, 6)},
+            timings={
+                "decode_seconds": round(decoded - tick, 6),
+                "inference_seconds": round(elapsed, 6),
+                "postprocess_seconds": round(time.perf_counter() - tock, 6),
+            },
         )
         return body
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()

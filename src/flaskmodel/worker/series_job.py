@@ -15,6 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,9 @@ from flaskmodel.dicom.series import Series, SliceRef, scan_series
 from flaskmodel.dicom.thumbnail import render_thumbnail
 from flaskmodel.errors import InvalidRequest, JobCancelled
 from flaskmodel.jobs import JobStore
+from flaskmodel.logs import JOB_ID, job_context
+from flaskmodel.metrics.catalogue import SLICE_DECODE, SLICE_PREPROCESS
+from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.base import ModelRuntime
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import JobRequest, JobState, ModelSpec
@@ -84,7 +88,7 @@ def run_series(
                 raise JobCancelled(f"job '{job_id}' was cancelled; stopped before a batch")
             batch = todo[first : first + batch_size]
             tick = time.perf_counter()
-            prepared = list(pool.map(lambda ref: _prepare(ref, settings, preprocess), batch))
+            prepared = _prepare_batch(pool, batch, settings, preprocess, request.model)
             images = [p.image for p in prepared]
             # Summed across the decode threads: CPU time spent, not wall time.
             timings["decode"] += sum(p.decode_seconds for p in prepared)
@@ -151,6 +155,22 @@ def _stored_scores(client: redis.Redis, scores_key: str) -> dict[str, np.ndarray
     return {uid: np.asarray(json.loads(row), dtype=np.float64) for uid, row in raw.items()}
 
 
+def _prepare_batch(
+    pool: ThreadPoolExecutor,
+    batch: list[SliceRef],
+    settings: Settings,
+    config: PreprocessConfig,
+    model: str,
+) -> list[Prepared]:
+    """The batch's slices read and preprocessed in the decode threads (which log about this
+    job too), their per-slice times recorded in the process's metrics."""
+    prepare = partial(_prepare, settings=settings, config=config, job_id=JOB_ID.get())
+    prepared = list(pool.map(prepare, batch))
+    RECORDER.observe_many(SLICE_DECODE, (model,), [p.decode_seconds for p in prepared])
+    RECORDER.observe_many(SLICE_PREPROCESS, (model,), [p.preprocess_seconds for p in prepared])
+    return prepared
+
+
 @dataclass(frozen=True)
 class Prepared:
     """One slice ready for the model, its thumbnail (PNG) and what it cost."""
@@ -161,8 +181,15 @@ class Prepared:
     preprocess_seconds: float
 
 
-def _prepare(ref: SliceRef, settings: Settings, config: PreprocessConfig) -> Prepared:
+def _prepare(
+    ref: SliceRef, *, settings: Settings, config: PreprocessConfig, job_id: str | None
+) -> Prepared:
     """One slice as model input (and, when enabled, its thumbnail for the results viewer)."""
+    with job_context(job_id):
+        return _prepare_slice(ref, settings, config)
+
+
+def _prepare_slice(ref: SliceRef, settings: Settings, config: PreprocessConfig) -> Prepared:
     tick = time.perf_counter()
     hu = load_hu(ref, settings.data_root)
     window = file_window(ref, settings.data_root) if config.window == "file" else None

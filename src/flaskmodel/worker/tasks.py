@@ -14,8 +14,9 @@ import redis
 from celery import Celery
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 
+from flaskmodel.logs import job_context
 from flaskmodel.worker.celery_app import TASK_RUN_JOB
-from flaskmodel.worker.context import current
+from flaskmodel.worker.context import WorkerContext, current
 
 logger = logging.getLogger(__name__)
 
@@ -26,13 +27,19 @@ def register_tasks(app: Celery) -> None:
     @app.task(name=TASK_RUN_JOB, ignore_result=True)  # type: ignore[untyped-decorator]
     def run_job(job_id: str) -> None:
         context = current()
-        try:
-            context.runner.run(job_id)
-        except SoftTimeLimitExceeded:
-            limit = context.settings.jobs.soft_time_limit
-            logger.warning("job %s passed its time limit of %ds", job_id, limit)
-            context.jobs.fail(job_id, "timeout", f"job ran longer than its time limit of {limit} s")
-            context.runner.settle(job_id)
-        except redis.RedisError as exc:
-            logger.warning("job %s: Redis unavailable (%s); message requeued", job_id, exc)
-            raise Reject(str(exc), requeue=True) from exc
+        with job_context(job_id):
+            _run(context, job_id)
+
+
+def _run(context: WorkerContext, job_id: str) -> None:
+    try:
+        context.runner.run(job_id)
+    except SoftTimeLimitExceeded:
+        limit = context.settings.jobs.soft_time_limit
+        logger.warning("job %s passed its time limit of %ds", job_id, limit)
+        if context.jobs.fail(job_id, "timeout", f"job ran longer than its time limit of {limit} s"):
+            context.runner.finished(job_id, "FAILED", "timeout")
+        context.runner.settle(job_id)
+    except redis.RedisError as exc:
+        logger.warning("job %s: Redis unavailable (%s); message requeued", job_id, exc)
+        raise Reject(str(exc), requeue=True) from exc
