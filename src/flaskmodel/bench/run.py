@@ -81,7 +81,7 @@ def run_bench(out_dir: Path, *, quick: bool, say: Callable[[str], None]) -> Path
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(base, stack)
-        _drive(base, models_root, work, plan, limits, report, say)
+        _drive(base, models_root, work, plan, limits, report, say, stack.pid)
         report.rows += run_series_bench(base, data_root, limits, say)
         report.notes.append(_memory(stack.pid))
     finally:
@@ -119,9 +119,15 @@ def _drive(
     limits: list[Limit],
     report: Report,
     say: Callable[[str], None],
+    stack_pid: int,
 ) -> None:
     connections, seconds = plan.connections, plan.seconds
+    before = _worker_rss(stack_pid)
+    tiny_inferences = 0
     for scenario in scenarios(work):
+        if scenario.model != "tiny" and tiny_inferences and before:
+            report.notes.append(_soak_note(before, _worker_rss(stack_pid), tiny_inferences))
+            before = {}
         _check(base, models_root, scenario)
         for count in connections if scenario.model == "tiny" else (1, 16, 64):
             say(f"{scenario.name} {scenario.model} at {count} connections")
@@ -131,6 +137,8 @@ def _drive(
                 header_length=scenario.header_length,
             )  # fmt: skip
             errors = cell.errors + cell.requests - cell.completed
+            if scenario.model == "tiny":
+                tiny_inferences += cell.completed * scenario.items
             report.rows.append(
                 Row(
                     scenario.name,
@@ -156,6 +164,37 @@ def _check(base: str, models_root: Path, scenario: Scenario) -> None:
     want = expected(models_root, scenario.model, scenario.items)
     if not np.allclose(got, want, rtol=1e-4, atol=1e-5):
         raise RuntimeError(f"{scenario.name} {scenario.model}: the answer differs from the model")
+
+
+def _worker_rss(supervisor_pid: int) -> dict[int, int]:
+    """RSS in KiB of each worker pool process (the processes that run models), by pid."""
+    found = {}
+    for pid in descendants(supervisor_pid):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        if b"flaskmodel\0worker" in cmd:
+            found[pid] = next(
+                (int(x.split()[1]) for x in status.splitlines() if x.startswith("VmRSS:")), 0
+            )
+    return found
+
+
+def _soak_note(before: dict[int, int], after: dict[int, int], inferences: int) -> str:
+    """How the worker's memory moved over the M1 scenarios (issue 5's soak target)."""
+    same = sorted(set(before) & set(after))
+    growth = [(after[p] - before[p]) / 1024 for p in same]
+    shown = (
+        ", ".join(f"{before[p] / 1024:.0f} → {after[p] / 1024:.0f} MiB" for p in same)
+        or "worker processes restarted in between"
+    )
+    largest = max(growth, default=float("nan"))
+    return (
+        f"Worker RSS over {inferences:,} M1 inferences (every `tiny` scenario): {shown}; "
+        f"largest growth {largest:.1f} MiB"
+    )
 
 
 def _memory(supervisor_pid: int) -> str:
