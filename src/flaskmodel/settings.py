@@ -144,6 +144,20 @@ class LogSettings(Section):
     """Write logs as JSON lines instead of text."""
 
 
+class SecuritySettings(Section):
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """API keys accepted besides those in `api_keys_file` (JSON list; each `"<key>"` or
+    `"<name> <key>"`). No key anywhere: authentication is off."""
+    api_keys_file: Path | None = None
+    """File of API keys, one a line: `<key>` or `<name> <key>` (`#` comments and blank lines
+    ignored); re-read when it changes."""
+    rate_limit_per_second: float = Field(default=0.0, ge=0)
+    """Requests per second each API key (or, with authentication off, each client address) may
+    make on average; 0 turns rate limiting off."""
+    rate_limit_burst: int = Field(default=20, ge=1)
+    """Requests a caller may make at once before the per-second rate applies."""
+
+
 class Settings(BaseSettings):
     """All of FlaskModel's configuration."""
 
@@ -169,6 +183,7 @@ class Settings(BaseSettings):
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
@@ -200,6 +215,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 text = value.get_secret_value()
+            elif isinstance(value, list) and any(isinstance(v, SecretStr) for v in value):
+                text = json.dumps([_reveal(v) for v in value])
             elif isinstance(value, list | dict):
                 text = json.dumps(value)  # pydantic-settings reads complex values as JSON
             else:
@@ -211,7 +228,9 @@ class Settings(BaseSettings):
         """(env name, value) pairs with secrets and URL passwords masked, for display."""
         rows = []
         for key, value in _flatten(self.model_dump(mode="python")):
-            if isinstance(value, SecretStr):
+            if isinstance(value, SecretStr) or (
+                isinstance(value, list) and any(isinstance(v, SecretStr) for v in value)
+            ):
                 shown = "**********"
             elif isinstance(value, str) and "://" in value:
                 shown = mask_url(value)
@@ -219,6 +238,10 @@ class Settings(BaseSettings):
                 shown = "" if value is None else str(value)
             rows.append(("FLASKMODEL_" + key.upper(), shown))
         return rows
+
+
+def _reveal(value: Any) -> Any:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

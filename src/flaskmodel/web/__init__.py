@@ -11,6 +11,7 @@ from flask import Flask
 
 from flaskmodel.settings import Settings
 from flaskmodel.web import (
+    auth,
     errors,
     health,
     infer_v2,
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     init_services(app, settings)
     register_blueprints(app)
+    auth.init_auth(app)
     errors.register_error_handlers(app)
     return app
 
