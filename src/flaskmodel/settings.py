@@ -51,6 +51,12 @@ class WebSettings(Section):
     """Largest accepted request body; bigger bodies get 413."""
     graceful_timeout: int = 30
     """Seconds gunicorn lets in-flight requests finish on SIGTERM."""
+    client_header_timeout: float = Field(default=10.0, gt=0)
+    """Seconds nginx gives a client to send its whole request head; a slower one (slow-loris) is
+    disconnected before anything reaches gunicorn."""
+    client_body_timeout: float = Field(default=30.0, gt=0)
+    """Seconds nginx waits for the next piece of a request body; a stalled upload is cut off
+    (nginx buffers bodies, so gunicorn never sees a partial one)."""
 
 
 class WorkerSettings(Section):

@@ -178,7 +178,10 @@ def test_percent_in_run_dir_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 def test_stack_nginx_conf_passes_nginx_t(run_dir: Path) -> None:
-    settings = Settings(run_dir=run_dir, web={"max_request_bytes": 12345})
+    settings = Settings(
+        run_dir=run_dir,
+        web={"max_request_bytes": 12345, "client_header_timeout": 2.5, "client_body_timeout": 7},
+    )
     paths, _ = render_stack(settings, use_nginx=True)
     assert paths.nginx_conf is not None and paths.nginx_prefix is not None
     _nginx_t(paths.nginx_conf, paths.nginx_prefix)
@@ -190,6 +193,9 @@ def test_stack_nginx_conf_passes_nginx_t(run_dir: Path) -> None:
     assert f"listen 127.0.0.1:{settings.web.port};" in site
     assert f"server unix:{run_dir}/gunicorn.sock" in site
     assert "client_max_body_size 12345;" in site
+    assert "client_header_timeout 2500ms;" in site
+    assert "client_body_timeout 7000ms;" in site
+    assert "error_page 413 @too_large;" in site
     assert "proxy_request_buffering on;" in site
     assert "proxy_http_version 1.1;" in site
     assert f"proxy_read_timeout {settings.jobs.time_limit + 30}s;" in site

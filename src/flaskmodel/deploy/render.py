@@ -411,8 +411,14 @@ def _site(settings: Settings, *, upstream: str, listen: str) -> str:
         upstream=upstream,
         listen=listen,
         max_body=str(settings.web.max_request_bytes),
+        header_timeout=_nginx_seconds(settings.web.client_header_timeout),
+        body_timeout=_nginx_seconds(settings.web.client_body_timeout),
         read_timeout=f"{settings.jobs.time_limit + 30}s",
     )
+
+
+def _nginx_seconds(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 def _nginx_main(prefix: Path, site: Path) -> str:
