@@ -9,6 +9,7 @@ import logging
 
 from flask import Flask
 
+from flaskmodel.logs import configure
 from flaskmodel.settings import Settings
 from flaskmodel.web import (
     auth,
@@ -31,6 +32,8 @@ logger = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the Flask app; nothing connects until the first request."""
     settings = settings or Settings()
+    if not logging.getLogger().handlers:  # gunicorn configures only its own loggers
+        configure(settings)
     app = Flask("flaskmodel")
     app.config["MAX_CONTENT_LENGTH"] = settings.web.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
