@@ -18,6 +18,14 @@ from flaskmodel.settings import Settings, settings_table
 logger = logging.getLogger(__name__)
 
 
+API_KEY_OPTION = click.option(
+    "--api-key",
+    envvar="FLASKMODEL_API_KEY",
+    default=None,
+    help="API key to send (when the server requires one); env FLASKMODEL_API_KEY.",
+)
+
+
 def load_settings() -> Settings:
     try:
         return Settings()
@@ -122,6 +130,7 @@ def up(port: int | None) -> None:
 @click.option("--stop", type=int, default=None, help="End slice (exclusive).")
 @click.option("--wait", "wait_", is_flag=True, help="Show progress, then the per-slice table.")
 @click.option("--url", default=None, help="Server URL (default: http://web.host:web.port).")
+@API_KEY_OPTION
 def submit(
     series_uid: str,
     model: str | None,
@@ -129,10 +138,11 @@ def submit(
     stop: int | None,
     wait_: bool,
     url: str | None,
+    api_key: str | None,
 ) -> None:
     """Submit a DICOM series job and print its id (and, with --wait, its result)."""
     settings = load_settings()
-    client = Client(url or f"http://{settings.web.host}:{settings.web.port}")
+    client = Client(url or f"http://{settings.web.host}:{settings.web.port}", api_key=api_key)
     try:
         job = client.submit_series(
             series_uid, model=model or settings.series.default_model, start=start, stop=stop
@@ -164,10 +174,11 @@ def submit(
 @main.command()
 @click.option("--limit", default=20, show_default=True, help="How many of the newest jobs.")
 @click.option("--url", default=None, help="Server URL (default: http://web.host:web.port).")
-def jobs(limit: int, url: str | None) -> None:
+@API_KEY_OPTION
+def jobs(limit: int, url: str | None, api_key: str | None) -> None:
     """List recent jobs with their state and progress."""
     settings = load_settings()
-    client = Client(url or f"http://{settings.web.host}:{settings.web.port}")
+    client = Client(url or f"http://{settings.web.host}:{settings.web.port}", api_key=api_key)
     try:
         views = client.jobs(limit)
     except ClientError as exc:

@@ -10,6 +10,7 @@ status codes once (``flaskmodel.web.errors``) and the worker records ``error_typ
     ├── InvalidRequest            400  malformed body, bad field, bad key name
     │   ├── InvalidInput          400  tensor does not match the model signature
     │   └── InvalidSeriesId       400  series id outside the allowed characters / data root
+    ├── Unauthorized              401  no API key, or not a configured one
     ├── NotFound                  404
     │   ├── JobNotFound           404  unknown or expired job id
     │   ├── ModelNotFound         404  no such model (or version)
@@ -21,6 +22,7 @@ status codes once (``flaskmodel.web.errors``) and the worker records ``error_typ
     ├── SeriesError               422  DICOM that cannot be used (unreadable file, empty range, ...)
     │   └── DicomReadError        422  one file that does not read or decode (names the file)
     ├── Overloaded                429  admission control
+    │   └── RateLimited           429  a caller past its rate limit
     ├── ServiceUnavailable        503  Redis down, no worker serving a model, model not ready
     ├── JobTimeout                504  a job or call ran past its time limit
     │   └── DeadlineExceeded      504  a synchronous call's deadline passed before its answer
@@ -60,6 +62,11 @@ class InvalidInput(InvalidRequest):
 
 class InvalidSeriesId(InvalidRequest):
     type = "invalid_series_id"
+
+
+class Unauthorized(FlaskModelError):
+    type = "unauthorized"
+    status = 401
 
 
 class NotFound(FlaskModelError):
@@ -109,6 +116,10 @@ class DicomReadError(SeriesError):
 class Overloaded(FlaskModelError):
     type = "overloaded"
     status = 429
+
+
+class RateLimited(Overloaded):
+    type = "rate_limited"
 
 
 class ServiceUnavailable(FlaskModelError):

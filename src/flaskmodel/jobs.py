@@ -7,6 +7,11 @@ Keys (all with the job TTL):
 - ``flaskmodel:result:<id>`` string: the result document (JSON).
 - ``flaskmodel:idem:<key>`` string: the job id an ``Idempotency-Key`` made.
 - ``flaskmodel:jobs`` sorted set: the newest job ids by creation time (at most ``RECENT_KEEP``).
+- ``flaskmodel:jobs:owner:<key id>`` sorted set: the same per API key, when authentication is on.
+
+Ownership: with authentication on, a job records the id of the API key that created it
+(``owner``; never the key). Reads given an ``owner`` treat another key's job as unknown (404,
+not 403: its existence is not revealed), and idempotency keys are scoped per owner.
 - ``flaskmodel:job:<id>:done`` list: one element pushed when the job reaches a terminal state,
   so a caller can ``BLPOP`` on it (``Prefer: wait``) instead of polling; TTL ``DONE_TTL``.
 
@@ -71,6 +76,15 @@ def done_key(job_id: str) -> str:
     return key("job", job_id, "done")
 
 
+def owner_index(owner: str) -> str:
+    """The sorted set of one API key's jobs by creation time."""
+    return key("jobs", "owner", owner)
+
+
+def _owned(recorded: str | None, owner: str | None) -> bool:
+    return owner is None or recorded == owner
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -89,7 +103,11 @@ class JobStore:
         self._transition = client.register_script(_TRANSITION)
 
     def create(
-        self, request: JobRequest, *, idempotency_key: str | None = None
+        self,
+        request: JobRequest,
+        *,
+        idempotency_key: str | None = None,
+        owner: str | None = None,
     ) -> tuple[str, bool]:
         """A new QUEUED job's id and True, or an existing job's id and False (same key)."""
         job_id = uuid.uuid4().hex
@@ -97,7 +115,8 @@ class JobStore:
         if idempotency_key is not None:
             if not 1 <= len(idempotency_key) <= 255 or not idempotency_key.isprintable():
                 raise InvalidRequest("Idempotency-Key must be 1-255 printable characters")
-            idem = key("idem", hashlib.sha256(idempotency_key.encode()).hexdigest())
+            scoped = idempotency_key if owner is None else f"{owner}\n{idempotency_key}"
+            idem = key("idem", hashlib.sha256(scoped.encode()).hexdigest())
             if not self._redis.set(idem, job_id, nx=True, ex=self._ttl):
                 existing = self._redis.get(idem)
                 stored = self._redis.hget(key("job", str(existing)), "digest") if existing else None
@@ -121,12 +140,19 @@ class JobStore:
             fields["version"] = request.version
         if request.series_uid is not None:
             fields["series_uid"] = request.series_uid
+        if owner is not None:
+            fields["owner"] = owner
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(key("job", job_id), mapping=fields)
         pipe.expire(key("job", job_id), self._ttl)
         pipe.zadd(RECENT, {job_id: time.time()})
         pipe.zremrangebyrank(RECENT, 0, -RECENT_KEEP - 1)
         pipe.expire(RECENT, self._ttl)
+        if owner is not None:
+            mine = owner_index(owner)
+            pipe.zadd(mine, {job_id: time.time()})
+            pipe.zremrangebyrank(mine, 0, -RECENT_KEEP - 1)
+            pipe.expire(mine, self._ttl)
         pipe.execute()
         return job_id, True
 
@@ -134,18 +160,29 @@ class JobStore:
         """Forget a job whose enqueue failed (the client got an error, not a job id)."""
         self._redis.delete(key("job", job_id))
 
-    def get(self, job_id: str) -> JobView:
+    def get(self, job_id: str, owner: str | None = None) -> JobView:
+        """The job; with ``owner``, a job of another owner is not found."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(key("job", job_id))
         pipe.get(key("result", job_id))
         record, result = pipe.execute()
-        if not record:
+        if not record or not _owned(record.get("owner"), owner):
             raise JobNotFound(f"job '{job_id}' not found (unknown or expired)")
         return self._view(job_id, record, result)
 
-    def recent(self, limit: int) -> list[JobView]:
-        """The newest ``limit`` jobs still on record, newest first, without their results."""
-        ids = [str(i) for i in self._redis.zrevrange(RECENT, 0, max(0, limit - 1))]
+    def check_owner(self, job_id: str, owner: str | None) -> None:
+        """Raise JobNotFound unless the job exists and (given ``owner``) belongs to it."""
+        if owner is None:
+            return
+        found = self._redis.hget(key("job", job_id), "owner")
+        if not _owned(None if found is None else str(found), owner):
+            raise JobNotFound(f"job '{job_id}' not found (unknown or expired)")
+
+    def recent(self, limit: int, owner: str | None = None) -> list[JobView]:
+        """The newest ``limit`` jobs still on record (of ``owner``, when given), newest first,
+        without their results."""
+        index = RECENT if owner is None else owner_index(owner)
+        ids = [str(i) for i in self._redis.zrevrange(index, 0, max(0, limit - 1))]
         pipe = self._redis.pipeline(transaction=False)
         for job_id in ids:
             pipe.hgetall(key("job", job_id))
@@ -154,7 +191,7 @@ class JobStore:
             if record:
                 views.append(self._view(job_id, record, None))
             else:  # expired: forget it
-                self._redis.zrem(RECENT, job_id)
+                self._redis.zrem(index, job_id)
         return views
 
     @staticmethod

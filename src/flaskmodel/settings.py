@@ -52,6 +52,12 @@ class WebSettings(Section):
     """Largest accepted request body; bigger bodies get 413."""
     graceful_timeout: int = 30
     """Seconds gunicorn lets in-flight requests finish on SIGTERM."""
+    client_header_timeout: float = Field(default=10.0, gt=0)
+    """Seconds nginx gives a client to send its whole request head; a slower one (slow-loris) is
+    disconnected before anything reaches gunicorn."""
+    client_body_timeout: float = Field(default=30.0, gt=0)
+    """Seconds nginx waits for the next piece of a request body; a stalled upload is cut off
+    (nginx buffers bodies, so gunicorn never sees a partial one)."""
 
 
 class WorkerSettings(Section):
@@ -185,6 +191,20 @@ class LogSettings(Section):
     """Write logs as JSON lines instead of text."""
 
 
+class SecuritySettings(Section):
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """API keys accepted besides those in `api_keys_file` (JSON list; each `"<key>"` or
+    `"<name> <key>"`). No key anywhere: authentication is off."""
+    api_keys_file: Path | None = None
+    """File of API keys, one a line: `<key>` or `<name> <key>` (`#` comments and blank lines
+    ignored); re-read when it changes."""
+    rate_limit_per_second: float = Field(default=0.0, ge=0)
+    """Requests per second each API key (or, with authentication off, each client address) may
+    make on average; 0 turns rate limiting off."""
+    rate_limit_burst: int = Field(default=20, ge=1)
+    """Requests a caller may make at once before the per-second rate applies."""
+
+
 class Settings(BaseSettings):
     """All of FlaskModel's configuration."""
 
@@ -211,6 +231,7 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
 
     @model_validator(mode="after")
     def _check_limits(self) -> Settings:
@@ -240,6 +261,8 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 text = value.get_secret_value()
+            elif isinstance(value, list) and any(isinstance(v, SecretStr) for v in value):
+                text = json.dumps([_reveal(v) for v in value])
             elif isinstance(value, list | dict):
                 text = json.dumps(value)  # pydantic-settings reads complex values as JSON
             else:
@@ -251,7 +274,9 @@ class Settings(BaseSettings):
         """(env name, value) pairs with secrets and URL passwords masked, for display."""
         rows = []
         for key, value in _flatten(self.model_dump(mode="python"), Settings):
-            if isinstance(value, SecretStr):
+            if isinstance(value, SecretStr) or (
+                isinstance(value, list) and any(isinstance(v, SecretStr) for v in value)
+            ):
                 shown = "**********"
             elif isinstance(value, str) and "://" in value:
                 shown = mask_url(value)
@@ -259,6 +284,10 @@ class Settings(BaseSettings):
                 shown = "" if value is None else str(value)
             rows.append(("FLASKMODEL_" + key.upper(), shown))
         return rows
+
+
+def _reveal(value: Any) -> Any:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
 def _flatten(

@@ -63,8 +63,11 @@ class JobSubmitter:
             raise ServiceUnavailable(f"model '{name}' failed to load: {failed[0]}", retry_after=30)
         raise ModelNotFound(f"model '{name}' not found")
 
-    def submit(self, request: JobRequest, *, idempotency_key: str | None) -> tuple[str, bool]:
-        """The job id, and True when it was created now (False: an idempotent repeat)."""
+    def submit(
+        self, request: JobRequest, *, idempotency_key: str | None, owner: str | None = None
+    ) -> tuple[str, bool]:
+        """The job id, and True when it was created now (False: an idempotent repeat).
+        ``owner``: the API key id the job is recorded under (None: authentication off)."""
         advert = self.model(request.model)
         version = request.version or advert.latest
         if version not in advert.specs:
@@ -73,7 +76,7 @@ class JobSubmitter:
             )
         if request.inputs is not None:
             decode_inputs(request.inputs, advert.specs[version])
-        job_id, created = self._jobs.create(request, idempotency_key=idempotency_key)
+        job_id, created = self._jobs.create(request, idempotency_key=idempotency_key, owner=owner)
         if not created:
             return job_id, False
         if request.version is None:
@@ -103,8 +106,10 @@ class JobSubmitter:
         RECORDER.inc(catalogue.JOBS_SUBMITTED, (request.model, request.kind))
         return job_id, True
 
-    def cancel(self, job_id: str) -> JobView:
-        """Cancel a queued or running job; it stops counting against its model's bound."""
+    def cancel(self, job_id: str, owner: str | None = None) -> JobView:
+        """Cancel a queued or running job; it stops counting against its model's bound.
+        With ``owner``, another owner's job is not found."""
+        self._jobs.check_owner(job_id, owner)
         view = self._jobs.cancel(job_id)
         RECORDER.inc(catalogue.JOBS_FINISHED, (view.model, view.kind, view.state.value))
         logger.info("job cancelled")

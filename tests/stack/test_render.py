@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import configparser
+import hashlib
 import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -176,7 +178,10 @@ def test_percent_in_run_dir_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 def test_stack_nginx_conf_passes_nginx_t(run_dir: Path) -> None:
-    settings = Settings(run_dir=run_dir, web={"max_request_bytes": 12345})
+    settings = Settings(
+        run_dir=run_dir,
+        web={"max_request_bytes": 12345, "client_header_timeout": 2.5, "client_body_timeout": 7},
+    )
     paths, _ = render_stack(settings, use_nginx=True)
     assert paths.nginx_conf is not None and paths.nginx_prefix is not None
     _nginx_t(paths.nginx_conf, paths.nginx_prefix)
@@ -188,6 +193,9 @@ def test_stack_nginx_conf_passes_nginx_t(run_dir: Path) -> None:
     assert f"listen 127.0.0.1:{settings.web.port};" in site
     assert f"server unix:{run_dir}/gunicorn.sock" in site
     assert "client_max_body_size 12345;" in site
+    assert "client_header_timeout 2500ms;" in site
+    assert "client_body_timeout 7000ms;" in site
+    assert "error_page 413 @too_large;" in site
     assert "proxy_request_buffering on;" in site
     assert "proxy_http_version 1.1;" in site
     assert f"proxy_read_timeout {settings.jobs.time_limit + 30}s;" in site
@@ -207,9 +215,26 @@ def _nginx_t(conf: Path, prefix: Path) -> None:
 
 
 def test_redis_conf_content(run_dir: Path) -> None:
-    paths, _ = render_stack(Settings(run_dir=run_dir), use_nginx=False)
+    paths, effective = render_stack(Settings(run_dir=run_dir), use_nginx=False)
     assert paths.redis_conf is not None
-    lines = set(paths.redis_conf.read_text().splitlines())
+    text = paths.redis_conf.read_text()
+    lines = set(text.splitlines())
+    # A generated password, kept 0600 in the run directory; the config holds only its hash.
+    assert paths.redis_password_file == run_dir / "redis.password"
+    assert stat.S_IMODE(paths.redis_password_file.stat().st_mode) == 0o600
+    password = paths.redis_password_file.read_text().strip()
+    assert len(password) == 64
+    assert effective.redis.password is not None
+    assert effective.redis.password.get_secret_value() == password
+    assert password not in text
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    assert f"user default on #{digest} ~* &* +@all" in lines
+    # ... kept between runs, and passed to the programs through supervisord's environment only.
+    _, effective_again = render_stack(Settings(run_dir=run_dir), use_nginx=False)
+    assert effective_again.redis.password == effective.redis.password
+    for path in run_dir.rglob("*"):
+        if path.is_file() and path != paths.redis_password_file:
+            assert password.encode() not in path.read_bytes(), path
     for line in (
         "port 0",
         f'unixsocket "{run_dir}/redis.sock"',
@@ -255,9 +280,21 @@ def _start_redis(paths: StackPaths) -> subprocess.Popen[bytes]:
 def test_redis_runs_with_rendered_conf(run_dir: Path) -> None:
     paths, effective = render_stack(Settings(run_dir=run_dir), use_nginx=False)
     assert effective.redis.url is not None and paths.redis_data is not None
+    assert effective.redis.password is not None
+    password = effective.redis.password.get_secret_value()
     proc = _start_redis(paths)
     try:
-        client = redis.Redis.from_url(effective.redis.url)
+        refused = []
+        for wrong in (None, "wrong-password"):
+            anonymous = redis.Redis.from_url(effective.redis.url, password=wrong)
+            try:
+                with pytest.raises(redis.AuthenticationError) as caught:
+                    anonymous.set("flaskmodel:test", "nope")
+                refused.append(str(caught.value))
+            finally:
+                anonymous.close()
+        print(f"\nwithout the password: {refused}")
+        client = redis.Redis.from_url(effective.redis.url, password=password)
         try:
             assert client.ping()
             assert client.config_get("port")["port"] == "0"
@@ -272,7 +309,7 @@ def test_redis_runs_with_rendered_conf(run_dir: Path) -> None:
         assert proc.wait(timeout=10) == 0
         # Data survives into the next run in the same run directory.
         proc = _start_redis(paths)
-        client = redis.Redis.from_url(effective.redis.url)
+        client = redis.Redis.from_url(effective.redis.url, password=password)
         try:
             assert client.get("flaskmodel:test") == b"kept"
         finally:

@@ -50,7 +50,11 @@ import http.server, json, os, socket, socketserver, sys
 import redis
 
 bind, mode = sys.argv[1], sys.argv[2]
-client = redis.Redis.from_url(os.environ["FLASKMODEL_REDIS__URL"], socket_timeout=1)
+client = redis.Redis.from_url(
+    os.environ["FLASKMODEL_REDIS__URL"],
+    password=os.environ.get("FLASKMODEL_REDIS__PASSWORD"),
+    socket_timeout=1,
+)
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -220,9 +224,11 @@ def test_supervisor_starts_and_stops_redis(
     paths = _redis_only(paths)
     assert effective.redis.url is not None
 
+    assert effective.redis.password is not None
+    password = effective.redis.password.get_secret_value()
     for attempt in range(2):
         proc = supervised(paths, effective)
-        client = redis.Redis.from_url(effective.redis.url, socket_timeout=2)
+        client = redis.Redis.from_url(effective.redis.url, password=password, socket_timeout=2)
         try:
             procs.wait_for(client.ping, 20, "redis under supervisord", proc)
             if attempt == 0:

@@ -10,10 +10,12 @@ they are). Secrets never reach a file: they travel in supervisord's environment 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pwd
 import resource
+import secrets
 import shlex
 import shutil
 import string
@@ -22,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+
+from pydantic import SecretStr
 
 import flaskmodel
 from flaskmodel.settings import Settings
@@ -67,6 +71,8 @@ class StackPaths:
     """None when the settings name an external Redis."""
     redis_sock: Path | None
     redis_data: Path | None
+    redis_password_file: Path | None
+    """The generated Redis password (mode 0600) when neither a URL nor a password is set."""
     nginx_conf: Path | None
     """None when the stack runs without nginx."""
     nginx_prefix: Path | None
@@ -133,10 +139,18 @@ def render_stack(settings: Settings, *, use_nginx: bool) -> tuple[StackPaths, Se
     effective = _absolute(settings)
     programs: list[Program] = []
     if paths.redis_conf and paths.redis_sock and paths.redis_data:
-        programs.append(_redis_program(paths.redis_conf, paths.redis_sock, paths.redis_data))
+        if effective.redis.password is not None:
+            password = effective.redis.password.get_secret_value()
+        else:
+            assert paths.redis_password_file is not None
+            password = stack_redis_password(paths.redis_password_file)
+        programs.append(
+            _redis_program(paths.redis_conf, paths.redis_sock, paths.redis_data, password)
+        )
         url = f"unix://{paths.redis_sock}"
+        update = {"url": url, "password": SecretStr(password)}
         effective = effective.model_copy(
-            update={"redis": effective.redis.model_copy(update={"url": url})}
+            update={"redis": effective.redis.model_copy(update=update)}
         )
     env = split_secrets(effective)[0]
     env["PYTHONUNBUFFERED"] = "1"
@@ -239,6 +253,9 @@ def stack_paths(settings: Settings, *, use_nginx: bool) -> StackPaths:
         redis_conf=run_dir / "redis.conf" if own_redis else None,
         redis_sock=run_dir / "redis.sock" if own_redis else None,
         redis_data=run_dir / "redis" if own_redis else None,
+        redis_password_file=(
+            run_dir / "redis.password" if own_redis and not settings.redis.password else None
+        ),
         nginx_conf=run_dir / "nginx.conf" if use_nginx else None,
         nginx_prefix=run_dir / "nginx" if use_nginx else None,
         programs=(),
@@ -307,9 +324,39 @@ def _program_section(
     )
 
 
-def _redis_program(conf: Path, sock: Path, data_dir: Path) -> Program:
+def stack_redis_password(path: Path) -> str:
+    """The stack's Redis password from ``path`` (mode 0600), generated there on first use and
+    kept for later runs (so ``redis-cli`` users can read it)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        password = path.read_text("utf-8").strip()
+        if len(password) >= 32:
+            return password
+        logger.warning("%s holds no usable password; generating a new one", path)
+        path.unlink()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    password = secrets.token_hex(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(password + "\n")
+    return password
+
+
+def _redis_program(conf: Path, sock: Path, data_dir: Path, password: str) -> Program:
     data_dir.mkdir(exist_ok=True)
-    _write(conf, _fill("redis.conf", socket=_redis_quote(sock), data_dir=_redis_quote(data_dir)))
+    # Only the password's SHA-256 is written (Redis ACL's '#<hash>' form); the password reaches
+    # the programs through supervisord's environment.
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    _write(
+        conf,
+        _fill(
+            "redis.conf",
+            socket=_redis_quote(sock),
+            data_dir=_redis_quote(data_dir),
+            password_sha256=digest,
+        ),
+    )
     redis_server = _system_binary("redis-server", Path("/usr/bin/redis-server"))
     if redis_server is None:
         raise FileNotFoundError(
@@ -366,6 +413,8 @@ def _site(settings: Settings, *, upstream: str, listen: str) -> str:
         upstream=upstream,
         listen=listen,
         max_body=str(settings.web.max_request_bytes),
+        header_timeout=_nginx_seconds(settings.web.client_header_timeout),
+        body_timeout=_nginx_seconds(settings.web.client_body_timeout),
         read_timeout=f"{settings.jobs.time_limit + 30}s",
         metrics_location=_metrics_location(settings.metrics.allow),
     )
@@ -384,6 +433,10 @@ def _metrics_location(allow: list[str]) -> str:
         "        proxy_pass http://flaskmodel_web;\n"
         "    }\n"
     )
+
+
+def _nginx_seconds(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 def _nginx_main(prefix: Path, site: Path) -> str:

@@ -12,6 +12,7 @@ from flask import Flask
 from flaskmodel.logs import configure_once
 from flaskmodel.settings import Settings
 from flaskmodel.web import (
+    auth,
     errors,
     health,
     infer_v2,
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_services(app, settings)
     register_blueprints(app)
     metrics.init_request_metrics(app)
+    auth.init_auth(app)
     errors.register_error_handlers(app)
     return app
 

@@ -33,7 +33,12 @@ def register_error_handlers(app: Flask) -> None:
     def _ours(exc: FlaskModelError) -> Response:
         if exc.status >= 500:
             logger.warning("%s: %s", exc.type, exc.message)
-        return error_response(exc.status, exc.message, type_=exc.type, retry_after=exc.retry_after)
+        response = error_response(
+            exc.status, exc.message, type_=exc.type, retry_after=exc.retry_after
+        )
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = 'Bearer realm="flaskmodel"'
+        return response
 
     @app.errorhandler(HTTPException)
     def _http(exc: HTTPException) -> Response:

@@ -29,6 +29,7 @@ from flaskmodel.v2_tensors import (
     split_body,
     v2_datatype,
 )
+from flaskmodel.web.auth import owner
 from flaskmodel.web.body import parse, parse_json
 from flaskmodel.web.jobs import submit
 from flaskmodel.web.services import services
@@ -172,10 +173,10 @@ def _as_job(
     body, status, headers = submit(job)
     job_id = body["job_id"]
     if wait is not None:
-        view = svc.jobs.get(job_id)
+        view = svc.jobs.get(job_id, owner())
         if not view.state.terminal:
             svc.sync.wait_job(job_id, wait)
-            view = svc.jobs.get(job_id)
+            view = svc.jobs.get(job_id, owner())
         if view.state is JobState.SUCCEEDED and view.result is not None:
             outputs = decode_outputs(view.result["outputs"], spec)
             return _response(infer_request, advert, spec, outputs)

@@ -9,6 +9,7 @@ from flask import Blueprint, request, url_for
 
 from flaskmodel.errors import InvalidRequest
 from flaskmodel.schemas import JobRequest, SubmitResponse
+from flaskmodel.web.auth import owner
 from flaskmodel.web.body import json_body, parse
 from flaskmodel.web.services import services
 
@@ -21,7 +22,7 @@ def submit(job_request: JobRequest) -> tuple[dict[str, Any], int, dict[str, str]
     """Admit a job; 202 + Location when new, 200 for an idempotent repeat."""
     svc = services()
     job_id, created = svc.submitter.submit(
-        job_request, idempotency_key=request.headers.get("Idempotency-Key")
+        job_request, idempotency_key=request.headers.get("Idempotency-Key"), owner=owner()
     )
     view = svc.jobs.get(job_id)
     status_url = url_for("jobs.get_job", job_id=job_id)
@@ -40,7 +41,7 @@ def list_jobs() -> dict[str, Any]:
     raw = request.args.get("limit", "50")
     if not raw.isdigit() or not 1 <= int(raw) <= 500:
         raise InvalidRequest("limit must be a whole number from 1 to 500")
-    views = services().jobs.recent(int(raw))
+    views = services().jobs.recent(int(raw), owner())
     return {"jobs": [v.model_dump(mode="json", exclude_none=True) for v in views]}
 
 
@@ -49,10 +50,10 @@ def get_job(job_id: str) -> dict[str, Any]:
     """The job; with ``?wait=N`` block up to N seconds (no polling) until it has finished."""
     svc = services()
     seconds = _wait_seconds(svc.settings.batching.max_timeout_seconds)
-    view = svc.jobs.get(job_id)
+    view = svc.jobs.get(job_id, owner())
     if seconds and not view.state.terminal:
         svc.sync.wait_job(job_id, seconds)
-        view = svc.jobs.get(job_id)
+        view = svc.jobs.get(job_id, owner())
     return view.model_dump(mode="json", exclude_none=True)
 
 
@@ -71,4 +72,4 @@ def _wait_seconds(limit: float) -> float:
 
 @bp.delete("/v1/jobs/<job_id>")
 def cancel_job(job_id: str) -> dict[str, Any]:
-    return services().submitter.cancel(job_id).model_dump(mode="json", exclude_none=True)
+    return services().submitter.cancel(job_id, owner()).model_dump(mode="json", exclude_none=True)

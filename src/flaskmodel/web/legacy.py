@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint
 
 from flaskmodel.schemas import JobRequest, JobState
+from flaskmodel.web.auth import owner
 from flaskmodel.web.body import parse
 from flaskmodel.web.jobs import submit
 from flaskmodel.web.services import services
@@ -38,7 +39,7 @@ def inference(series_uid: str, start: int, end: int) -> tuple[dict[str, Any], in
 
 @bp.get("/get_result/<task_id>")
 def get_result(task_id: str) -> tuple[dict[str, Any], int]:
-    view = services().jobs.get(task_id)
+    view = services().jobs.get(task_id, owner())
     if view.state is JobState.SUCCEEDED and view.result is not None:
         return view.result, 200
     body: dict[str, Any] = {

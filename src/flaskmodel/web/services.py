@@ -10,7 +10,9 @@ from celery import Celery
 from flask import Flask, current_app
 
 from flaskmodel.admission import Admission
+from flaskmodel.apikeys import KeyRing
 from flaskmodel.jobs import JobStore
+from flaskmodel.ratelimit import RateLimiter
 from flaskmodel.settings import Settings
 from flaskmodel.storage.kv import KeyValueStore
 from flaskmodel.storage.redis import connect, connect_frames
@@ -32,6 +34,8 @@ class Services:
     workers: WorkerRegistry
     submitter: JobSubmitter
     sync: SyncPredictor
+    keys: KeyRing
+    rate_limiter: RateLimiter | None
 
 
 def init_services(app: Flask, settings: Settings) -> None:
@@ -61,6 +65,17 @@ def init_services(app: Flask, settings: Settings) -> None:
         workers=workers,
         submitter=submitter,
         sync=SyncPredictor(frames_client, submitter, settings.batching),
+        keys=KeyRing(settings.security),
+        rate_limiter=_rate_limiter(client, settings),
+    )
+
+
+def _rate_limiter(client: redis.Redis, settings: Settings) -> RateLimiter | None:
+    security = settings.security
+    if security.rate_limit_per_second <= 0:
+        return None
+    return RateLimiter(
+        client, per_second=security.rate_limit_per_second, burst=security.rate_limit_burst
     )
 
 

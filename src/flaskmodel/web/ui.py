@@ -16,6 +16,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from flaskmodel.errors import NotFound
 from flaskmodel.storage.redis import key
+from flaskmodel.web.auth import owner
 from flaskmodel.web.services import services
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ def ui_asset(name: str) -> Response:
 
 @bp.get("/v1/jobs/<job_id>/slices/<int:index>/thumbnail.png")
 def thumbnail(job_id: str, index: int) -> Response:
-    encoded = services().redis.hget(key("thumbs", job_id), str(index))
+    svc = services()
+    svc.jobs.check_owner(job_id, owner())
+    encoded = svc.redis.hget(key("thumbs", job_id), str(index))
     if encoded is None:
         raise NotFound(f"no thumbnail of slice {index} for job '{job_id}'")
     return Response(

@@ -7,8 +7,21 @@ const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b
 let selectedJob = null;
 let detail = null;
 
+// With API keys on, the key is asked for once (on the first 401) and kept for this tab only.
+async function authorizedFetch(url, accept) {
+  const headers = {Accept: accept};
+  const key = sessionStorage.getItem("flaskmodel-api-key");
+  if (key) headers["X-API-Key"] = key;
+  const response = await fetch(url, {headers});
+  if (response.status === 401) {
+    const entered = window.prompt("API key");
+    if (entered) sessionStorage.setItem("flaskmodel-api-key", entered.trim());
+  }
+  return response;
+}
+
 async function getJson(url) {
-  const response = await fetch(url, {headers: {Accept: "application/json"}});
+  const response = await authorizedFetch(url, "application/json");
   if (!response.ok) throw new Error(`${url}: ${response.status}`);
   return response.json();
 }
@@ -124,7 +137,14 @@ function selectSlice(result, position) {
   ctx.lineWidth = 2;
   ctx.strokeRect(position * width + 1, 1, Math.max(width - 2, 2), 44);
   const img = document.getElementById("thumb");
-  img.src = `/v1/jobs/${selectedJob}/slices/${slice.index}/thumbnail.png`;
+  const thumbUrl = `/v1/jobs/${selectedJob}/slices/${slice.index}/thumbnail.png`;
+  if (sessionStorage.getItem("flaskmodel-api-key")) {
+    authorizedFetch(thumbUrl, "image/png").then((r) => r.ok ? r.blob() : null).then((blob) => {
+      if (blob) img.src = URL.createObjectURL(blob);
+    });
+  } else {
+    img.src = thumbUrl;
+  }
   const top = Math.max(...slice.scores);
   const rows = [["slice", slice.index], ["instance", slice.instance_number ?? "–"],
                 ["z (mm)", slice.z], ["label", slice.label], ["raw argmax", slice.label_raw],
