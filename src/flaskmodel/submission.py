@@ -93,6 +93,8 @@ class JobSubmitter:
                 args=[job_id],
                 task_id=job_id,
                 queue=model_queue(self._queue, request.model),
+                # Results live in the JobStore: no SUBSCRIBE to Celery's result channel.
+                ignore_result=True,
             )
         except FlaskModelError:
             self._forget(request.model, job_id)

@@ -167,3 +167,25 @@ def test_get_with_wait_blocks_until_the_job_is_done(stack: Stack) -> None:
         response = requests.get(stack.url(f"/v1/jobs/{job_id}?wait={bad}"), timeout=10)
         assert response.status_code == 400, bad
         assert "wait must be" in response.json()["error"]
+
+
+def test_submits_do_not_subscribe_to_celery_results(stack: Stack) -> None:
+    # Job results live in the JobStore: a submit must not SUBSCRIBE to Celery's result channel
+    # of its job (one more Redis round trip per submit, for a result that never comes).
+    import redis  # noqa: PLC0415
+
+    client = redis.Redis.from_url(stack.settings.redis_url())
+
+    def subscribes() -> int:
+        stats = client.info("commandstats").get("cmdstat_subscribe", {"calls": 0})
+        return int(stats["calls"])
+
+    body = {"model": "tiny", "inputs": {"x": np.zeros((1, 32)).tolist()}}
+    before = subscribes()
+    job_ids = [
+        requests.post(stack.url("/v1/jobs"), json=body, timeout=30).json()["job_id"]
+        for _ in range(5)
+    ]
+    for job_id in job_ids:
+        assert wait_job(stack, job_id)["state"] == "SUCCEEDED"
+    assert subscribes() - before < len(job_ids)

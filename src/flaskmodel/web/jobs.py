@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, request, url_for
 
 from flaskmodel.errors import InvalidRequest
-from flaskmodel.schemas import JobRequest, SubmitResponse
+from flaskmodel.schemas import JobRequest, JobState, SubmitResponse
 from flaskmodel.web.auth import owner
 from flaskmodel.web.body import json_body, parse
 from flaskmodel.web.services import services
@@ -24,9 +24,11 @@ def submit(job_request: JobRequest) -> tuple[dict[str, Any], int, dict[str, str]
     job_id, created = svc.submitter.submit(
         job_request, idempotency_key=request.headers.get("Idempotency-Key"), owner=owner()
     )
-    view = svc.jobs.get(job_id)
+    # A new job was accepted QUEUED (a worker may have started it already: its status URL says
+    # so); an idempotent repeat answers with the first job's state now.
+    state = JobState.QUEUED if created else svc.jobs.get(job_id).state
     status_url = url_for("jobs.get_job", job_id=job_id)
-    body = SubmitResponse(job_id=job_id, state=view.state, status_url=status_url)
+    body = SubmitResponse(job_id=job_id, state=state, status_url=status_url)
     return body.model_dump(mode="json"), 202 if created else 200, {"Location": status_url}
 
 
