@@ -127,3 +127,18 @@ def test_docs_page_is_offline(client: FlaskClient) -> None:
             assert asset.status_code == 200, url
     assert "validatorUrl: null" in html  # else Swagger UI calls validator.swagger.io
     assert client.get("/docs/assets/no-such-file.js").status_code == 404
+
+
+def test_api_key_schemes_are_declared_where_a_key_may_be_asked_for(
+    spec: dict[str, Any],
+) -> None:
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key as the token",
+    }
+    assert schemes["apiKeyHeader"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    jobs = spec["paths"]["/v1/jobs"]["post"]
+    assert jobs["security"] == [{"bearerAuth": []}, {"apiKeyHeader": []}, {}]
+    assert "security" not in spec["paths"]["/healthz"]["get"]  # probes stay open

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from flaskmodel.schemas import JobRequest, JobView, SubmitResponse
 from flaskmodel.v2_tensors import InferRequest
+from flaskmodel.web.auth import OPEN_ENDPOINTS
 from flaskmodel.web.kv import PutValue
 
 logger = logging.getLogger(__name__)
@@ -146,6 +147,11 @@ OPERATIONS: dict[str, Operation] = {
     ),
 }
 _GENERIC = Operation("", {200: Open})
+# How a client presents an API key when keys are configured (a 401 answers a missing one).
+SECURITY_SCHEMES = {
+    "bearerAuth": {"type": "http", "scheme": "bearer", "description": "an API key as the token"},
+    "apiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
 
 
 def build_spec(app: Flask) -> dict[str, Any]:
@@ -175,7 +181,10 @@ def build_spec(app: Flask) -> dict[str, Any]:
         "info": {"title": "FlaskModel", "version": _version()},
         "tags": [{"name": name} for name in sorted(app.blueprints) if name != "openapi"],
         "paths": paths,
-        "components": {"schemas": dict(sorted(schemas.items()))},
+        "components": {
+            "schemas": dict(sorted(schemas.items())),
+            "securitySchemes": SECURITY_SCHEMES,
+        },
     }
 
 
@@ -205,6 +214,9 @@ def _operation(
         "summary": op.summary or endpoint,
         "responses": responses,
     }
+    if endpoint not in OPEN_ENDPOINTS:
+        # API keys are optional (FLASKMODEL_SECURITY__*): either scheme, or none when off.
+        operation["security"] = [{name: []} for name in SECURITY_SCHEMES] + [{}]
     if params or extra:
         operation["parameters"] = params + extra
     if op.request is not None:
