@@ -257,7 +257,8 @@ def test_resize_shapes(shape: tuple[int, int], size: tuple[int, int]) -> None:
 @pytest.mark.parametrize("size", [(256, 256), (512, 700), (37, 91), (5, 5)])
 def test_resize_keeps_a_constant_image_constant(size: tuple[int, int]) -> None:
     out = resize(np.full((512, 512), 0.3712, dtype=np.float32), size)
-    assert (out == np.float32(0.3712)).all()
+    # float32 arithmetic: constant to a few units in the last place, no drift or ringing.
+    np.testing.assert_allclose(out, 0.3712, rtol=0, atol=1e-6)
 
 
 def test_resize_upscale_is_bilinear_with_half_pixel_centres() -> None:
@@ -267,14 +268,15 @@ def test_resize_upscale_is_bilinear_with_half_pixel_centres() -> None:
 
 @pytest.mark.parametrize("size", [(64, 128), (64, 1000), (64, 333), (64, 500), (64, 77)])
 def test_resize_keeps_a_linear_ramp_a_ramp(size: tuple[int, int]) -> None:
-    ramp = np.tile(np.arange(512, dtype=np.float64), (32, 1))
+    # Windowed pixels lie in [0, 1]: a ramp across that range.
+    ramp = np.tile(np.arange(512, dtype=np.float64) / 511, (32, 1))
     out = resize(ramp, size)
 
     assert np.all(np.diff(out, axis=1) > 0)  # still strictly increasing along the ramp
     assert np.allclose(out, out[:1])  # and constant across it
     interior = out[0, 4:-4].astype(np.float64)
     steps = np.diff(interior)
-    np.testing.assert_allclose(steps, 512 / size[1], rtol=1e-4)  # linear away from the edges
+    np.testing.assert_allclose(steps, 512 / size[1] / 511, rtol=1e-3)  # linear off the edges
 
 
 def test_resize_downscale_averages_instead_of_aliasing() -> None:

@@ -121,12 +121,12 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"resize target must be positive, got {size}")
     if image.shape[:2] == (height, width):
         return np.array(image, dtype=np.float32)
-    rows = _weights(image.shape[0], height)
-    cols = _weights(image.shape[1], width)
+    rows = _weights32(image.shape[0], height)
+    cols = _weights32(image.shape[1], width)
     # Separable: rows first ([h, W, ...]), then columns ([w, h, ...] moved back to [h, w, ...]).
-    out = np.tensordot(rows, np.asarray(image, dtype=np.float64), axes=(1, 0))
-    out = np.moveaxis(np.tensordot(cols, out, axes=(1, 1)), 0, 1)
-    return out.astype(np.float32)
+    # In float32 (half the time of float64; windowed pixels in [0, 1] lose nothing that shows).
+    out = np.tensordot(rows, np.asarray(image, dtype=np.float32), axes=(1, 0))
+    return np.ascontiguousarray(np.moveaxis(np.tensordot(cols, out, axes=(1, 1)), 0, 1))
 
 
 def preprocess_slice(
@@ -171,6 +171,14 @@ def _weights(source: int, target: int) -> np.ndarray:
         weights[:, 0] += np.clip(np.minimum(stop, 0.0) - start, 0.0, None)
         weights[:, -1] += np.clip(stop - np.maximum(start, last), 0.0, None)
     weights /= weights.sum(axis=1, keepdims=True)
+    weights.setflags(write=False)
+    return weights
+
+
+@lru_cache(maxsize=64)
+def _weights32(source: int, target: int) -> np.ndarray:
+    """``_weights`` in float32 (cached, read-only)."""
+    weights = _weights(source, target).astype(np.float32)
     weights.setflags(write=False)
     return weights
 
