@@ -38,6 +38,15 @@ class RedisSettings(Section):
     """Connections in each process's pool."""
 
 
+class BrokerSettings(Section):
+    url: str | None = None
+    """Celery broker URL when it is not the Redis above: `amqp://user:password@host:5672/vhost`
+    (RabbitMQ) or `sentinel://host:26379;sentinel://host2:26379` (Redis Sentinel, with
+    `master_name`). Empty: the Redis above is the broker. Job records and results stay in Redis."""
+    master_name: str | None = None
+    """Sentinel master name for a `sentinel://` broker URL."""
+
+
 class WebSettings(Section):
     host: str = "127.0.0.1"
     """Address the public HTTP port binds to (nginx, or gunicorn without nginx)."""
@@ -84,6 +93,9 @@ class JobSettings(Section):
     """Deliveries of one job (redeliveries after a worker crash included) before it is FAILED."""
     publish_timeout: float = 1.0
     """Seconds a submit may spend publishing to the broker before answering 503."""
+    default_priority: int = Field(default=5, ge=1, le=10)
+    """Priority of a job that names none (Triton's convention: 1 is the highest, 10 the lowest);
+    within a model's queue higher-priority work is taken first."""
     max_pending: int = Field(default=10000, ge=1)
     """Most unfinished (queued or running) jobs one model may have; a submit past it gets 429
     with a Retry-After computed from the queue depth and the measured throughput."""
@@ -94,6 +106,9 @@ class SeriesSettings(Section):
     """Model used by the original `/inference/...` route and `/v1/series/<uid>/results`."""
     batch_size: int = 16
     """Slices per model call in a series job (and per progress step)."""
+    chunk_batches: int = Field(default=1, ge=1)
+    """Batches one task of a series job runs before the rest of the job goes to the back of its
+    model's queue, so concurrent jobs interleave (fairness). Time limits apply per chunk."""
     thumbnails: bool = True
     """Render a PNG thumbnail of every slice for the results viewer (`/ui/`), kept with the job."""
     results_ttl_seconds: int = 30 * 24 * 3600
@@ -111,6 +126,10 @@ class RuntimeSettings(Section):
     backend: Literal["savedmodel", "fake", "tfserving_rest"] = "savedmodel"
     """Model runtime: in-process TensorFlow SavedModel, the shipped fake (tests, benchmarks), or a
     remote TensorFlow Serving REST endpoint (`tfserving_url`)."""
+    gpu_memory_limit_mb: int | None = None
+    """Per-process GPU memory limit (MiB) for TensorFlow in a worker (a logical device capped at
+    this size on the first visible GPU); empty: TensorFlow's memory growth (allocate as needed).
+    Pin a worker to one GPU with `CUDA_VISIBLE_DEVICES`."""
     warmup: bool = True
     """Call each model once with zeros before the worker reports ready."""
     tfserving_url: str | None = None
@@ -161,6 +180,7 @@ class Settings(BaseSettings):
     run_dir: Path = Path("var/run")
     """Where `flaskmodel up` keeps its generated configs, sockets, logs and Redis data."""
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)

@@ -43,7 +43,12 @@ def init_services(app: Flask, settings: Settings) -> None:
         client, max_pending=settings.jobs.max_pending, ttl=settings.jobs.ttl_seconds
     )
     submitter = JobSubmitter(
-        jobs, workers, celery, queue=settings.worker.queue, admission=admission
+        jobs,
+        workers,
+        celery,
+        queue=settings.worker.queue,
+        admission=admission,
+        default_priority=settings.jobs.default_priority,
     )
     # Every synchronous call in flight holds a connection for its BLPOP: one per gevent
     # connection gunicorn admits, plus a few for the pushes.

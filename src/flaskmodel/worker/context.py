@@ -24,7 +24,7 @@ from flaskmodel.schemas import WorkerHeartbeat
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import connect, connect_frames
 from flaskmodel.storage.workers import WorkerRegistry
-from flaskmodel.worker.runner import JobRunner
+from flaskmodel.worker.runner import JobRunner, Requeue
 from flaskmodel.worker.sync_consumer import SyncConsumer
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,9 @@ class WorkerContext:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def build(cls, settings: Settings, models: list[str] | None = None) -> WorkerContext:
+    def build(
+        cls, settings: Settings, models: list[str] | None = None, requeue: Requeue | None = None
+    ) -> WorkerContext:
         client = connect(settings)
         jobs = JobStore(client, ttl=settings.jobs.ttl_seconds)
         repository = ModelRepository.from_settings(settings, only=models)
@@ -57,7 +59,7 @@ class WorkerContext:
             jobs=jobs,
             repository=repository,
             registry=WorkerRegistry(client, ttl=settings.worker.heartbeat_seconds * 3),
-            runner=JobRunner(settings, jobs, repository, client),
+            runner=JobRunner(settings, jobs, repository, client, requeue),
             consumer=SyncConsumer(
                 frames_client, repository, reply_ttl=settings.batching.reply_ttl_seconds
             ),
@@ -109,10 +111,13 @@ class WorkerContext:
 _current: WorkerContext | None = None
 
 
-def install(settings: Settings, models: list[str] | None = None) -> WorkerContext:
-    """Build and start this process's context (serving ``models``; None: every model found)."""
+def install(
+    settings: Settings, models: list[str] | None = None, requeue: Requeue | None = None
+) -> WorkerContext:
+    """Build and start this process's context (serving ``models``; None: every model found;
+    ``requeue`` publishes a series job's next chunk)."""
     global _current  # noqa: PLW0603 - one context per process, set by the worker signals
-    _current = WorkerContext.build(settings, models)
+    _current = WorkerContext.build(settings, models, requeue)
     _current.start()
     return _current
 
