@@ -19,6 +19,7 @@ from typing import Any
 import redis
 
 from flaskmodel.jobs import JobStore
+from flaskmodel.runtime.gpu import configure_gpus
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import WorkerHeartbeat
 from flaskmodel.settings import Settings
@@ -69,6 +70,8 @@ class WorkerContext:
     def start(self) -> None:
         """Load and warm every model, serve synchronous calls, keep the heartbeat going."""
         self.beat()  # live (not ready) while models load
+        if self.settings.runtime.backend == "savedmodel":
+            configure_gpus(self.settings.runtime.gpu_memory_limit_mb)  # before TF touches a GPU
         self.errors = self.repository.load_all()
         self.ready = not self.errors
         self.consumer.start()
