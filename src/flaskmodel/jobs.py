@@ -3,7 +3,8 @@
 Keys (all with the job TTL):
 
 - ``flaskmodel:job:<id>`` hash: state, kind, model, version, series_uid, request (JSON),
-  created_at/started_at/finished_at, delivered_at (the current delivery), done/total,
+  created_at/started_at/finished_at, delivered_at and worker (the current delivery and the
+  ``host:pid`` running it), done/total,
   attempts (deliveries of the current chunk), chunk/handover (series jobs run as a sequence of
   chunk tasks), error_type/error_message.
 - ``flaskmodel:result:<id>`` string: the result document (JSON).
@@ -63,7 +64,7 @@ return cur
 
 _ACTIVE = f"{JobState.QUEUED},{JobState.RUNNING}"
 
-# A delivery of chunk ARGV[1] of a job. KEYS: job hash. ARGV: chunk, now, ttl. Returns
+# A delivery of chunk ARGV[1] of a job. KEYS: job hash. ARGV: chunk, now, ttl, worker. Returns
 # {verdict, state, attempt}: 'run' (the chunk the record expects: RUNNING, attempt counted),
 # 'republish' (this chunk already handed over but the next message may never have been
 # published: a crash between ``advance`` and the publish), 'stale' (a duplicate of a chunk
@@ -80,7 +81,7 @@ if chunk ~= expected then
   end
   return {'stale', cur, 0}
 end
-redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'delivered_at', ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'delivered_at', ARGV[2], 'worker', ARGV[4])
 redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
@@ -234,10 +235,13 @@ class JobStore:
             return found, 0
         return found, int(self._redis.hincrby(key("job", job_id), "attempts", 1))
 
-    def start_chunk(self, job_id: str, chunk: int) -> tuple[str, JobState | None, int]:
-        """A delivery of ``chunk``: (verdict, state found, attempt); see ``_START_CHUNK``."""
+    def start_chunk(
+        self, job_id: str, chunk: int, worker: str = ""
+    ) -> tuple[str, JobState | None, int]:
+        """A delivery of ``chunk`` to ``worker`` (``host:pid``, kept in the record): (verdict,
+        state found, attempt); see ``_START_CHUNK``."""
         verdict, state, attempt = self._start_chunk(
-            keys=[key("job", job_id)], args=[chunk, now(), self._ttl]
+            keys=[key("job", job_id)], args=[chunk, now(), self._ttl, worker]
         )
         return str(verdict), JobState(state) if state else None, int(attempt)
 

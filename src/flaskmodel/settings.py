@@ -78,6 +78,9 @@ class WorkerSettings(Section):
     root when it starts). `flaskmodel worker --models a,b` sets it."""
     max_tasks_per_child: int = 0
     """Recycle a pool process after this many tasks (0: never)."""
+    node_name: str = "flaskmodel@%h"
+    """Celery node name (`-n`; `%h` is the host name). Give each worker on one host its own
+    (`gpu0@%h`, `gpu1@%h`); `flaskmodel worker --name` sets it."""
 
 
 class JobSettings(Section):

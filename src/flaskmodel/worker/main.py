@@ -29,7 +29,7 @@ def queues(settings: Settings, models: list[str] | None = None) -> list[str]:
     return [settings.worker.queue, *(model_queue(settings.worker.queue, m) for m in served)]
 
 
-def run_worker(settings: Settings, *, hostname: str = "flaskmodel@%h") -> None:
+def run_worker(settings: Settings) -> None:
     """Run a worker in the foreground until it is told to stop."""
     settings.redis_url()  # refuse to start without a Redis to talk to
     app = make_celery(settings)
@@ -63,7 +63,7 @@ def run_worker(settings: Settings, *, hostname: str = "flaskmodel@%h") -> None:
             f"--concurrency={settings.worker.concurrency}",
             f"--pool={settings.worker.pool}",
             f"--queues={','.join(queues(settings, models))}",
-            f"--hostname={hostname}",
+            f"--hostname={settings.worker.node_name}",
             "--without-gossip",
             "--without-mingle",
         ]

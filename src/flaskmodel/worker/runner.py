@@ -19,6 +19,8 @@ hand-over and the publish is repaired by the redelivered chunk publishing again.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +56,7 @@ class JobRunner:
     ) -> None:
         self._settings = settings
         self._requeue = requeue
+        self._worker = f"{socket.gethostname()}:{os.getpid()}"
         self._jobs = jobs
         self._repository = repository
         self._redis = client
@@ -83,7 +86,7 @@ class JobRunner:
 
     def _run(self, job_id: str, chunk: int) -> int | None:
         """Run one chunk; returns the chunk to hand over to, if any."""
-        verdict, found, attempt = self._jobs.start_chunk(job_id, chunk)
+        verdict, found, attempt = self._jobs.start_chunk(job_id, chunk, self._worker)
         if verdict == "missing":
             logger.warning("job %s: no record (expired or unknown); skipped", job_id)
             return None
