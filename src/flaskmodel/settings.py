@@ -60,6 +60,9 @@ class WebSettings(Section):
     """Largest accepted request body; bigger bodies get 413."""
     graceful_timeout: int = 30
     """Seconds gunicorn lets in-flight requests finish on SIGTERM."""
+    upstreams: list[str] = Field(default_factory=list)
+    """Web hosts (`host:port`, JSON list) the nginx site of `flaskmodel deploy render` balances
+    over, each running `flaskmodel serve`; empty: this host's gunicorn on 127.0.0.1:`port`."""
 
 
 class WorkerSettings(Section):

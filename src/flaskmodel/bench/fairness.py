@@ -110,3 +110,27 @@ def _completion(client: Client, payload: dict[str, Any], timeout: float) -> floa
         raise RuntimeError(f"series job {view['state']}: {view.get('error')}")
     finished = datetime.fromisoformat(view["finished_at"])
     return (finished - datetime.fromisoformat(view["created_at"])).total_seconds()
+
+
+def run_fairness_bench(base: str, say: Callable[[str], None]) -> list[str]:
+    """The fairness figure on the bench stack: the demo series (40 slices) beside the large
+    fairness series, both through ``ct_classifier``; report lines."""
+    from flaskmodel.bench.models import (  # noqa: PLC0415 - the bench's own data
+        FAIRNESS_SERIES_UID,
+        FAIRNESS_SLICES,
+    )
+    from flaskmodel.demo import DEMO_SERIES_SLICES, DEMO_SERIES_UID  # noqa: PLC0415
+
+    say(f"fairness: the demo series beside a {FAIRNESS_SLICES}-slice series job")
+    figure = measure_fairness(
+        Client(base, timeout=60),
+        model="ct_classifier",
+        big={"series_uid": FAIRNESS_SERIES_UID},
+        small={"series_uid": DEMO_SERIES_UID},
+        small_batches=-(-DEMO_SERIES_SLICES // 16),  # the demo model's batches of 16
+        big_slices=FAIRNESS_SLICES,
+        say=say,
+    )
+    for line in figure.lines():
+        say(line)
+    return figure.lines()
