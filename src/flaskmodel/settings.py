@@ -41,10 +41,7 @@ class RedisSettings(Section):
 class BrokerSettings(Section):
     url: str | None = None
     """Celery broker URL when it is not the Redis above: `amqp://user:password@host:5672/vhost`
-    (RabbitMQ) or `sentinel://host:26379;sentinel://host2:26379` (Redis Sentinel, with
-    `master_name`). Empty: the Redis above is the broker. Job records and results stay in Redis."""
-    master_name: str | None = None
-    """Sentinel master name for a `sentinel://` broker URL."""
+    (RabbitMQ). Empty: the Redis above is the broker. Job records and results stay in Redis."""
 
 
 class WebSettings(Section):
@@ -134,7 +131,7 @@ class RuntimeSettings(Section):
     remote TensorFlow Serving REST endpoint (`tfserving_url`)."""
     gpu_memory_limit_mb: int | None = None
     """Per-process GPU memory limit (MiB) for TensorFlow in a worker (a logical device capped at
-    this size on the first visible GPU); empty: TensorFlow's memory growth (allocate as needed).
+    this size on each visible GPU); empty: TensorFlow's memory growth (allocate as needed).
     Pin a worker to one GPU with `CUDA_VISIBLE_DEVICES`."""
     warmup: bool = True
     """Call each model once with zeros before the worker reports ready."""

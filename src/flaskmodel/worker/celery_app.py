@@ -102,8 +102,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # One list per priority (0 … 9, lowest number first): see ``broker_priority``.
         "priority_steps": list(range(MAX_PRIORITY)),
     }
-    if settings.broker.master_name:
-        transport["master_name"] = settings.broker.master_name
     return {
         "broker_url": url,
         "result_backend": redis_url(settings),
