@@ -26,8 +26,12 @@ class Section(BaseModel):
 
 class RedisSettings(Section):
     url: str | None = None
-    """Redis URL (`redis://host:port/db` or `unix:///path.sock`). Empty: `flaskmodel up` starts
+    """Redis URL (`redis://host:port/db` or `unix:///path.sock`; with `sentinel_master`, the
+    Sentinels: `sentinel://host1:26379;sentinel://host2:26379/db`). Empty: `flaskmodel up` starts
     its own redis-server; `serve` and `worker` refuse to start."""
+    sentinel_master: str | None = None
+    """Name of the primary that Redis Sentinel monitors: every client (job store, Celery broker and
+    result backend) asks the Sentinels in `url` for the current primary and follows a failover."""
     password: SecretStr | None = None
     """Redis password, when the URL carries none."""
     socket_timeout: float = 5.0
@@ -201,6 +205,12 @@ class Settings(BaseSettings):
         # A lease shorter than the hard limit redelivers a job that is still running.
         if jobs.visibility_timeout <= jobs.time_limit:
             raise ValueError("jobs.visibility_timeout must exceed jobs.time_limit")
+        sentinel_url = (self.redis.url or "").startswith("sentinel://")
+        if sentinel_url != bool(self.redis.sentinel_master):
+            raise ValueError(
+                "redis.sentinel_master and a sentinel:// redis.url go together (one without the "
+                "other cannot find the primary)"
+            )
         if self.runtime.backend == "tfserving_rest" and not self.runtime.tfserving_url:
             raise ValueError("runtime.backend 'tfserving_rest' needs runtime.tfserving_url")
         if self.batching.sync_timeout_seconds > self.batching.max_timeout_seconds:

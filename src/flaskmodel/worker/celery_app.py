@@ -102,6 +102,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # One list per priority (0 … 9, lowest number first): see ``broker_priority``.
         "priority_steps": list(range(MAX_PRIORITY)),
     }
+    backend_transport: dict[str, Any] = {"visibility_timeout": jobs.visibility_timeout}
+    if settings.redis.sentinel_master:  # kombu and Celery ask the Sentinels for the primary
+        backend_transport["master_name"] = settings.redis.sentinel_master
+        if not settings.broker.url:
+            transport["master_name"] = settings.redis.sentinel_master
     return {
         "broker_url": url,
         "result_backend": redis_url(settings),
@@ -115,7 +120,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,  # job results live in the JobStore, not Celery's backend
         "result_expires": jobs.ttl_seconds,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"visibility_timeout": jobs.visibility_timeout},
+        "result_backend_transport_options": backend_transport,
         "visibility_timeout": jobs.visibility_timeout,
         "redis_socket_timeout": settings.redis.socket_timeout,
         "redis_socket_connect_timeout": settings.redis.connect_timeout,
