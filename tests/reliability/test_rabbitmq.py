@@ -59,7 +59,9 @@ def rabbit(tmp_path: Path, redis_url: str) -> Iterator[tuple[Settings, redis.Red
     models = tmp_path / "models"
     write_fake_model(models, "paced", 1, {**FAKE_SPEC, "delay_ms": 100})
     write_fake_model(models, "scan", 1, IMAGE_SPEC)
-    for name in ("paced", "scan"):
+    # Holds the worker's only process while the priority test queues its jobs.
+    write_fake_model(models, "blocker", 1, {**FAKE_SPEC, "delay_ms": 1500})
+    for name in ("paced", "scan", "blocker"):
         (models / name / "flaskmodel.json").write_text(
             json.dumps({"max_batch_delay_ms": 0, "batch_size": 4})
         )
@@ -81,7 +83,7 @@ def rabbit(tmp_path: Path, redis_url: str) -> Iterator[tuple[Settings, redis.Red
         yield settings, client
     finally:
         client.close()
-        _delete_queues(queue, ["paced", "scan"])
+        _delete_queues(queue, ["paced", "scan", "blocker"])
 
 
 def _delete_queues(queue: str, models: list[str]) -> None:
@@ -115,7 +117,7 @@ def test_jobs_priorities_and_a_kill9_through_rabbitmq(
         assert client.hget(key("job", series), "chunk") == "2"  # 10 slices, batches of 4
 
         # One job keeps the worker busy; then low-priority jobs, then a high-priority one.
-        ids = [submit({"model": "paced", "inputs": [[0.0] * 4]})]
+        ids = [submit({"model": "blocker", "inputs": [[0.0] * 4]})]
         procs.wait_for(lambda: states(ids[:1]) == ["RUNNING"], 10, "first job running")
         low = [submit({"model": "paced", "inputs": [[1.0] * 4], "priority": 10}) for _ in "abc"]
         high = submit({"model": "paced", "inputs": [[2.0] * 4], "priority": 1})
