@@ -144,3 +144,10 @@ def start_gunicorn(
         stop(proc)
         raise RuntimeError(f"gunicorn did not start:\n{log.read_text()[-3000:]}") from None
     return proc
+
+
+def queued(client: redis.Redis, queue: str) -> int:
+    """Messages waiting in a Celery queue on the Redis broker, every priority list counted."""
+    from flaskmodel.worker.celery_app import redis_queue_keys  # noqa: PLC0415
+
+    return sum(int(client.llen(name)) for name in redis_queue_keys(queue))

@@ -66,7 +66,8 @@ def demo(ct_size: int, force: bool) -> None:
 
 @main.command()
 @click.option("--models", default=None, help="Comma-separated models to serve (default: all).")
-def worker(models: str | None) -> None:
+@click.option("--name", default=None, help="Celery node name (default: worker.node_name).")
+def worker(models: str | None, name: str | None) -> None:
     """Run a Celery worker (models load in each pool process after fork)."""
     # Slices are decoded and resized by numpy in two threads beside TensorFlow's own pools; a
     # multi-threaded BLAS inside them oversubscribes the cores (series jobs ran 25 % slower).
@@ -77,6 +78,10 @@ def worker(models: str | None) -> None:
         names = [name.strip() for name in models.split(",") if name.strip()]
         settings = settings.model_copy(
             update={"worker": settings.worker.model_copy(update={"models": names})}
+        )
+    if name:
+        settings = settings.model_copy(
+            update={"worker": settings.worker.model_copy(update={"node_name": name})}
         )
     configure(settings)
     from flaskmodel.worker.main import run_worker  # noqa: PLC0415

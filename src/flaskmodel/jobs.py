@@ -3,7 +3,10 @@
 Keys (all with the job TTL):
 
 - ``flaskmodel:job:<id>`` hash: state, kind, model, version, series_uid, request (JSON),
-  created_at/started_at/finished_at, done/total, attempts, error_type/error_message.
+  created_at/started_at/finished_at, delivered_at and worker (the current delivery and the
+  ``host:pid`` running it), done/total,
+  attempts (deliveries of the current chunk), chunk/handover (series jobs run as a sequence of
+  chunk tasks), error_type/error_message.
 - ``flaskmodel:result:<id>`` string: the result document (JSON).
 - ``flaskmodel:idem:<key>`` string: the job id an ``Idempotency-Key`` made.
 - ``flaskmodel:jobs`` sorted set: the newest job ids by creation time (at most ``RECENT_KEEP``).
@@ -66,6 +69,40 @@ return cur
 
 _ACTIVE = f"{JobState.QUEUED},{JobState.RUNNING}"
 
+# A delivery of chunk ARGV[1] of a job. KEYS: job hash. ARGV: chunk, now, ttl, worker. Returns
+# {verdict, state, attempt}: 'run' (the chunk the record expects: RUNNING, attempt counted),
+# 'republish' (this chunk already handed over but the next message may never have been
+# published: a crash between ``advance`` and the publish), 'stale' (a duplicate of a chunk
+# that was handed over), 'ended' (terminal state) or 'missing'.
+_START_CHUNK = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {'missing', '', 0} end
+if cur == 'SUCCEEDED' or cur == 'FAILED' or cur == 'CANCELLED' then return {'ended', cur, 0} end
+local expected = tonumber(redis.call('HGET', KEYS[1], 'chunk') or '0')
+local chunk = tonumber(ARGV[1])
+if chunk ~= expected then
+  if chunk + 1 == expected and redis.call('HEXISTS', KEYS[1], 'handover') == 1 then
+    return {'republish', cur, 0}
+  end
+  return {'stale', cur, 0}
+end
+redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'delivered_at', ARGV[2], 'worker', ARGV[4])
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {'run', cur, attempt}
+"""
+
+# Hand a running job over from chunk ARGV[1] to the next: only the delivery of the expected
+# chunk wins. Marks the hand-over pending until the next message is published (``handed_over``)
+# and resets the per-chunk delivery count. KEYS: job hash. Returns 1 when this call advanced it.
+_ADVANCE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'RUNNING' then return 0 end
+if tonumber(redis.call('HGET', KEYS[1], 'chunk') or '0') ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'chunk', tonumber(ARGV[1]) + 1, 'handover', 1, 'attempts', 0)
+return 1
+"""
+
 # Sorted set of job ids by creation time (the jobs listing and the results viewer).
 RECENT = key("jobs")
 RECENT_KEEP = 10_000
@@ -101,6 +138,8 @@ class JobStore:
         self._redis = client
         self._ttl = ttl
         self._transition = client.register_script(_TRANSITION)
+        self._start_chunk = client.register_script(_START_CHUNK)
+        self._advance = client.register_script(_ADVANCE)
 
     def create(
         self,
@@ -227,10 +266,29 @@ class JobStore:
 
     def start(self, job_id: str) -> tuple[JobState | None, int]:
         """Mark RUNNING (again, after a redelivery); returns the state found and the attempt."""
-        found = self._move(job_id, _ACTIVE, JobState.RUNNING, started_at=now())
+        at = now()
+        found = self._move(job_id, _ACTIVE, JobState.RUNNING, started_at=at, delivered_at=at)
         if found is None or found.terminal:
             return found, 0
         return found, int(self._redis.hincrby(key("job", job_id), "attempts", 1))
+
+    def start_chunk(
+        self, job_id: str, chunk: int, worker: str = ""
+    ) -> tuple[str, JobState | None, int]:
+        """A delivery of ``chunk`` to ``worker`` (``host:pid``, kept in the record): (verdict,
+        state found, attempt); see ``_START_CHUNK``."""
+        verdict, state, attempt = self._start_chunk(
+            keys=[key("job", job_id)], args=[chunk, now(), self._ttl, worker]
+        )
+        return str(verdict), JobState(state) if state else None, int(attempt)
+
+    def advance(self, job_id: str, chunk: int) -> bool:
+        """Move the job from ``chunk`` to the next; False when another delivery already did."""
+        return bool(self._advance(keys=[key("job", job_id)], args=[chunk]))
+
+    def handed_over(self, job_id: str) -> None:
+        """The next chunk's message is published: the hand-over is complete."""
+        self._redis.hdel(key("job", job_id), "handover")
 
     def set_progress(self, job_id: str, done: int, total: int) -> None:
         self._redis.hset(key("job", job_id), mapping={"done": done, "total": total})

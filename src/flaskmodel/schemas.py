@@ -52,6 +52,8 @@ class JobRequest(Strict):
     series_uid: str | None = Field(default=None, pattern=SERIES_UID_PATTERN)
     slices: SliceRange | None = None
     postprocess: str | None = None
+    priority: int | None = Field(default=None, ge=1, le=10)
+    """1 (highest) … 10 (lowest), Triton's convention; orders work within the model's queue."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> JobRequest:

@@ -27,8 +27,12 @@ class Section(BaseModel):
 
 class RedisSettings(Section):
     url: str | None = None
-    """Redis URL (`redis://host:port/db` or `unix:///path.sock`). Empty: `flaskmodel up` starts
+    """Redis URL (`redis://host:port/db` or `unix:///path.sock`; with `sentinel_master`, the
+    Sentinels: `sentinel://host1:26379;sentinel://host2:26379/db`). Empty: `flaskmodel up` starts
     its own redis-server; `serve` and `worker` refuse to start."""
+    sentinel_master: str | None = None
+    """Name of the primary that Redis Sentinel monitors: every client (job store, Celery broker and
+    result backend) asks the Sentinels in `url` for the current primary and follows a failover."""
     password: SecretStr | None = None
     """Redis password, when the URL carries none."""
     socket_timeout: float = 5.0
@@ -37,6 +41,12 @@ class RedisSettings(Section):
     """Seconds to connect to Redis before giving up (keeps submits fast when Redis is down)."""
     max_connections: int = 64
     """Connections in each process's pool."""
+
+
+class BrokerSettings(Section):
+    url: str | None = None
+    """Celery broker URL when it is not the Redis above: `amqp://user:password@host:5672/vhost`
+    (RabbitMQ). Empty: the Redis above is the broker. Job records and results stay in Redis."""
 
 
 class WebSettings(Section):
@@ -58,6 +68,9 @@ class WebSettings(Section):
     client_body_timeout: float = Field(default=30.0, gt=0)
     """Seconds nginx waits for the next piece of a request body; a stalled upload is cut off
     (nginx buffers bodies, so gunicorn never sees a partial one)."""
+    upstreams: list[str] = Field(default_factory=list)
+    """Web hosts (`host:port`, JSON list) the nginx site of `flaskmodel deploy render` balances
+    over, each running `flaskmodel serve`; empty: this host's gunicorn on 127.0.0.1:`port`."""
 
 
 class WorkerSettings(Section):
@@ -78,6 +91,9 @@ class WorkerSettings(Section):
     """Recycle a pool process after this many tasks (0: never)."""
     send_events: bool = False
     """Send Celery task and worker events (what Celery Flower and `celery events` monitor)."""
+    node_name: str = "flaskmodel@%h"
+    """Celery node name (`-n`; `%h` is the host name). Give each worker on one host its own
+    (`gpu0@%h`, `gpu1@%h`); `flaskmodel worker --name` sets it."""
 
 
 class JobSettings(Section):
@@ -93,6 +109,9 @@ class JobSettings(Section):
     """Deliveries of one job (redeliveries after a worker crash included) before it is FAILED."""
     publish_timeout: float = 1.0
     """Seconds a submit may spend publishing to the broker before answering 503."""
+    default_priority: int = Field(default=5, ge=1, le=10)
+    """Priority of a job that names none (Triton's convention: 1 is the highest, 10 the lowest);
+    within a model's queue higher-priority work is taken first."""
     max_pending: int = Field(default=10000, ge=1)
     """Most unfinished (queued or running) jobs one model may have; a submit past it gets 429
     with a Retry-After computed from the queue depth and the measured throughput."""
@@ -103,6 +122,9 @@ class SeriesSettings(Section):
     """Model used by the original `/inference/...` route and `/v1/series/<uid>/results`."""
     batch_size: int = 16
     """Slices per model call in a series job (and per progress step)."""
+    chunk_batches: int = Field(default=1, ge=1)
+    """Batches one task of a series job runs before the rest of the job goes to the back of its
+    model's queue, so concurrent jobs interleave (fairness). Time limits apply per chunk."""
     thumbnails: bool = True
     """Render a PNG thumbnail of every slice for the results viewer (`/ui/`), kept with the job."""
     results_ttl_seconds: int = 30 * 24 * 3600
@@ -145,6 +167,10 @@ class RuntimeSettings(Section):
     `{"backend": "tfserving_grpc" | "tfserving_rest", "target", "timeout_seconds"?}`, e.g.
     `{"tiny": {"backend": "tfserving_grpc", "target": "tfs:8500"}}`. Their versions are those TF
     Serving reports AVAILABLE; a `flaskmodel.json` under the models root still applies."""
+    gpu_memory_limit_mb: int | None = None
+    """Per-process GPU memory limit (MiB) for TensorFlow in a worker (a logical device capped at
+    this size on each visible GPU); empty: TensorFlow's memory growth (allocate as needed).
+    Pin a worker to one GPU with `CUDA_VISIBLE_DEVICES`."""
     warmup: bool = True
     """Call each model once with zeros before the worker reports ready."""
     tfserving_timeout_seconds: float = 30.0
@@ -222,6 +248,7 @@ class Settings(BaseSettings):
     run_dir: Path = Path("var/run")
     """Where `flaskmodel up` keeps its generated configs, sockets, logs and Redis data."""
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     jobs: JobSettings = Field(default_factory=JobSettings)
@@ -241,6 +268,12 @@ class Settings(BaseSettings):
         # A lease shorter than the hard limit redelivers a job that is still running.
         if jobs.visibility_timeout <= jobs.time_limit:
             raise ValueError("jobs.visibility_timeout must exceed jobs.time_limit")
+        sentinel_url = (self.redis.url or "").startswith("sentinel://")
+        if sentinel_url != bool(self.redis.sentinel_master):
+            raise ValueError(
+                "redis.sentinel_master and a sentinel:// redis.url go together (one without the "
+                "other cannot find the primary)"
+            )
         if self.batching.sync_timeout_seconds > self.batching.max_timeout_seconds:
             raise ValueError("batching.sync_timeout_seconds must not exceed max_timeout_seconds")
         return self

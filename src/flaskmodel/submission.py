@@ -25,7 +25,7 @@ from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.schemas import JobRequest, JobView, ModelAdvert
 from flaskmodel.storage.workers import WorkerRegistry
 from flaskmodel.tensors import decode_inputs
-from flaskmodel.worker.celery_app import TASK_RUN_JOB, model_queue
+from flaskmodel.worker.celery_app import publish_job
 
 logger = logging.getLogger(__name__)
 
@@ -41,12 +41,14 @@ class JobSubmitter:
         *,
         queue: str,
         admission: Admission | None = None,
+        default_priority: int = 5,
     ) -> None:
         self._jobs = jobs
         self._workers = workers
         self._celery = celery
         self._queue = queue
         self._admission = admission  # None: no bound (unit tests of the other checks)
+        self._default_priority = default_priority
 
     def model(self, name: str) -> ModelAdvert:
         """The model as the live workers serve it; 404 if unknown, 503 if no worker is up."""
@@ -88,13 +90,12 @@ class JobSubmitter:
         try:
             if self._admission is not None:
                 self._admission.admit(request.model, job_id)
-            self._celery.send_task(
-                TASK_RUN_JOB,
-                args=[job_id],
-                task_id=job_id,
-                queue=model_queue(self._queue, request.model),
-                # Results live in the JobStore: no SUBSCRIBE to Celery's result channel.
-                ignore_result=True,
+            publish_job(
+                self._celery,
+                job_id,
+                request.model,
+                queue=self._queue,
+                priority=request.priority or self._default_priority,
             )
         except FlaskModelError:
             self._forget(request.model, job_id)

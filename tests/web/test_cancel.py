@@ -35,7 +35,7 @@ def test_cancelled_job_never_runs(
         response = client.post("/v1/jobs", json={"model": "fake", "inputs": [[value] * 4]})
         assert response.status_code == 202, response.get_json()
         ids.append(response.get_json()["job_id"])
-    assert redis_client.llen(f"{queue}.fake") == 2
+    assert procs.queued(redis_client, f"{queue}.fake") == 2
     cancelled = client.delete(f"/v1/jobs/{ids[0]}")
     assert cancelled.status_code == 200
     assert cancelled.get_json()["state"] == "CANCELLED"
@@ -47,7 +47,9 @@ def test_cancelled_job_never_runs(
             30,
             "second job",
         )
-        procs.wait_for(lambda: redis_client.llen(f"{queue}.fake") == 0, 10, "queue drained")
+        procs.wait_for(
+            lambda: procs.queued(redis_client, f"{queue}.fake") == 0, 10, "queue drained"
+        )
     finally:
         procs.stop(worker)
         procs.stop(bystander)

@@ -68,7 +68,7 @@ def test_workers_serve_only_their_models(
         # Nothing serves beta now: refused at once, never a job that waits forever.
         refused = client.post("/v1/jobs", json={"model": "beta", "inputs": [[1, 2, 3, 4]]})
         assert refused.status_code in (404, 503), refused.get_json()
-        assert redis_client.llen(f"{queue}.beta") == 0
+        assert procs.queued(redis_client, f"{queue}.beta") == 0
     finally:
         procs.stop(alpha)
         procs.stop(beta)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flaskmodel.bench.fairness import run_fairness_bench
 from flaskmodel.bench.inprocess import Limit, measure
 from flaskmodel.bench.models import build_bench_models
 from flaskmodel.bench.payloads import Scenario, answer, expected, job_body, scenarios
@@ -83,6 +84,7 @@ def run_bench(out_dir: Path, *, quick: bool, say: Callable[[str], None]) -> Path
         _wait_ready(base, stack)
         _drive(base, models_root, work, plan, limits, report, say, stack.pid)
         report.rows += run_series_bench(base, data_root, limits, say)
+        report.notes += run_fairness_bench(base, say)
         report.notes.append(_memory(stack.pid))
     finally:
         os.killpg(stack.pid, signal.SIGTERM)

@@ -208,7 +208,8 @@ def render_deploy(settings: Settings, out_dir: Path) -> list[Path]:
     """Write the production set into ``out_dir``: gunicorn.conf.py, a supervisord program file
     (for /etc/supervisor/conf.d) and an nginx site (for /etc/nginx/sites-available).
 
-    nginx listens on port 80 and proxies to gunicorn on 127.0.0.1:<web.port>; Redis is the
+    nginx listens on port 80 and proxies to gunicorn on 127.0.0.1:<web.port> (or balances over
+    the web hosts of ``web.upstreams``, each running ``flaskmodel serve``); Redis is the
     deployment's own (FLASKMODEL_REDIS__URL). Commands name this interpreter's virtualenv, so
     render on the host from the installed virtualenv. No secret is written.
     """
@@ -232,7 +233,8 @@ def render_deploy(settings: Settings, out_dir: Path) -> list[Path]:
     _write(gunicorn_conf, _template("gunicorn.conf.py"))
     names = ", ".join(needed) or "none"
     _write(supervisor_conf, _fill("supervisord-deploy.conf", programs=sections, secret_names=names))
-    _write(site, _site(effective, upstream=upstream, listen="80"))
+    upstreams = effective.web.upstreams or [upstream]
+    _write(site, _site(effective, upstreams=upstreams, listen="80"))
     logger.info("rendered deploy files in %s", out_dir)
     return [gunicorn_conf, supervisor_conf, site]
 
@@ -371,7 +373,7 @@ def _nginx_program(
     prefix.mkdir(exist_ok=True)
     site = prefix / "flaskmodel.conf"
     listen = _address(settings.web.host, settings.web.port)
-    _write(site, _site(settings, upstream=upstream, listen=listen))
+    _write(site, _site(settings, upstreams=[upstream], listen=listen))
     _write(conf, _nginx_main(prefix, site))
     return Program(
         "nginx",
@@ -407,10 +409,10 @@ def _absolute(settings: Settings) -> Settings:
     )
 
 
-def _site(settings: Settings, *, upstream: str, listen: str) -> str:
+def _site(settings: Settings, *, upstreams: list[str], listen: str) -> str:
     return _fill(
         "flaskmodel.conf",
-        upstream=upstream,
+        servers=_upstream_servers(upstreams),
         listen=listen,
         max_body=str(settings.web.max_request_bytes),
         header_timeout=_nginx_seconds(settings.web.client_header_timeout),
@@ -437,6 +439,17 @@ def _metrics_location(allow: list[str]) -> str:
 
 def _nginx_seconds(seconds: float) -> str:
     return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _upstream_servers(servers: list[str]) -> str:
+    """The upstream block's server lines: one gunicorn, or several web hosts balanced by least
+    connections; a host that fails 3 times within 5 s is skipped for 5 s (a request that
+    cannot connect goes to the next host at once)."""
+    if len(servers) == 1:
+        return f"    server {servers[0]} fail_timeout=0;"
+    lines = ["    least_conn;"]
+    lines += [f"    server {server} max_fails=3 fail_timeout=5s;" for server in servers]
+    return "\n".join(lines)
 
 
 def _nginx_main(prefix: Path, site: Path) -> str:

@@ -47,7 +47,12 @@ def init_services(app: Flask, settings: Settings) -> None:
         client, max_pending=settings.jobs.max_pending, ttl=settings.jobs.ttl_seconds
     )
     submitter = JobSubmitter(
-        jobs, workers, celery, queue=settings.worker.queue, admission=admission
+        jobs,
+        workers,
+        celery,
+        queue=settings.worker.queue,
+        admission=admission,
+        default_priority=settings.jobs.default_priority,
     )
     # Synchronous calls share the process's sync channel (two connections); every job wait
     # (`?wait=`, `Prefer: wait`) holds one for its BLPOP: up to one per gevent connection.

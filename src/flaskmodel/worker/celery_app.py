@@ -1,4 +1,8 @@
-"""The Celery app, configured entirely from Settings (JSON only, late acks, short publish retry)."""
+"""The Celery app, configured entirely from Settings (JSON only, late acks, short publish retry).
+
+Also the wire conventions of job messages: one queue per model, the task id of each chunk of a
+job, and job priorities (Triton's 1 = highest) in the broker's own numbers.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,66 @@ logger = logging.getLogger(__name__)
 
 TASK_RUN_JOB = "flaskmodel.run_job"
 
+# Job priorities, Triton's convention: 1 is the highest.
+MAX_PRIORITY = 10
+
 
 def model_queue(base: str, model: str) -> str:
     """The Celery queue of one model's jobs (``<base>.<model>``): workers consume their models'."""
     return f"{base}.{model}"
 
 
+def chunk_task_id(job_id: str, chunk: int) -> str:
+    """The Celery task id of one chunk of a job: the job id itself for the first chunk."""
+    return job_id if chunk == 0 else f"{job_id}.{chunk}"
+
+
+def job_of_task(task_id: str) -> str:
+    """The job a task id belongs to (inverse of ``chunk_task_id``)."""
+    return task_id.split(".", 1)[0]
+
+
+def redis_queue_keys(queue: str) -> list[str]:
+    """The Redis lists holding a queue's messages, highest priority first (kombu's layout)."""
+    return [queue, *(f"{queue}\x06\x16{n}" for n in range(1, MAX_PRIORITY))]
+
+
+def is_amqp(url: str) -> bool:
+    return url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
+def broker_priority(priority: int, url: str) -> int:
+    """A job priority (1 highest … 10 lowest) in the broker's numbers.
+
+    kombu's Redis transport takes the lowest number first (0 … 9, one list per step); AMQP
+    (RabbitMQ, with ``x-max-priority``) delivers the highest number first (9 … 0).
+    """
+    priority = min(max(priority, 1), MAX_PRIORITY)
+    return MAX_PRIORITY - priority if is_amqp(url) else priority - 1
+
+
+def publish_job(
+    app: Celery, job_id: str, model: str, *, queue: str, priority: int, chunk: int = 0
+) -> None:
+    """Put (a chunk of) a job at the back of its model's queue (``<queue>.<model>``)."""
+    app.send_task(
+        TASK_RUN_JOB,
+        args=[job_id, chunk],
+        task_id=chunk_task_id(job_id, chunk),
+        queue=model_queue(queue, model),
+        priority=broker_priority(priority, app.conf.broker_url),
+        # Results live in the JobStore: no SUBSCRIBE to Celery's result channel per publish.
+        ignore_result=True,
+    )
+
+
 def broker_url(settings: Settings) -> str:
+    """The broker URL: ``broker.url``, else the Redis URL in kombu's spelling (``redis+socket://``
+    for unix sockets)."""
+    return settings.broker.url or redis_url(settings)
+
+
+def redis_url(settings: Settings) -> str:
     """The Redis URL in kombu's spelling (``redis+socket://`` for unix sockets)."""
     url = settings.redis_url()
     if url.startswith("unix://"):
@@ -34,7 +91,7 @@ def broker_url(settings: Settings) -> str:
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = broker_url(settings)
     jobs = settings.jobs
-    transport = {
+    transport: dict[str, Any] = {
         # A lease: an unacked job is redelivered after this, so it must outlive the hard limit.
         "visibility_timeout": jobs.visibility_timeout,
         # Jobs of a worker killed outright sit unacked until the lease ends; sweep for them
@@ -44,10 +101,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_timeout": settings.redis.socket_timeout,
         "socket_connect_timeout": settings.redis.connect_timeout,
         "max_connections": settings.redis.max_connections,
+        # One list per priority (0 … 9, lowest number first): see ``broker_priority``.
+        "priority_steps": list(range(MAX_PRIORITY)),
     }
+    backend_transport: dict[str, Any] = {"visibility_timeout": jobs.visibility_timeout}
+    if settings.redis.sentinel_master:  # kombu and Celery ask the Sentinels for the primary
+        backend_transport["master_name"] = settings.redis.sentinel_master
+        if not settings.broker.url:
+            transport["master_name"] = settings.redis.sentinel_master
     return {
         "broker_url": url,
-        "result_backend": url,
+        "result_backend": redis_url(settings),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -58,7 +122,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_ignore_result": True,  # job results live in the JobStore, not Celery's backend
         "result_expires": jobs.ttl_seconds,
         "broker_transport_options": transport,
-        "result_backend_transport_options": {"visibility_timeout": jobs.visibility_timeout},
+        "result_backend_transport_options": backend_transport,
         "visibility_timeout": jobs.visibility_timeout,
         "redis_socket_timeout": settings.redis.socket_timeout,
         "redis_socket_connect_timeout": settings.redis.connect_timeout,
@@ -75,6 +139,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_soft_time_limit": jobs.soft_time_limit,
         "task_time_limit": jobs.time_limit,
         "task_default_queue": settings.worker.queue,
+        # RabbitMQ: every queue is declared with x-max-priority (Redis ignores it).
+        "task_queue_max_priority": MAX_PRIORITY - 1,
+        "task_default_priority": broker_priority(jobs.default_priority, url),
         "task_create_missing_queues": True,
         "worker_proc_alive_timeout": settings.worker.proc_alive_timeout,
         "worker_max_tasks_per_child": settings.worker.max_tasks_per_child or None,

@@ -21,12 +21,13 @@ import redis
 
 from flaskmodel.jobs import JobStore
 from flaskmodel.metrics.recorder import RECORDER
+from flaskmodel.runtime.gpu import configure_gpus
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import WorkerHeartbeat
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import connect, connect_frames
 from flaskmodel.storage.workers import WorkerRegistry
-from flaskmodel.worker.runner import JobRunner
+from flaskmodel.worker.runner import JobRunner, Requeue
 from flaskmodel.worker.sync_consumer import SyncConsumer
 
 logger = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ class WorkerContext:
     _stop: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def build(cls, settings: Settings, models: list[str] | None = None) -> WorkerContext:
+    def build(
+        cls, settings: Settings, models: list[str] | None = None, requeue: Requeue | None = None
+    ) -> WorkerContext:
         client = connect(settings)
         jobs = JobStore(client, ttl=settings.jobs.ttl_seconds)
         repository = ModelRepository.from_settings(settings, only=models)
@@ -59,7 +62,7 @@ class WorkerContext:
             jobs=jobs,
             repository=repository,
             registry=WorkerRegistry(client, ttl=settings.worker.heartbeat_seconds * 3),
-            runner=JobRunner(settings, jobs, repository, client),
+            runner=JobRunner(settings, jobs, repository, client, requeue),
             consumer=SyncConsumer(
                 frames_client, repository, reply_ttl=settings.batching.reply_ttl_seconds
             ),
@@ -73,6 +76,8 @@ class WorkerContext:
             lambda: connect(settings), settings.metrics.flush_seconds, settings.redis_url()
         )
         self.beat()  # live (not ready) while models load
+        if self.settings.runtime.backend == "savedmodel":
+            configure_gpus(self.settings.runtime.gpu_memory_limit_mb)  # before TF touches a GPU
         self.errors = self.repository.load_all()
         self.ready = not self.errors
         self.consumer.start()
@@ -120,10 +125,13 @@ class WorkerContext:
 _current: WorkerContext | None = None
 
 
-def install(settings: Settings, models: list[str] | None = None) -> WorkerContext:
-    """Build and start this process's context (serving ``models``; None: every model found)."""
+def install(
+    settings: Settings, models: list[str] | None = None, requeue: Requeue | None = None
+) -> WorkerContext:
+    """Build and start this process's context (serving ``models``; None: every model found;
+    ``requeue`` publishes a series job's next chunk)."""
     global _current  # noqa: PLW0603 - one context per process, set by the worker signals
-    _current = WorkerContext.build(settings, models)
+    _current = WorkerContext.build(settings, models, requeue)
     _current.start()
     return _current
 

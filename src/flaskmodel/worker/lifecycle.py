@@ -28,6 +28,7 @@ from flaskmodel.jobs import JobStore
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import connect, key
 from flaskmodel.storage.workers import WorkerRegistry
+from flaskmodel.worker.celery_app import job_of_task
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class MainProcessHooks:
     def on_task_failure(self, task_id: str | None = None, exception: Any = None, **_: Any) -> None:
         if not isinstance(exception, TimeLimitExceeded) or task_id is None:
             return
+        task_id = job_of_task(task_id)
         jobs = self._settings.jobs
         client = self._redis()
         try:
@@ -101,7 +103,8 @@ class MainProcessHooks:
         Billiard's timer of a delivery whose pool process died can still fire after the job was
         redelivered under the same id; that stale timeout must not fail the running delivery.
         """
-        started = client.hget(key("job", job_id), "started_at")
+        record = key("job", job_id)
+        started = client.hget(record, "delivered_at") or client.hget(record, "started_at")
         if not started:
             return False
         elapsed = time.time() - datetime.fromisoformat(str(started)).timestamp()

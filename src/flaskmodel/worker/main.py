@@ -8,9 +8,10 @@ from typing import Any
 from celery import signals
 
 from flaskmodel.runtime.repository import ModelRepository
+from flaskmodel.schemas import JobRequest
 from flaskmodel.settings import Settings
 from flaskmodel.worker import context
-from flaskmodel.worker.celery_app import make_celery, model_queue
+from flaskmodel.worker.celery_app import make_celery, model_queue, publish_job
 from flaskmodel.worker.lifecycle import MainProcessHooks, check_limits
 from flaskmodel.worker.tasks import register_tasks
 
@@ -28,7 +29,7 @@ def queues(settings: Settings, models: list[str] | None = None) -> list[str]:
     return [settings.worker.queue, *(model_queue(settings.worker.queue, m) for m in served)]
 
 
-def run_worker(settings: Settings, *, hostname: str = "flaskmodel@%h") -> None:
+def run_worker(settings: Settings) -> None:
     """Run a worker in the foreground until it is told to stop."""
     settings.redis_url()  # refuse to start without a Redis to talk to
     app = make_celery(settings)
@@ -39,9 +40,15 @@ def run_worker(settings: Settings, *, hostname: str = "flaskmodel@%h") -> None:
     # Resolved once: every pool process serves exactly the models whose queues are consumed.
     models = served_models(settings)
 
+    def requeue(job_id: str, request: JobRequest, chunk: int) -> None:
+        # The next chunk of a series job goes to the back of its model's queue (fairness).
+        priority = request.priority or settings.jobs.default_priority
+        queue = settings.worker.queue
+        publish_job(app, job_id, request.model, queue=queue, priority=priority, chunk=chunk)
+
     def init_process(**_: Any) -> None:
         # After fork, in the pool process: TensorFlow loads here, never in the parent.
-        context.install(settings, models)
+        context.install(settings, models, requeue)
 
     if settings.worker.pool == "solo":
         signals.worker_init.connect(init_process, weak=False)
@@ -56,7 +63,7 @@ def run_worker(settings: Settings, *, hostname: str = "flaskmodel@%h") -> None:
             f"--concurrency={settings.worker.concurrency}",
             f"--pool={settings.worker.pool}",
             f"--queues={','.join(queues(settings, models))}",
-            f"--hostname={hostname}",
+            f"--hostname={settings.worker.node_name}",
             "--without-gossip",
             "--without-mingle",
         ]

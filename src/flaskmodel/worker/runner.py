@@ -6,12 +6,23 @@ state transition. A Redis error is not the job's fault: it propagates (the task 
 message) instead of failing the job. The job record keeps a ledger of what executions did:
 ``completions`` counts executions that reached the result write, ``result_writes`` the writes that
 took effect (never more than one). A job that ends leaves its model's admission bound.
+
+Series jobs run as a sequence of chunks (``series.chunk_batches`` batches each): a chunk that
+leaves work undone hands the job over to its next chunk, which ``requeue`` publishes at the back
+of the model's queue, so concurrent jobs interleave. The record's ``chunk`` says which chunk runs
+next; a hand-over is one atomic step (``JobStore.advance``) that only the delivery of the expected
+chunk wins, so duplicates of a chunk (redeliveries) never fork the job, and a crash between the
+hand-over and the publish is repaired by the redelivered chunk publishing again. Without
+``requeue`` (tests, in-process use) the chunks run back to back.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -24,21 +35,31 @@ from flaskmodel.jobs import JobStore
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.repository import ModelRepository
-from flaskmodel.schemas import JobRequest, JobState
+from flaskmodel.schemas import JobRequest
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
 from flaskmodel.tensors import decode_inputs, encode_outputs
 
 logger = logging.getLogger(__name__)
 
+# Publishes chunk ``int`` of job ``str`` (whose request is given) to the back of its queue.
+Requeue = Callable[[str, JobRequest, int], None]
+
 
 class JobRunner:
     """Executes tensor and series jobs against the process's model repository."""
 
     def __init__(
-        self, settings: Settings, jobs: JobStore, repository: ModelRepository, client: redis.Redis
+        self,
+        settings: Settings,
+        jobs: JobStore,
+        repository: ModelRepository,
+        client: redis.Redis,
+        requeue: Requeue | None = None,
     ) -> None:
         self._settings = settings
+        self._requeue = requeue
+        self._worker = f"{socket.gethostname()}:{os.getpid()}"
         self._jobs = jobs
         self._repository = repository
         self._redis = client
@@ -46,9 +67,17 @@ class JobRunner:
             client, max_pending=settings.jobs.max_pending, ttl=settings.jobs.ttl_seconds
         )
 
-    def run(self, job_id: str) -> None:
-        """Run the job if it still needs running; raises only ``redis.RedisError``."""
-        self._run(job_id)
+    def run(self, job_id: str, chunk: int = 0) -> None:
+        """Run (chunk ``chunk`` of) the job if it still needs running; raises only Redis errors
+        (and the broker's, when handing over to the next chunk fails)."""
+        following = self._run(job_id, chunk)
+        while following is not None:
+            if self._requeue is not None:
+                self._requeue(job_id, self._jobs.request(job_id), following)
+                self._jobs.handed_over(job_id)
+                break
+            self._jobs.handed_over(job_id)
+            following = self._run(job_id, following)
         self.settle(job_id)
 
     def settle(self, job_id: str) -> None:
@@ -58,14 +87,26 @@ class JobRunner:
         if model and state is not None and state.terminal:
             self._admission.release(str(model), job_id)
 
-    def _run(self, job_id: str) -> None:
-        found, attempt = self._jobs.start(job_id)
-        if found is None:
+    def _run(self, job_id: str, chunk: int) -> int | None:
+        """Run one chunk; returns the chunk to hand over to, if any."""
+        verdict, found, attempt = self._jobs.start_chunk(job_id, chunk, self._worker)
+        if verdict == "missing":
             logger.warning("job %s: no record (expired or unknown); skipped", job_id)
-            return
-        if found.terminal:
+            return None
+        if verdict == "ended":
+            assert found is not None
             logger.info("job %s is %s; skipped", job_id, found.value)
-            return
+            return None
+        if verdict == "stale":
+            logger.info(
+                "job %s: chunk %d was already handed over; duplicate skipped", job_id, chunk
+            )
+            return None
+        if verdict == "republish":
+            logger.warning(
+                "job %s: chunk %d redelivered mid hand-over; publishing again", job_id, chunk
+            )
+            return chunk + 1
         if attempt > self._settings.jobs.max_attempts:
             if self._jobs.fail(
                 job_id,
@@ -74,45 +115,51 @@ class JobRunner:
                 f"(limit {self._settings.jobs.max_attempts})",
             ):
                 self.finished(job_id, "FAILED", "worker_lost")
-            return
-        if found is JobState.RUNNING:
-            logger.warning("job %s redelivered (attempt %d)", job_id, attempt)
-        waited = self._queue_wait(job_id, attempt)
+            return None
+        if attempt > 1:
+            logger.warning("job %s redelivered (chunk %d, attempt %d)", job_id, chunk, attempt)
+        waited = self._queue_wait(job_id, attempt, chunk)
         started = time.perf_counter()
         try:
             request = self._jobs.request(job_id)
             result = self._execute(job_id, request)
+            if result is None:  # more chunks to go: hand over unless another delivery did
+                return chunk + 1 if self._jobs.advance(job_id, chunk) else None
         except FlaskModelError as exc:
             logger.info("job %s failed: %s: %s", job_id, exc.type, exc.message)
             if self._jobs.fail(job_id, exc.type, exc.message):
                 self.finished(job_id, "FAILED", exc.type, time.perf_counter() - started)
-            return
+            return None
         except (redis.RedisError, SoftTimeLimitExceeded):
             raise  # the store is down (the message is requeued), or the task's time limit
         except Exception as exc:
             logger.exception("job %s crashed", job_id)
             if self._jobs.fail(job_id, "internal_error", f"{type(exc).__name__}: {exc}"):
                 self.finished(job_id, "FAILED", "internal_error", time.perf_counter() - started)
-            return
-        elapsed = time.perf_counter() - started
+            return None
         timings = result.setdefault("timings", {})
         if waited is not None:
-            timings["queue_wait_seconds"] = round(waited, 6)
-        timings["total_seconds"] = round(elapsed, 6)
+            timings.setdefault("queue_wait_seconds", round(waited, 6))
+        # A chunked series job's total already sums its chunks.
+        timings.setdefault("total_seconds", round(time.perf_counter() - started, 6))
         self._count(job_id, "completions")
         if not self._jobs.succeed(job_id, result):  # counts result_writes with the write
             logger.info("job %s already ended (cancelled or finished); result dropped", job_id)
-            return
-        self.finished(job_id, "SUCCEEDED", seconds=elapsed)
+            return None
+        self.finished(job_id, "SUCCEEDED", seconds=float(timings["total_seconds"]))
+        return None
 
-    def _queue_wait(self, job_id: str, attempt: int) -> float | None:
-        """Seconds between submit and this start (recorded for a first delivery only)."""
+    def _queue_wait(self, job_id: str, attempt: int, chunk: int) -> float | None:
+        """Seconds between submit and the job's first start (recorded for the first delivery of
+        its first chunk only)."""
         created, started, model = self._redis.hmget(
             key("job", job_id), ["created_at", "started_at", "model"]
         )
         if not created or not started:
             return None
         waited = max(0.0, _epoch(str(started)) - _epoch(str(created)))
+        if chunk:
+            return waited
         logger.info("job %s started (attempt %d) after %.3f s queued", job_id, attempt, waited)
         if attempt == 1 and model:
             RECORDER.observe(catalogue.JOB_QUEUE_WAIT, (str(model),), waited)
@@ -137,7 +184,8 @@ class JobRunner:
         pipe.expire(key("job", job_id), self._settings.jobs.ttl_seconds)
         pipe.execute()
 
-    def _execute(self, job_id: str, request: JobRequest) -> dict[str, Any]:
+    def _execute(self, job_id: str, request: JobRequest) -> dict[str, Any] | None:
+        """The job's result, or None when a series job has chunks left."""
         if request.kind == "tensor":
             return self._tensor(job_id, request)
         from flaskmodel.worker.series_job import run_series  # noqa: PLC0415 - pydicom only here

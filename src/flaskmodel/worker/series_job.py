@@ -1,9 +1,12 @@
-"""Series jobs: DICOM slices in, per-slice labels out, in batches that survive redelivery.
+"""Series jobs: DICOM slices in, per-slice labels out, in chunks of batches that survive
+redelivery and interleave with other jobs.
 
+One call runs one chunk: up to ``series.chunk_batches`` batches of the slices not yet scored.
 Each finished batch's scores are stored per slice (``flaskmodel:job:<id>:slices``, a hash keyed
-by SOPInstanceUID) before progress moves, so a redelivered job (its worker died) skips the slices
-already scored and never counts one twice. Cancellation is checked before every batch. The
-finished result is also merged into ``flaskmodel:series:<uid>:<model>`` for other systems.
+by SOPInstanceUID) before progress moves, so a redelivered chunk (its worker died) and every
+later chunk skip the slices already scored and never count one twice. Cancellation is checked
+before every batch. The chunk that scores the last slice post-processes the whole series once;
+the finished result is also merged into ``flaskmodel:series:<uid>:<model>`` for other systems.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import base64
 import json
 import logging
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +36,7 @@ from flaskmodel.logs import JOB_ID, job_context
 from flaskmodel.metrics.catalogue import SLICE_DECODE, SLICE_PREPROCESS
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.base import ModelRuntime
-from flaskmodel.runtime.repository import ModelRepository
+from flaskmodel.runtime.repository import ModelConfig, ModelRepository
 from flaskmodel.schemas import JobRequest, JobState, ModelSpec
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
@@ -54,17 +58,15 @@ def run_series(
     jobs: JobStore,
     repository: ModelRepository,
     client: redis.Redis,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
+    """Run one chunk (``series.chunk_batches`` batches) of the job: its result once every slice
+    is scored, else None (the caller hands the job over to its next chunk)."""
     assert request.series_uid is not None
     timings: dict[str, float] = {"scan": 0.0, "decode": 0.0, "preprocess": 0.0, "inference": 0.0}
     started = time.perf_counter()
-    series = scan_series(settings.data_root, request.series_uid)
-    slices = series.select(
-        request.slices.start if request.slices else None,
-        request.slices.stop if request.slices else None,
-    )
+    series, slices = _scanned(job_id, request, settings)
     timings["scan"] = time.perf_counter() - started
-    # A redelivered job keeps the version its first attempt pinned.
+    # A redelivered job, and every later chunk, keeps the version its first chunk pinned.
     pinned = jobs.get(job_id).version or request.version
     runtime = repository.get(request.model, pinned)
     config = repository.config(request.model)
@@ -72,21 +74,21 @@ def run_series(
     image_input, score_output = _image_signature(runtime.spec)
     preprocess = config.preprocess.model_copy(update={"input_size": _input_size(runtime.spec)})
     batch_size = config.batch_size or settings.series.batch_size
-    name = request.postprocess or config.postprocess
 
     scores_key = key("job", job_id, "slices")
-    done = _stored_scores(client, scores_key)
+    done = {str(uid) for uid in client.hkeys(scores_key)}
     jobs.set_progress(job_id, sum(s.sop_instance_uid in done for s in slices), len(slices))
-    if done:
-        logger.info("job %s resumes with %d of %d slices scored", job_id, len(done), len(slices))
     todo = [s for s in slices if s.sop_instance_uid not in done]
+    if done and todo:
+        logger.info("job %s goes on with %d of %d slices scored", job_id, len(done), len(slices))
     offset = series.slices.index(slices[0])
     index_of = {s.sop_instance_uid: offset + i for i, s in enumerate(slices)}
+    chunk = todo[: batch_size * settings.series.chunk_batches]
     with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="dicom") as pool:
-        for first in range(0, len(todo), batch_size):
+        for first in range(0, len(chunk), batch_size):
             if jobs.state(job_id) is not JobState.RUNNING:
                 raise JobCancelled(f"job '{job_id}' was cancelled; stopped before a batch")
-            batch = todo[first : first + batch_size]
+            batch = chunk[first : first + batch_size]
             tick = time.perf_counter()
             prepared = _prepare_batch(pool, batch, settings, preprocess, request.model)
             images = [p.image for p in prepared]
@@ -98,14 +100,41 @@ def run_series(
             timings["inference"] += time.perf_counter() - tick2
             scores = np.asarray(outputs[score_output], dtype=np.float64).reshape(len(batch), -1)
             _store_batch(client, settings, job_id, batch, scores, prepared, index_of)
-            done.update({ref.sop_instance_uid: row for ref, row in zip(batch, scores, strict=True)})
+            done.update(ref.sop_instance_uid for ref in batch)
             jobs.set_progress(job_id, sum(s.sop_instance_uid in done for s in slices), len(slices))
             logger.debug(
                 "job %s: batch of %d in %.3fs", job_id, len(batch), time.perf_counter() - tick
             )
+    if len(chunk) < len(todo):
+        timings["total"] = time.perf_counter() - started
+        _add_timings(client, settings, job_id, timings)
+        return None
+    result = _finish(job_id, request, settings, client, series, slices, runtime, config, timings)
+    timings["total"] = time.perf_counter() - started
+    totals = _add_timings(client, settings, job_id, timings)
+    result["timings"] = {f"{k}_seconds": round(v, 6) for k, v in totals.items()}
+    return result
+
+
+def _finish(
+    job_id: str,
+    request: JobRequest,
+    settings: Settings,
+    client: redis.Redis,
+    series: Series,
+    slices: tuple[SliceRef, ...],
+    runtime: ModelRuntime,
+    config: ModelConfig,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Every slice is scored: post-process the whole series once and store its labels."""
+    scores_key = key("job", job_id, "slices")
+    preprocess = config.preprocess.model_copy(update={"input_size": _input_size(runtime.spec)})
+    stored = _stored_scores(client, scores_key)
 
     tick = time.perf_counter()
-    matrix = np.stack([done[s.sop_instance_uid] for s in slices])
+    name = request.postprocess or config.postprocess
+    matrix = np.stack([stored[s.sop_instance_uid] for s in slices])
     post = postprocess(name, _log_probs(matrix))
     timings["postprocess"] = time.perf_counter() - tick
     result = _result(
@@ -114,9 +143,48 @@ def run_series(
     tick = time.perf_counter()
     _store_series(client, settings, request, job_id, result)
     client.delete(scores_key)
+    _SCANS.pop(job_id, None)
     timings["store"] = time.perf_counter() - tick
-    result["timings"] = {f"{k}_seconds": round(v, 6) for k, v in timings.items()}
     return result
+
+
+# Scans of the series this process's recent chunks read, by job id: a 2,000-slice series costs
+# seconds to scan, and a job's chunks mostly land on the same few processes.
+_SCANS: OrderedDict[str, tuple[Series, tuple[SliceRef, ...]]] = OrderedDict()
+SCAN_CACHE = 8
+
+
+def _scanned(
+    job_id: str, request: JobRequest, settings: Settings
+) -> tuple[Series, tuple[SliceRef, ...]]:
+    """The job's series and selected slices, scanned once per process."""
+    assert request.series_uid is not None
+    if job_id in _SCANS:
+        _SCANS.move_to_end(job_id)
+        return _SCANS[job_id]
+    series = scan_series(settings.data_root, request.series_uid)
+    slices = series.select(
+        request.slices.start if request.slices else None,
+        request.slices.stop if request.slices else None,
+    )
+    _SCANS[job_id] = (series, slices)
+    while len(_SCANS) > SCAN_CACHE:
+        _SCANS.popitem(last=False)
+    return series, slices
+
+
+def _add_timings(
+    client: redis.Redis, settings: Settings, job_id: str, timings: dict[str, float]
+) -> dict[str, float]:
+    """Add one chunk's timings to the job's (``flaskmodel:job:<id>:timings``); the totals."""
+    timings_key = key("job", job_id, "timings")
+    pipe = client.pipeline(transaction=True)
+    for name, seconds in timings.items():
+        pipe.hincrbyfloat(timings_key, name, seconds)
+    pipe.expire(timings_key, settings.jobs.ttl_seconds)
+    pipe.hgetall(timings_key)
+    totals: dict[str, str] = pipe.execute()[-1]
+    return {name: float(value) for name, value in totals.items()}
 
 
 def _store_batch(

@@ -2,8 +2,10 @@
 
 A Redis error while running a job rejects the message with requeue (it is redelivered once Redis
 is back, or after the visibility timeout when the reject itself cannot reach Redis), so a store
-outage never turns an accepted job into a lost one. Past the soft time limit the job is FAILED
-(timeout) and the message acknowledged: one execution, no retry.
+outage never turns an accepted job into a lost one; so does a broker error while handing a
+series job over to its next chunk (the redelivered chunk publishes it again). Past the soft time
+limit (per chunk) the job is FAILED (timeout) and the message acknowledged: one execution, no
+retry.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import redis
 from celery import Celery
 from celery.exceptions import Reject, SoftTimeLimitExceeded
+from kombu.exceptions import OperationalError
 
 from flaskmodel.logs import job_context
 from flaskmodel.worker.celery_app import TASK_RUN_JOB
@@ -25,21 +28,21 @@ def register_tasks(app: Celery) -> None:
     """Attach the tasks to ``app``."""
 
     @app.task(name=TASK_RUN_JOB, ignore_result=True)  # type: ignore[untyped-decorator]
-    def run_job(job_id: str) -> None:
+    def run_job(job_id: str, chunk: int = 0) -> None:
         context = current()
         with job_context(job_id):
-            _run(context, job_id)
+            _run(context, job_id, chunk)
 
 
-def _run(context: WorkerContext, job_id: str) -> None:
+def _run(context: WorkerContext, job_id: str, chunk: int) -> None:
     try:
-        context.runner.run(job_id)
+        context.runner.run(job_id, chunk)
     except SoftTimeLimitExceeded:
         limit = context.settings.jobs.soft_time_limit
         logger.warning("job %s passed its time limit of %ds", job_id, limit)
         if context.jobs.fail(job_id, "timeout", f"job ran longer than its time limit of {limit} s"):
             context.runner.finished(job_id, "FAILED", "timeout")
         context.runner.settle(job_id)
-    except redis.RedisError as exc:
-        logger.warning("job %s: Redis unavailable (%s); message requeued", job_id, exc)
+    except (redis.RedisError, OperationalError) as exc:
+        logger.warning("job %s: Redis or broker unavailable (%s); requeued", job_id, exc)
         raise Reject(str(exc), requeue=True) from exc
