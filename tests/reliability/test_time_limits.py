@@ -5,6 +5,7 @@ not longer than the hard limit refuses to start.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -92,7 +93,11 @@ def test_worker_refuses_a_lease_not_longer_than_the_hard_limit(
     )
     done = subprocess.run(
         [sys.executable, "-m", "flaskmodel", "worker"],
-        env={"PATH": str(procs.VENV_BIN) + ":/usr/bin:/bin", **settings},
+        env={
+            "PATH": str(procs.VENV_BIN) + ":/usr/bin:/bin",
+            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),  # the checkout under test
+            **settings,
+        },
         capture_output=True,
         timeout=60,
         check=False,

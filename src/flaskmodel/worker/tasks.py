@@ -4,6 +4,13 @@ A Redis error while running a job rejects the message with requeue (it is redeli
 is back, or after the visibility timeout when the reject itself cannot reach Redis), so a store
 outage never turns an accepted job into a lost one. Past the soft time limit the job is FAILED
 (timeout) and the message acknowledged: one execution, no retry.
+
+Two ways a time limit used to lose a job during a Redis outage, both closed here: recording the
+timeout itself failed (Redis unreachable), which failed the task and so acknowledged its message
+with the job still RUNNING; and a soft-limit timer left over from an earlier delivery whose reject
+could not reach Redis fired in the middle of another job. Now a timeout that cannot be recorded
+requeues the message, and a soft limit that fires before the job's current delivery has run that
+long (``STALE_TOLERANCE``) requeues it instead of failing it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 
 from flaskmodel.worker.celery_app import TASK_RUN_JOB
 from flaskmodel.worker.context import current
+from flaskmodel.worker.lifecycle import STALE_TOLERANCE
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +37,22 @@ def register_tasks(app: Celery) -> None:
         try:
             context.runner.run(job_id)
         except SoftTimeLimitExceeded:
-            limit = context.settings.jobs.soft_time_limit
-            logger.warning("job %s passed its time limit of %ds", job_id, limit)
-            context.jobs.fail(job_id, "timeout", f"job ran longer than its time limit of {limit} s")
-            context.runner.settle(job_id)
+            try:
+                time_out(job_id)
+            except redis.RedisError as exc:
+                logger.warning("job %s: could not record its timeout (%s); requeued", job_id, exc)
+                raise Reject(str(exc), requeue=True) from exc
         except redis.RedisError as exc:
             logger.warning("job %s: Redis unavailable (%s); message requeued", job_id, exc)
             raise Reject(str(exc), requeue=True) from exc
+
+    def time_out(job_id: str) -> None:
+        context = current()
+        limit = context.settings.jobs.soft_time_limit
+        ran = context.jobs.running_for(job_id)
+        if ran is not None and ran < limit - STALE_TOLERANCE:
+            logger.warning("job %s: stale soft time limit after %.1fs; requeued", job_id, ran)
+            raise Reject("stale soft time limit", requeue=True)
+        logger.warning("job %s passed its time limit of %ds", job_id, limit)
+        context.jobs.fail(job_id, "timeout", f"job ran longer than its time limit of {limit} s")
+        context.runner.settle(job_id)
