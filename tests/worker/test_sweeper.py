@@ -7,6 +7,7 @@ and jobs whose record changed between sweeps are left alone; one sweeper leads a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -68,7 +69,7 @@ def test_sweeper_republishes_only_jobs_without_a_message(
         jobs.start(running_lost)  # RUNNING, its message acknowledged long ago
         jobs.succeed(finished, {"ok": True})
         sweeper = OrphanSweeper(
-            client, celery, queue=settings.worker.queue, interval=1, owner="test:1"
+            client, celery, queue=settings.worker.queue, interval=1, lease=60, owner="test:1"
         )
         assert sweeper.lead()
         assert sweeper.sweep() == []  # first sighting: suspects only
@@ -86,11 +87,37 @@ def test_one_sweeper_leads_and_another_takes_over_when_it_stops(
     client: redis.Redis, settings: Settings
 ) -> None:
     celery = make_celery(settings)
-    first = OrphanSweeper(client, celery, queue="q", interval=0.2, owner="a:1")
-    second = OrphanSweeper(client, celery, queue="q", interval=0.2, owner="b:2")
+    first = OrphanSweeper(client, celery, queue="q", interval=0.2, lease=60, owner="a:1")
+    second = OrphanSweeper(client, celery, queue="q", interval=0.2, lease=60, owner="b:2")
     assert first.lead()
     assert not second.lead()
     assert first.lead()  # keeps it
     client.delete(LOCK)  # the leader died and its lock ran out
     assert second.lead()
     assert not first.lead()
+
+
+def test_a_message_unacknowledged_past_the_lease_counts_as_lost(
+    client: redis.Redis, settings: Settings
+) -> None:
+    """kombu puts a message unacknowledged past the lease back; when that restore stalls (its
+    lock left behind by an outage) the sweeper publishes the job again."""
+    celery = make_celery(settings)
+    queue = model_queue(settings.worker.queue, MODEL)
+    jobs = JobStore(client, ttl=3600)
+    stuck = accept(client, jobs)
+    celery.send_task(TASK_RUN_JOB, args=[stuck], task_id=stuck, queue=queue)
+    with celery.connection_for_read() as conn:
+        held = conn.SimpleQueue(queue, no_ack=False).get(timeout=5)
+        jobs.start(stuck)
+        fresh = OrphanSweeper(
+            client, celery, queue=settings.worker.queue, interval=0.1, lease=60, owner="t:1"
+        )
+        expired = OrphanSweeper(
+            client, celery, queue=settings.worker.queue, interval=0.1, lease=0, owner="t:1"
+        )
+        time.sleep(0.3)  # taken longer ago than a lease of 0 plus two sweep intervals
+        assert fresh.sweep() == [] and fresh.sweep() == []
+        assert expired.sweep() == [] and expired.sweep() == [stuck]
+        assert queued_ids(client, settings) == [stuck]
+        held.ack()

@@ -80,6 +80,7 @@ class MainProcessHooks:
             make_celery(self._settings),
             queue=self._settings.worker.queue,
             interval=interval,
+            lease=self._settings.jobs.visibility_timeout,
             owner=f"{socket.gethostname()}:{os.getpid()}",
         )
 

@@ -12,6 +12,11 @@ SIGSTOP of Redis):
 - a delivery whose job could not record its end (Redis unreachable at that moment) can still be
   acknowledged, which leaves the job RUNNING with no message.
 
+A third stalls the way back: a message whose reject failed in an outage stays in ``unacked`` until
+kombu's visibility-timeout restore puts it back, and that restore can stall (see ``celery_app``);
+so a message unacknowledged for longer than the lease (``jobs.visibility_timeout``, itself longer
+than the hard time limit) no longer counts as live.
+
 A job whose record is unfinished, whose message is in neither place, and which looked exactly
 the same (state, attempts, start time) one sweep earlier is an orphan: it is published again under
 its own id. Running it again is safe: the job's state moves through atomic transitions that let
@@ -27,6 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable
 
 import redis
@@ -43,6 +49,7 @@ LOCK = key("sweeper")
 # kombu's Redis transport: the hash of taken, unacknowledged messages, and the separator and
 # steps of its per-priority queue lists (``<queue>``, ``<queue>\x06\x163``, ...).
 UNACKED = "unacked"
+UNACKED_INDEX = "unacked_index"  # tag -> when it was taken
 PRIORITY_SEP = "\x06\x16"
 PRIORITY_STEPS = (3, 6, 9)
 SCAN_CHUNK = 500
@@ -91,12 +98,14 @@ class OrphanSweeper:
         *,
         queue: str,
         interval: float,
+        lease: float,
         owner: str,
     ) -> None:
         self._redis = client
         self._celery = celery
         self._queue = queue
         self._interval = interval
+        self._lease = lease
         self._owner = owner
         self._hold = client.register_script(_HOLD)
         # Orphans seen in the previous sweep: job id -> what its record looked like then.
@@ -153,11 +162,18 @@ class OrphanSweeper:
         return found
 
     def _live_messages(self, unfinished: dict[str, tuple[str, tuple[str, str, str]]]) -> set[str]:
-        """Job ids that have a message taken but not acknowledged, or waiting in a queue."""
+        """Job ids that have a message waiting in a queue, or taken and not acknowledged for less
+        than the broker lease (kombu puts an older one back in its queue: one still unacked
+        then, its restore stalled, counts as lost)."""
         live: set[str] = set()
-        for _, raw in self._redis.hscan_iter(UNACKED, count=SCAN_CHUNK):
+        stale_before = time.time() - self._lease - 2 * self._interval
+        taken = list(self._redis.hscan_iter(UNACKED, count=SCAN_CHUNK))
+        pipe = self._redis.pipeline(transaction=False)
+        for tag, _ in taken:
+            pipe.zscore(UNACKED_INDEX, tag)
+        for (_, raw), since in zip(taken, pipe.execute(), strict=True):
             found = unacked_id(str(raw))
-            if found:
+            if found and (since is None or float(since) >= stale_before):
                 live.add(found)
         models = {model for model, _ in unfinished.values()}
         for name in self._queue_lists(models):
@@ -200,11 +216,13 @@ class OrphanSweeper:
 
 
 def start_sweeper(
-    client: redis.Redis, celery: Celery, *, queue: str, interval: float, owner: str
+    client: redis.Redis, celery: Celery, *, queue: str, interval: float, lease: float, owner: str
 ) -> threading.Event:
     """Run a sweeper in a daemon thread; set the returned event to stop it."""
     stop = threading.Event()
-    sweeper = OrphanSweeper(client, celery, queue=queue, interval=interval, owner=owner)
+    sweeper = OrphanSweeper(
+        client, celery, queue=queue, interval=interval, lease=lease, owner=owner
+    )
     thread = threading.Thread(target=sweeper.run, args=(stop,), name="flaskmodel-sweeper")
     thread.daemon = True
     thread.start()
