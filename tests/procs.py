@@ -134,6 +134,7 @@ def start_gunicorn(
         f"--workers={workers}",
         f"--bind=127.0.0.1:{port}",
         "--graceful-timeout=5",
+        "--config=python:flaskmodel.gunicorn_hooks",  # the shipped config's hook
         "flaskmodel.web:create_app()",
     ]
     proc = spawn(args, settings, log)
