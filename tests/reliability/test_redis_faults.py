@@ -21,6 +21,9 @@ from typing import Any
 import pytest
 import requests
 
+from flaskmodel.admission import Admission
+from flaskmodel.jobs import JobStore
+from flaskmodel.schemas import JobRequest
 from flaskmodel.settings import Settings
 from tests import procs
 from tests.reliability.harness import Harness, fake_models, ledger, open_harness
@@ -234,3 +237,21 @@ def test_ten_broker_reconnects_each_end_with_a_canary_done(
         f"worker restarts so far {dict(RESTARTS)}"
     )
     assert len(times) == 10 and max(times) < 10
+
+
+def test_a_job_whose_message_was_lost_is_published_again(harness: Harness) -> None:
+    """The loss the sweeper exists for, made on purpose: a job recorded and admitted as the web
+    tier does it whose message never reaches the queue (kombu popped it as Redis died)."""
+    jobs = JobStore(harness.redis, ttl=3600)
+    job_id, _ = jobs.create(JobRequest(model="steady", inputs=[[1.0, 2.0, 3.0, 4.0]]))
+    Admission(harness.redis, max_pending=1000, ttl=3600).admit("steady", job_id)
+    started = time.monotonic()
+    record = harness.wait_job(job_id, timeout=30)
+    took = time.monotonic() - started
+    print(
+        f"\nlost message: job {record.get('state')} {took:.1f}s later (sweeps every 1 s, "
+        f"republishes on the second sighting); attempts {record.get('attempts')}, "
+        f"result writes {record.get('result_writes')}"
+    )
+    assert record["state"] == "SUCCEEDED"
+    assert record["attempts"] == "1" and record["result_writes"] == "1"
