@@ -5,12 +5,13 @@ is back, or after the visibility timeout when the reject itself cannot reach Red
 outage never turns an accepted job into a lost one. Past the soft time limit the job is FAILED
 (timeout) and the message acknowledged: one execution, no retry.
 
-Two ways a time limit used to lose a job during a Redis outage, both closed here: recording the
-timeout itself failed (Redis unreachable), which failed the task and so acknowledged its message
-with the job still RUNNING; and a soft-limit timer left over from an earlier delivery whose reject
-could not reach Redis fired in the middle of another job. Now a timeout that cannot be recorded
-requeues the message, and a soft limit that fires before the job's current delivery has run that
-long (``STALE_TOLERANCE``) requeues it instead of failing it.
+Two ways a soft time limit could lose or wrongly fail a job in a Redis outage, closed here: when
+recording the timeout itself fails (Redis unreachable) the task failed, which acknowledged its
+message with the job still RUNNING; and a soft-limit timer left over from an earlier delivery
+(seen firing after a reject that could not reach Redis) can land in the next job of that pool
+process. Now a timeout that cannot be recorded requeues the message, and a soft limit that fires
+before the job's current delivery has run that long (``STALE_TOLERANCE``) requeues it instead of
+failing it.
 """
 
 from __future__ import annotations
