@@ -3,19 +3,19 @@
 A job is accepted once its record exists and its id is in its model's admission set
 (``flaskmodel:pending:<model>``, see ``admission``). From then on a broker message for it lives
 either in the model's queue list or, once a worker has taken it, in kombu's ``unacked`` hash,
-until the job has ended. Two Redis faults break that chain (both seen under ``kill -9`` and
-SIGSTOP of Redis):
+until the job has ended. Redis faults break that chain:
 
 - kombu's Redis transport takes a message with ``BRPOP`` and records it in ``unacked`` with a
-  second command; Redis dying between the two leaves the message in neither place (the job stays
-  QUEUED with no attempt).
-- a delivery whose job could not record its end (Redis unreachable at that moment) can still be
-  acknowledged, which leaves the job RUNNING with no message.
-
-A third stalls the way back: a message whose reject failed in an outage stays in ``unacked`` until
-kombu's visibility-timeout restore puts it back, and that restore can stall (see ``celery_app``);
-so a message unacknowledged for longer than the lease (``jobs.visibility_timeout``, itself longer
-than the hard time limit) no longer counts as live.
+  second command; Redis dying between the two leaves the message in neither place and the job
+  QUEUED with no attempt (seen under ``kill -9`` of Redis: its AOF holds the publish and the pop,
+  then the restart).
+- a message whose reject failed in an outage stays in ``unacked`` until kombu's
+  visibility-timeout restore puts it back, and that restore stalled for minutes behind a lock the
+  outage left behind (seen under SIGSTOP; see ``celery_app``). So a message unacknowledged for
+  longer than the lease (``jobs.visibility_timeout``, itself longer than the hard time limit) no
+  longer counts as live.
+- a delivery acknowledged while its job could not record its end (a time limit hit while Redis
+  was unreachable) leaves the job RUNNING with no message (guarded against in ``tasks`` too).
 
 A job whose record is unfinished, whose message is in neither place, and which looked exactly
 the same (state, attempts, start time) one sweep earlier is an orphan: it is published again under
