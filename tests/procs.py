@@ -65,6 +65,9 @@ def start_redis(
         str(workdir),
         "--logfile",
         str(workdir / "redis.log"),
+        # One database per test module that needs its own (more than Redis's default 16).
+        "--databases",
+        "32",
     ]
     proc = subprocess.Popen(args)
     url = f"redis://127.0.0.1:{port}/0"
@@ -134,6 +137,7 @@ def start_gunicorn(
         f"--workers={workers}",
         f"--bind=127.0.0.1:{port}",
         "--graceful-timeout=5",
+        "--config=python:flaskmodel.gunicorn_hooks",  # the shipped config's hook
         "flaskmodel.web:create_app()",
     ]
     proc = spawn(args, settings, log)

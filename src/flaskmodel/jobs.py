@@ -264,6 +264,15 @@ class JobStore:
         raw = self._redis.hget(key("job", job_id), "state")
         return JobState(str(raw)) if raw else None
 
+    def running_for(self, job_id: str) -> float | None:
+        """Seconds since the job's current delivery (of its current chunk) started; None when it
+        has not started."""
+        record = key("job", job_id)
+        started = self._redis.hget(record, "delivered_at") or self._redis.hget(record, "started_at")
+        if not started:
+            return None
+        return time.time() - datetime.fromisoformat(str(started)).timestamp()
+
     def start(self, job_id: str) -> tuple[JobState | None, int]:
         """Mark RUNNING (again, after a redelivery); returns the state found and the attempt."""
         at = now()

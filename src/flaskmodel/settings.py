@@ -36,7 +36,10 @@ class RedisSettings(Section):
     password: SecretStr | None = None
     """Redis password, when the URL carries none."""
     socket_timeout: float = 5.0
-    """Seconds a Redis command may take before the call fails (503 to the client)."""
+    """Seconds a Redis command of a worker may take before the call fails."""
+    web_socket_timeout: float = 0.5
+    """Seconds a Redis command of the web tier may take: kept under a second so that while Redis
+    hangs (frozen, overloaded) submits answer 503 with Retry-After quickly instead of waiting."""
     connect_timeout: float = 1.0
     """Seconds to connect to Redis before giving up (keeps submits fast when Redis is down)."""
     max_connections: int = 64
@@ -112,6 +115,11 @@ class JobSettings(Section):
     default_priority: int = Field(default=5, ge=1, le=10)
     """Priority of a job that names none (Triton's convention: 1 is the highest, 10 the lowest);
     within a model's queue higher-priority work is taken first."""
+    sweep_seconds: float = Field(default=10.0, ge=0)
+    """How often one worker (elected by a Redis lock) looks for accepted jobs that no broker
+    message will run (lost to a Redis crash between kombu's pop and its unacked record, or
+    acknowledged while Redis could not record the end) and publishes them again; a job is
+    republished once two sweeps in a row found it so, unchanged. 0 turns the sweeper off."""
     max_pending: int = Field(default=10000, ge=1)
     """Most unfinished (queued or running) jobs one model may have; a submit past it gets 429
     with a Retry-After computed from the queue depth and the measured throughput."""

@@ -115,6 +115,14 @@ class Harness:
     def wait_job(self, job_id: str, timeout: float = 20) -> dict[str, str]:
         return self.wait_terminal([job_id], timeout)[job_id]
 
+    def log_lines(self, needle: str) -> int:
+        """How many lines of this harness's worker logs contain ``needle``."""
+        return sum(
+            line.count(needle) > 0
+            for log in self.logs.glob("worker-*.log")
+            for line in log.read_text(errors="replace").splitlines()
+        )
+
     def close(self) -> None:
         for proc in (self.web, self.worker):
             if proc is not None:

@@ -66,7 +66,7 @@ def rabbit(tmp_path: Path, redis_url: str) -> Iterator[tuple[Settings, redis.Red
             json.dumps({"max_batch_delay_ms": 0, "batch_size": 4})
         )
     write_demo_series(tmp_path / "data", n_slices=10, size=32, series_uid=SERIES_UID)
-    store_url = redis_db(redis_url, 9)
+    store_url = redis_db(redis_url, 17)
     queue = f"rmq-{time.monotonic_ns()}"
     settings = Settings(
         models_root=models,

@@ -48,7 +48,7 @@ def front(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         run_dir=tmp / "run",
         models_root=tmp,
         data_root=tmp,
-        redis={"url": redis_db(redis_url, 14)},
+        redis={"url": redis_db(redis_url, 20)},
         web={
             "port": port,
             "max_request_bytes": MAX_BODY,

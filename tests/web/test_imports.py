@@ -29,3 +29,15 @@ def test_web_tier_imports_no_heavy_modules() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_gunicorn_hooks_import_nothing_gevent_patches() -> None:
+    """Gunicorn's master imports the hooks before its gevent workers monkey-patch."""
+    code = (
+        "import json, sys\n"
+        "import flaskmodel.gunicorn_hooks\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('flask', 'redis', 'kombu', 'celery', 'requests', 'urllib3', 'gevent', 'werkzeug'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []

@@ -77,7 +77,7 @@ def test_hot_swap_under_load(redis_url: str, tmp_path_factory: pytest.TempPathFa
         models_root=root,
         data_root=logs,
         run_dir=logs,
-        redis={"url": redis_db(redis_url, 3)},
+        redis={"url": redis_db(redis_url, 16)},
         worker={"heartbeat_seconds": 0.5},
         runtime={"backend": "fake"},
     )

@@ -142,7 +142,9 @@ class ModelRepository:
             return []
         marker = "fake.json" if self._backend == "fake" else "saved_model.pb"
         return sorted(
-            int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / marker).is_file()
+            int(p.name)
+            for p in folder.iterdir()
+            if p.name.isascii() and p.name.isdigit() and (p / marker).is_file()
         )
 
     def resolve(self, name: str, version: int | None = None) -> int:

@@ -15,6 +15,8 @@ from flaskmodel.storage.redis import key
 logger = logging.getLogger(__name__)
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
+# Redis refuses an expiry past its clock's range ("invalid expire time"); ten years is plenty.
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 
 
 def validate_key(name: str) -> str:
@@ -48,8 +50,8 @@ class KeyValueStore:
     def put(self, name: str, value: Any, ttl: int | None = None) -> bool:
         """Store ``value``; True when the key was new."""
         validate_key(name)
-        if ttl is not None and ttl <= 0:
-            raise InvalidRequest("ttl must be a positive number of seconds")
+        if ttl is not None and not 0 < ttl <= MAX_TTL_SECONDS:
+            raise InvalidRequest(f"ttl must be 1 to {MAX_TTL_SECONDS} seconds")
         raw = json.dumps(value, separators=(",", ":"), allow_nan=False)
         if len(raw.encode()) > self._max_value_bytes:
             raise PayloadTooLarge(f"value is larger than {self._max_value_bytes} bytes")

@@ -16,6 +16,12 @@ logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 
+def is_whole_number(text: str) -> bool:
+    """Whether ``text`` is ASCII digits only (``str.isdigit`` also takes "²", which ``int`` does
+    not: a query or path segment checked that way answered 500)."""
+    return text.isascii() and text.isdigit()
+
+
 def _reject_constant(name: str) -> Any:
     raise InvalidRequest(f"malformed JSON body: {name} is not a valid JSON number")
 

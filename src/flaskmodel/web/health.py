@@ -1,4 +1,5 @@
-"""``/healthz`` (the process answers) and ``/readyz`` (Redis up, a worker ready with its models)."""
+"""``/healthz`` (the process answers) and ``/readyz`` (Redis up, a worker ready with its models;
+503 as soon as this web process is draining after SIGTERM)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ def healthz() -> dict[str, str]:
 @bp.get("/readyz")
 def readyz() -> tuple[dict[str, Any], int, dict[str, str]]:
     svc = services()
+    if svc.draining.is_set():
+        draining = {"status": "draining", "redis": "unknown", "workers": [], "models": []}
+        return draining, 503, {"Retry-After": "5"}
     try:
         svc.redis.ping()
         workers = svc.workers.live()

@@ -30,7 +30,7 @@ from flaskmodel.v2_tensors import (
     v2_datatype,
 )
 from flaskmodel.web.auth import owner
-from flaskmodel.web.body import parse, parse_json
+from flaskmodel.web.body import is_whole_number, parse, parse_json
 from flaskmodel.web.jobs import submit
 from flaskmodel.web.services import services
 
@@ -47,7 +47,7 @@ Reply = Response | tuple[dict[str, Any], int, dict[str, str]] | dict[str, Any]
 def _version(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit():
+    if not is_whole_number(text):
         raise InvalidRequest(f"version must be a positive integer, got {text[:32]!r}")
     return int(text)
 

@@ -10,7 +10,7 @@ from flask import Blueprint, request, url_for
 from flaskmodel.errors import InvalidRequest
 from flaskmodel.schemas import JobRequest, JobState, SubmitResponse
 from flaskmodel.web.auth import owner
-from flaskmodel.web.body import json_body, parse
+from flaskmodel.web.body import is_whole_number, json_body, parse
 from flaskmodel.web.services import services
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def create_job() -> tuple[dict[str, Any], int, dict[str, str]]:
 def list_jobs() -> dict[str, Any]:
     """The newest jobs, newest first (``?limit=``, 1-500, default 50), without results."""
     raw = request.args.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= 500:
+    if not is_whole_number(raw) or not 1 <= int(raw) <= 500:
         raise InvalidRequest("limit must be a whole number from 1 to 500")
     views = services().jobs.recent(int(raw), owner())
     return {"jobs": [v.model_dump(mode="json", exclude_none=True) for v in views]}

@@ -12,6 +12,7 @@ from typing import Any
 from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
+from flaskmodel.storage.kv import MAX_TTL_SECONDS
 from flaskmodel.web.body import json_body, parse
 from flaskmodel.web.services import services
 
@@ -24,7 +25,7 @@ class PutValue(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     value: Any = Field(...)
-    ttl: int | None = Field(default=None, gt=0)
+    ttl: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
 
 
 @bp.get("/v1/kv/<path:name>")

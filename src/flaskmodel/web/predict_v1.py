@@ -18,7 +18,7 @@ from flask import Blueprint
 from flaskmodel.errors import InvalidInput, InvalidRequest, ModelNotFound, NotFound
 from flaskmodel.schemas import MODEL_NAME_PATTERN, ModelSpec, TensorSpec
 from flaskmodel.tensors import TF_DTYPES, decode_inputs, encode_outputs
-from flaskmodel.web.body import json_body
+from flaskmodel.web.body import is_whole_number, json_body
 from flaskmodel.web.services import services
 
 logger = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def _target(path: str) -> tuple[str, int | None, str | None]:
     name, version, label = match.group("name", "version", "label")
     if not re.match(MODEL_NAME_PATTERN, name):
         raise ModelNotFound(f"model '{name[:64]}' not found")
-    if version is not None and not version.isdigit():
+    if version is not None and not is_whole_number(version):
         raise InvalidRequest(f"version must be a positive integer, got {version[:32]!r}")
     return name, int(version) if version is not None else None, label
 

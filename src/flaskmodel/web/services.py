@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import redis
 from celery import Celery
@@ -36,11 +37,22 @@ class Services:
     sync: SyncPredictor
     keys: KeyRing
     rate_limiter: RateLimiter | None
+    # Set when this gunicorn worker got SIGTERM (``draining``): /readyz answers 503.
+    draining: threading.Event = field(default_factory=threading.Event)
+
+
+def web_side(settings: Settings) -> Settings:
+    """``settings`` as the web tier's Redis client and publisher use them: a command times out
+    after ``redis.web_socket_timeout`` (under a second: a hung Redis gets a quick 503)."""
+    section = settings.redis.model_copy(
+        update={"socket_timeout": settings.redis.web_socket_timeout}
+    )
+    return settings.model_copy(update={"redis": section})
 
 
 def init_services(app: Flask, settings: Settings) -> None:
-    client = connect(settings)
-    celery = make_celery(settings)
+    client = connect(web_side(settings))
+    celery = make_celery(web_side(settings))
     jobs = JobStore(client, ttl=settings.jobs.ttl_seconds)
     workers = WorkerRegistry(client, ttl=settings.worker.heartbeat_seconds * 3)
     admission = Admission(

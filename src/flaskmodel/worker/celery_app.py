@@ -91,13 +91,19 @@ def redis_url(settings: Settings) -> str:
 def celery_config(settings: Settings) -> dict[str, Any]:
     url = broker_url(settings)
     jobs = settings.jobs
+    restore_interval = max(1, min(10, jobs.visibility_timeout // 10))
     transport: dict[str, Any] = {
         # A lease: an unacked job is redelivered after this, so it must outlive the hard limit.
         "visibility_timeout": jobs.visibility_timeout,
         # Jobs of a worker killed outright sit unacked until the lease ends; sweep for them
         # often enough (kombu's default sweeps every 100 s) that they return soon after it.
-        "unacked_restore_interval": max(1, min(10, jobs.visibility_timeout // 10)),
+        "unacked_restore_interval": restore_interval,
         "unacked_restore_throttle": 1,
+        # The lock one restore sweep holds (kombu's default: 300 s). A sweep cut off by a Redis
+        # outage cannot release it, and no unacked message was restored until it expired: a job
+        # whose reject failed in the outage sat unacked for five minutes. A sweep takes
+        # milliseconds; two that overlap restore each message once (a WATCH transaction).
+        "unacked_mutex_expire": restore_interval * 3,
         "socket_timeout": settings.redis.socket_timeout,
         "socket_connect_timeout": settings.redis.connect_timeout,
         "max_connections": settings.redis.max_connections,

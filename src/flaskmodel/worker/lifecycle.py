@@ -6,6 +6,9 @@
   that long: a timer left over from a delivery whose process died is ignored.)
 - On shutdown (SIGTERM: warm, running jobs finish) the worker's heartbeats say draining at once,
   so ``/readyz`` answers 503 and submits stop counting on it while it finishes its jobs.
+- Once the worker is ready its main process runs the orphan sweeper (``sweeper``) in a thread;
+  one worker at a time sweeps, elected by a Redis lock. Only with Redis as the broker (its
+  queues are what the sweeper reads).
 - A worker refuses to start when the broker lease (visibility timeout) Celery will use is not
   longer than the hard time limit: a running job would be delivered a second time.
 """
@@ -15,8 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
-from datetime import datetime
+import threading
 from typing import Any
 
 import redis
@@ -28,7 +30,8 @@ from flaskmodel.jobs import JobStore
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import connect, key
 from flaskmodel.storage.workers import WorkerRegistry
-from flaskmodel.worker.celery_app import job_of_task
+from flaskmodel.worker.celery_app import job_of_task, make_celery
+from flaskmodel.worker.sweeper import start_sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +65,32 @@ class MainProcessHooks:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._client: redis.Redis | None = None
+        self._sweeper: threading.Event | None = None
 
     def connect(self) -> None:
         signals.task_failure.connect(self.on_task_failure, weak=False)
         signals.worker_shutting_down.connect(self.on_shutting_down, weak=False)
+        signals.worker_ready.connect(self.on_ready, weak=False)
+
+    def on_ready(self, sender: Any = None, **_: Any) -> None:
+        interval = self._settings.jobs.sweep_seconds
+        if interval <= 0 or self._sweeper is not None:
+            return
+        if self._settings.broker.url:
+            # The sweeper reads kombu's Redis queue lists; another broker (RabbitMQ) keeps its
+            # messages elsewhere, and acknowledges atomically: nothing to sweep for.
+            logger.info(
+                "orphan sweeper off: the broker is %s", self._settings.broker.url.split(":")[0]
+            )
+            return
+        self._sweeper = start_sweeper(
+            connect(self._settings),
+            make_celery(self._settings),
+            queue=self._settings.worker.queue,
+            interval=interval,
+            lease=self._settings.jobs.visibility_timeout,
+            owner=f"{socket.gethostname()}:{os.getpid()}",
+        )
 
     def _redis(self) -> redis.Redis:
         if self._client is None:
@@ -103,17 +128,17 @@ class MainProcessHooks:
         Billiard's timer of a delivery whose pool process died can still fire after the job was
         redelivered under the same id; that stale timeout must not fail the running delivery.
         """
-        record = key("job", job_id)
-        started = client.hget(record, "delivered_at") or client.hget(record, "started_at")
-        if not started:
+        elapsed = JobStore(client, ttl=self._settings.jobs.ttl_seconds).running_for(job_id)
+        if elapsed is None:
             return False
-        elapsed = time.time() - datetime.fromisoformat(str(started)).timestamp()
         if elapsed < self._settings.jobs.time_limit - STALE_TOLERANCE:
             logger.info("job %s: stale hard-limit timer ignored (running %.1fs)", job_id, elapsed)
             return False
         return True
 
     def on_shutting_down(self, **_: Any) -> None:
+        if self._sweeper is not None:
+            self._sweeper.set()
         client = self._redis()
         registry = WorkerRegistry(client, ttl=self._settings.worker.heartbeat_seconds * 3)
         try:
