@@ -44,6 +44,7 @@ class SyncPredictor:
         self._submitter = submitter
         self._settings = settings
         self._adverts: dict[str, tuple[float, ModelAdvert]] = {}
+        self._refreshing: set[str] = set()
         self._channel = SyncChannel(client, queue_ttl=int(settings.max_timeout_seconds) + 1)
 
     def model(
@@ -64,11 +65,20 @@ class SyncPredictor:
         return advert, advert.specs[resolved]
 
     def advert(self, name: str) -> ModelAdvert:
-        """The model as the ready workers advertise it (cached briefly); 404 / 503 otherwise."""
+        """The model as the ready workers advertise it (cached briefly); 404 / 503 otherwise.
+
+        One caller refreshes an expired entry while the others keep using it: under load,
+        hundreds of requests finding it expired at once would otherwise all read every heartbeat
+        together, and the slowest of those reads would miss the web tier's Redis timeout.
+        """
         cached = self._adverts.get(name)
-        if cached is not None and cached[0] > time.monotonic():
+        if cached is not None and (cached[0] > time.monotonic() or name in self._refreshing):
             return cached[1]
-        advert = self._submitter.model(name)  # 404 / 503 are never cached
+        self._refreshing.add(name)
+        try:
+            advert = self._submitter.model(name)  # 404 / 503 are never cached
+        finally:
+            self._refreshing.discard(name)
         self._adverts[name] = (time.monotonic() + ADVERT_CACHE_SECONDS, advert)
         return advert
 
