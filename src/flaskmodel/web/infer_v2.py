@@ -129,6 +129,11 @@ def infer(name: str, version: str | None = None) -> Reply:
     respond_async, wait = _prefer()
     if respond_async or wait is not None:
         return _as_job(infer_request, advert, spec, inputs, wait)
+    # The body and its parsed tensors (for a CT slice as JSON, megabytes of Python floats) go
+    # before the wait: many requests wait on the workers at once. The reply needs only the id,
+    # the requested outputs and the parameters.
+    del raw, header, blobs
+    infer_request = infer_request.model_copy(update={"inputs": []})
     outputs = svc.sync.predict(spec, inputs, outputs=wanted, timeout=_timeout(infer_request))
     return _response(infer_request, advert, spec, outputs)
 

@@ -103,6 +103,9 @@ def predict(path: str) -> dict[str, Any]:
             f"(it serves '{spec.signature_name}')"
         )
     arrays = decode_inputs(body["instances" if rows else "inputs"], spec, row_format=rows)
+    # The parsed JSON (for a CT slice, megabytes of Python floats) goes before the wait: many
+    # requests wait on the workers at once, and the web process should not hold all of it.
+    del body
     outputs = svc.sync.predict(spec, arrays)
     ordered = {t.name: outputs[t.name] for t in spec.outputs if t.name in outputs}
     return encode_outputs(ordered, row_format=rows)
