@@ -47,8 +47,8 @@ def test_a_worker_serves_models_locally_and_through_tf_serving(
     mixed_stack: Stack, models_root: Path
 ) -> None:
     log = (mixed_stack.logs / "worker.log").read_text()
-    assert "model tiny version 1 served by" in log and "(gRPC)" in log
-    assert "model echo version 1 served by http://" in log
+    assert "model tiny version 1 served by 127.0.0.1:" in log and "(gRPC)" in log
+    assert "model echo version 1 served by http://" in log and "(REST)" in log
     assert "loaded model ct_classifier version 1 from" in log  # in-process
     x = np.random.default_rng(9).normal(size=(3, 32)).astype(np.float32)
     expected = reference(models_root, "tiny", x=x)["probabilities"]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
 from flaskmodel.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ServiceUnavailable
+from flaskmodel.runtime.remote import RemoteRuntime
 from flaskmodel.runtime.repository import ModelRepository
-from flaskmodel.runtime.tfserving_grpc import TfServingGrpcClient, TfServingGrpcRuntime
-from flaskmodel.runtime.tfserving_rest import TfServingRestClient, TfServingRestRuntime
+from flaskmodel.runtime.tfserving_grpc import TfServingGrpcClient
+from flaskmodel.runtime.tfserving_rest import TfServingRestClient
 from tests import procs
 from tests.runtime.conftest import SLOW_MODEL, TfServing
 from tests.web.test_predict_v1 import reference
@@ -26,10 +26,8 @@ def make_client(kind: str, where: str, timeout: float = 10) -> Client:
     return TfServingRestClient(where, timeout=timeout)
 
 
-def make_runtime(client: Client, name: str, version: int) -> Any:
-    if isinstance(client, TfServingGrpcClient):
-        return TfServingGrpcRuntime(client, name, version)
-    return TfServingRestRuntime(client, name, version)
+def make_runtime(client: Client, name: str, version: int) -> RemoteRuntime:
+    return client.runtime(name, version)
 
 
 def target(kind: str, tfserving: TfServing) -> str:
@@ -110,9 +108,9 @@ monkey.patch_all()
 import sys, time
 import gevent
 import numpy as np
-from flaskmodel.runtime.tfserving_grpc import TfServingGrpcClient, TfServingGrpcRuntime
+from flaskmodel.runtime.tfserving_grpc import TfServingGrpcClient
 client = TfServingGrpcClient(sys.argv[1], timeout=10)
-runtime = TfServingGrpcRuntime(client, sys.argv[2], 1)
+runtime = client.runtime(sys.argv[2], 1)
 runtime.load()
 ticks = []
 def tick():

@@ -38,6 +38,7 @@ from flaskmodel.errors import (
     Overloaded,
     ServiceUnavailable,
 )
+from flaskmodel.runtime.remote import RemoteRuntime
 from flaskmodel.runtime.tensor_proto import from_tensor_proto, to_tensor_proto
 from flaskmodel.schemas import ModelSpec, TensorSpec
 from flaskmodel.tensors import FROM_TF_DTYPES
@@ -86,6 +87,7 @@ class TfServingGrpcClient:
 
     def __init__(self, target: str, *, timeout: float) -> None:
         self.target = target
+        self.protocol = "gRPC"
         self.timeout = timeout
         init_gevent_if_patched()
         self._channel = grpc.insecure_channel(
@@ -162,9 +164,9 @@ class TfServingGrpcClient:
         )
         return {name: from_tensor_proto(name, proto) for name, proto in reply.outputs.items()}
 
-    def runtime(self, name: str, version: int) -> TfServingGrpcRuntime:
+    def runtime(self, name: str, version: int) -> RemoteRuntime:
         """One version of ``name`` on this server, as a ``ModelRuntime``."""
-        return TfServingGrpcRuntime(self, name, version)
+        return RemoteRuntime(self, name, version)
 
     def close(self) -> None:
         self._channel.close()
@@ -178,34 +180,3 @@ def _tensor(name: str, info: Any) -> TensorSpec:
     if dtype is None:
         raise ValueError(f"tensor {name!r} has unsupported dtype {info.dtype}")
     return TensorSpec(name=name, dtype=dtype, shape=shape, tensor_name=info.name or None)
-
-
-class TfServingGrpcRuntime:
-    """One model version served by TensorFlow Serving over gRPC, as a ``ModelRuntime``."""
-
-    def __init__(self, client: TfServingGrpcClient, name: str, version: int) -> None:
-        self._client = client
-        self._name = name
-        self._version = version
-        self._spec: ModelSpec | None = None
-
-    @property
-    def spec(self) -> ModelSpec:
-        if self._spec is None:
-            raise ModelNotFound(f"model '{self._name}' version {self._version} is not loaded")
-        return self._spec
-
-    def load(self) -> None:
-        self._spec = self._client.metadata(self._name, self._version)
-        logger.info(
-            "model %s version %d served by %s (gRPC)",
-            self._name,
-            self._version,
-            self._client.target,
-        )
-
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._client.predict(self.spec, inputs)
-
-    def close(self) -> None:
-        self._spec = None

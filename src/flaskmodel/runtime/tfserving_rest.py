@@ -4,7 +4,7 @@
 and speaks TF Serving's REST API: ``GET /v1/models/<m>`` (versions that are AVAILABLE),
 ``GET .../versions/<v>/metadata`` (the ``serving_default`` signature → ``ModelSpec``) and
 ``POST .../versions/<v>:predict`` in the columnar form (strings as ``{"b64": ...}``).
-``TfServingRestRuntime`` is one model version on it, as a ``ModelRuntime``. Errors map onto the
+``runtime()`` gives one model version on it as a ``RemoteRuntime``. Errors map onto the
 error tree: 400 → ``InvalidInput``, 404 → ``ModelNotFound``, unreachable or 5xx → 503.
 """
 
@@ -25,6 +25,7 @@ from flaskmodel.errors import (
     ModelNotFound,
     ServiceUnavailable,
 )
+from flaskmodel.runtime.remote import RemoteRuntime
 from flaskmodel.schemas import ModelSpec, TensorSpec
 from flaskmodel.tensors import FROM_TF_DTYPES, decode_outputs, encode_columnar
 
@@ -38,6 +39,8 @@ class TfServingRestClient:
 
     def __init__(self, base_url: str, *, timeout: float, max_connections: int = 16) -> None:
         self.base_url = base_url.rstrip("/")
+        self.target = self.base_url
+        self.protocol = "REST"
         self._http = urllib3.PoolManager(
             num_pools=4,
             maxsize=max_connections,
@@ -113,9 +116,9 @@ class TfServingRestClient:
             raise InternalError(f"TensorFlow Serving predict of '{spec.name}' gave no 'outputs'")
         return decode_outputs(body["outputs"], spec)
 
-    def runtime(self, name: str, version: int) -> TfServingRestRuntime:
+    def runtime(self, name: str, version: int) -> RemoteRuntime:
         """One version of ``name`` on this server, as a ``ModelRuntime``."""
-        return TfServingRestRuntime(self, name, version)
+        return RemoteRuntime(self, name, version)
 
     def close(self) -> None:
         self._http.clear()
@@ -130,31 +133,3 @@ def _tensor(name: str, info: dict[str, Any]) -> TensorSpec:
     if dtype is None:
         raise ValueError(f"tensor {name!r} has unsupported dtype {info['dtype']}")
     return TensorSpec(name=name, dtype=dtype, shape=shape, tensor_name=info.get("name"))
-
-
-class TfServingRestRuntime:
-    """One model version served by TensorFlow Serving, as a ``ModelRuntime``."""
-
-    def __init__(self, client: TfServingRestClient, name: str, version: int) -> None:
-        self._client = client
-        self._name = name
-        self._version = version
-        self._spec: ModelSpec | None = None
-
-    @property
-    def spec(self) -> ModelSpec:
-        if self._spec is None:
-            raise ModelNotFound(f"model '{self._name}' version {self._version} is not loaded")
-        return self._spec
-
-    def load(self) -> None:
-        self._spec = self._client.metadata(self._name, self._version)
-        logger.info(
-            "model %s version %d served by %s", self._name, self._version, self._client.base_url
-        )
-
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._client.predict(self.spec, inputs)
-
-    def close(self) -> None:
-        self._spec = None
