@@ -119,7 +119,8 @@ class JobSettings(Section):
     """How often one worker (elected by a Redis lock) looks for accepted jobs that no broker
     message will run (lost to a Redis crash between kombu's pop and its unacked record, or
     acknowledged while Redis could not record the end) and publishes them again; a job is
-    republished once two sweeps in a row found it so, unchanged. 0 turns the sweeper off."""
+    republished once two sweeps in a row found it so, unchanged. 0 turns the sweeper off; it
+    never runs with another broker than Redis (`broker.url`), whose queues it reads."""
     max_pending: int = Field(default=10000, ge=1)
     """Most unfinished (queued or running) jobs one model may have; a submit past it gets 429
     with a Retry-After computed from the queue depth and the measured throughput."""

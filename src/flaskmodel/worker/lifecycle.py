@@ -79,9 +79,8 @@ class MainProcessHooks:
         if self._settings.broker.url:
             # The sweeper reads kombu's Redis queue lists; another broker (RabbitMQ) keeps its
             # messages elsewhere, and acknowledges atomically: nothing to sweep for.
-            logger.info(
-                "orphan sweeper off: the broker is %s", self._settings.broker.url.split(":")[0]
-            )
+            scheme = self._settings.broker.url.split(":", 1)[0]
+            logger.info("orphan sweeper off: the broker is %s, not Redis", scheme)
             return
         self._sweeper = start_sweeper(
             connect(self._settings),
