@@ -90,6 +90,10 @@ class WorkerSettings(Section):
     models: list[str] = Field(default_factory=list)
     """Models this worker loads and takes work for (JSON list; empty: every model in the models
     root when it starts). `flaskmodel worker --models a,b` sets it."""
+    watchdog_seconds: float = Field(default=5.0, ge=0)
+    """How often a worker checks that its broker consumer still reads: idle, with messages
+    waiting in its queues and none received for three checks in a row, it restarts itself
+    (SIGTERM; its supervisor starts a fresh one). 0 turns the check off; Redis broker only."""
     max_tasks_per_child: int = 0
     """Recycle a pool process after this many tasks (0: never)."""
     send_events: bool = False

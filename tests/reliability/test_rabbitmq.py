@@ -137,9 +137,9 @@ def test_jobs_priorities_and_a_kill9_through_rabbitmq(
         print(f"\nRabbitMQ broker, kill -9 of the worker mid-load: {summary}")
         assert summary["result_writes"] == {1: 20}
         assert summary["redelivered"] >= 1  # the killed worker's job came back at once
-        # The orphan sweeper reads kombu's Redis queues: with RabbitMQ it must stay off (it
-        # would find every job's message missing and publish it again).
+        # The orphan sweeper and the watchdog read kombu's Redis queues: with RabbitMQ they
+        # stay off (the sweeper would find every job's message missing and publish it again).
         log = (tmp_path / "worker-2.log").read_text()
-        assert "orphan sweeper off: the broker is amqp, not Redis" in log
+        assert "orphan sweeper and consumer watchdog off: the broker is amqp, not Redis" in log
     finally:
         procs.stop(worker)

@@ -75,7 +75,8 @@ def harness(tmp_path_factory: pytest.TempPathFactory, server: RedisServer) -> It
         # that is what answers submits 503 quickly while Redis is frozen). The workers' commands
         # time out mid-outage too (1 s < the 2 s freeze), the hostile case for lost messages.
         redis={"url": server.url, "socket_timeout": 1.0, "connect_timeout": 0.5},
-        worker={"heartbeat_seconds": 0.5, "concurrency": 2},
+        # A consumer that stops reading after the outage (kombu) is restarted within ~3 s.
+        worker={"heartbeat_seconds": 0.5, "concurrency": 2, "watchdog_seconds": 1.0},
         runtime={"backend": "fake"},
         jobs={"soft_time_limit": 2, "time_limit": 3, "visibility_timeout": 4, "sweep_seconds": 1},
     )
@@ -204,7 +205,8 @@ def outage(harness: Harness, server: RedisServer, kind: str) -> dict[str, Any]:
         f"\nredis {kind}: submit answers {dict(load.answers)}, accepted {len(load.accepted)}; "
         f"outage probes {probes}; canary done {back:.2f}s after Redis returned; ledger {counted}; "
         f"worker restarts so far {dict(RESTARTS)}; orphans republished by the sweeper so far "
-        f"{harness.log_lines('published again')}"
+        f"{harness.log_lines('published again')}; stalled consumers restarted so far "
+        f"{harness.log_lines('restarting the worker for a new connection')}"
     )
     assert_fast_503s(probes)
     assert set(load.answers) <= {202, 503}, load.answers

@@ -6,7 +6,9 @@
   that long: a timer left over from a delivery whose process died is ignored.)
 - On shutdown (SIGTERM: warm, running jobs finish) the worker's heartbeats say draining at once,
   so ``/readyz`` answers 503 and submits stop counting on it while it finishes its jobs.
-- Once the worker is ready its main process runs the orphan sweeper (``sweeper``) in a thread;
+- Once the worker is ready its main process runs the consumer watchdog (``watchdog``: a consumer
+  that stopped reading after a Redis outage restarts the worker) and the orphan sweeper
+  (``sweeper``) in threads;
   one worker at a time sweeps, elected by a Redis lock. Only with Redis as the broker (its
   queues are what the sweeper reads).
 - A worker refuses to start when the broker lease (visibility timeout) Celery will use is not
@@ -32,6 +34,7 @@ from flaskmodel.storage.redis import connect, key
 from flaskmodel.storage.workers import WorkerRegistry
 from flaskmodel.worker.celery_app import job_of_task, make_celery
 from flaskmodel.worker.sweeper import start_sweeper
+from flaskmodel.worker.watchdog import start_watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +65,12 @@ def check_limits(app: Celery, settings: Settings) -> None:
 class MainProcessHooks:
     """Signal receivers of the worker's main process (its Redis client is made on first use)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, queues: list[str]) -> None:
         self._settings = settings
+        self._queues = queues
         self._client: redis.Redis | None = None
         self._sweeper: threading.Event | None = None
+        self._watchdog: threading.Event | None = None
 
     def connect(self) -> None:
         signals.task_failure.connect(self.on_task_failure, weak=False)
@@ -73,14 +78,29 @@ class MainProcessHooks:
         signals.worker_ready.connect(self.on_ready, weak=False)
 
     def on_ready(self, sender: Any = None, **_: Any) -> None:
+        if self._settings.broker.url:
+            # Both read kombu's Redis queue lists; another broker (RabbitMQ) keeps its messages
+            # elsewhere and acknowledges atomically.
+            scheme = self._settings.broker.url.split(":", 1)[0]
+            logger.info(
+                "orphan sweeper and consumer watchdog off: the broker is %s, not Redis", scheme
+            )
+            return
+        self._start_watchdog()
+        self._start_sweeper()
+
+    def _start_watchdog(self) -> None:
+        interval = self._settings.worker.watchdog_seconds
+        if interval <= 0 or self._watchdog is not None:
+            return
+        watchdog, self._watchdog = start_watchdog(
+            connect(self._settings), self._queues, interval=interval
+        )
+        signals.task_received.connect(watchdog.received, weak=False)
+
+    def _start_sweeper(self) -> None:
         interval = self._settings.jobs.sweep_seconds
         if interval <= 0 or self._sweeper is not None:
-            return
-        if self._settings.broker.url:
-            # The sweeper reads kombu's Redis queue lists; another broker (RabbitMQ) keeps its
-            # messages elsewhere, and acknowledges atomically: nothing to sweep for.
-            scheme = self._settings.broker.url.split(":", 1)[0]
-            logger.info("orphan sweeper off: the broker is %s, not Redis", scheme)
             return
         self._sweeper = start_sweeper(
             connect(self._settings),
@@ -136,8 +156,9 @@ class MainProcessHooks:
         return True
 
     def on_shutting_down(self, **_: Any) -> None:
-        if self._sweeper is not None:
-            self._sweeper.set()
+        for stop in (self._sweeper, self._watchdog):
+            if stop is not None:
+                stop.set()
         client = self._redis()
         registry = WorkerRegistry(client, ttl=self._settings.worker.heartbeat_seconds * 3)
         try:

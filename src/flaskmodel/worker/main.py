@@ -35,10 +35,9 @@ def run_worker(settings: Settings) -> None:
     app = make_celery(settings)
     check_limits(app, settings)  # refuse a lease shorter than the hard limit
     register_tasks(app)
-    MainProcessHooks(settings).connect()
-
     # Resolved once: every pool process serves exactly the models whose queues are consumed.
     models = served_models(settings)
+    MainProcessHooks(settings, queues(settings, models)).connect()
 
     def requeue(job_id: str, request: JobRequest, chunk: int) -> None:
         # The next chunk of a series job goes to the back of its model's queue (fairness).
