@@ -158,12 +158,13 @@ class Stack:
 
 
 @contextmanager
-def running_stack(settings: Settings, logs: Path) -> Iterator[Stack]:
-    """A real worker and gunicorn with ``settings`` until the block ends."""
+def running_stack(settings: Settings, logs: Path, *, web_workers: int = 1) -> Iterator[Stack]:
+    """A real worker and gunicorn (``web_workers`` processes) with ``settings`` until the block
+    ends."""
     worker = procs.start_worker(settings, logs / "worker.log")
     try:
         port = procs.free_port()
-        web = procs.start_gunicorn(settings, logs / "gunicorn.log", port)
+        web = procs.start_gunicorn(settings, logs / "gunicorn.log", port, workers=web_workers)
         try:
             yield Stack(settings, f"http://127.0.0.1:{port}", logs)
         finally:

@@ -11,8 +11,7 @@ import requests
 
 from flaskmodel.demo import DEMO_SERIES_UID
 from flaskmodel.settings import Settings
-from tests import procs
-from tests.conftest import Stack, populate_data_root, redis_db
+from tests.conftest import Stack, populate_data_root, redis_db, running_stack
 
 TINY_ROW = [0.1] * 32
 
@@ -35,16 +34,8 @@ def observed_stack(
         metrics={"flush_seconds": 0.2},
         log={"json_lines": True},
     )
-    worker = procs.start_worker(settings, logs / "worker.log")
-    try:
-        port = procs.free_port()
-        web = procs.start_gunicorn(settings, logs / "gunicorn.log", port, workers=2)
-        try:
-            yield Stack(settings, f"http://127.0.0.1:{port}", logs)
-        finally:
-            procs.stop(web)
-    finally:
-        procs.stop(worker)
+    with running_stack(settings, logs, web_workers=2) as stack:
+        yield stack
 
 
 def run_job(stack: Stack, body: dict[str, object]) -> dict[str, object]:
