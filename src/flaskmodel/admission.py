@@ -19,10 +19,13 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from flaskmodel.errors import Overloaded
+from flaskmodel.storage.pipelines import execute, queue_script
 from flaskmodel.storage.redis import key
 
 logger = logging.getLogger(__name__)
@@ -63,10 +66,25 @@ class Admission:
 
     def admit(self, model: str, job_id: str) -> int:
         """Count ``job_id`` against ``model``'s bound; the depth, or ``Overloaded`` when full."""
+        keys, args = self._admit_args(model, job_id)
+        return self.check(model, self._admit(keys=keys, args=args))
+
+    def admit_in(self, pipe: Pipeline, model: str, job_id: str) -> None:
+        """Queue ``admit`` without the check on ``pipe`` (run it with ``execute``; pass its
+        reply to ``check``)."""
+        queue_script(pipe, self._admit, *self._admit_args(model, job_id))
+
+    def execute(self, pipe: Pipeline) -> list[Any]:
+        """Run a pipeline holding ``admit_in`` calls."""
+        return execute(pipe, self._admit)
+
+    def _admit_args(self, model: str, job_id: str) -> tuple[list[str], list[Any]]:
         now = time.time()
-        admitted, depth = self._admit(
-            keys=[pending_key(model)], args=[now, now - self._ttl, self._max, job_id, self._ttl]
-        )
+        return [pending_key(model)], [now, now - self._ttl, self._max, job_id, self._ttl]
+
+    def check(self, model: str, reply: list[int]) -> int:
+        """The depth after an admit whose reply is ``reply``; ``Overloaded`` when it was full."""
+        admitted, depth = reply
         if not admitted:
             wait = self.retry_after(model, int(depth))
             raise Overloaded(
@@ -78,14 +96,19 @@ class Admission:
 
     def release(self, model: str, job_id: str, *, ended: bool = True) -> None:
         """Stop counting ``job_id``; ``ended`` also counts it towards the throughput."""
-        now = time.time()
         pipe = self._redis.pipeline(transaction=True)
+        self.release_in(pipe, model, job_id, ended=ended)
+        pipe.execute()
+
+    @staticmethod
+    def release_in(pipe: Pipeline, model: str, job_id: str, *, ended: bool = True) -> None:
+        """Queue ``release`` on ``pipe``."""
+        now = time.time()
         pipe.zrem(pending_key(model), job_id)
         if ended:
             pipe.zadd(finished_key(model), {job_id: now})
             pipe.zremrangebyscore(finished_key(model), "-inf", now - WINDOW_SECONDS)
             pipe.expire(finished_key(model), int(WINDOW_SECONDS * 2))
-        pipe.execute()
 
     def depth(self, model: str) -> int:
         return int(self._redis.zcard(pending_key(model)))

@@ -33,9 +33,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
-from flaskmodel.errors import Conflict, InvalidRequest, JobNotFound
+from flaskmodel.admission import Admission
+from flaskmodel.errors import Conflict, InvalidRequest, JobNotFound, Overloaded
 from flaskmodel.schemas import JobError, JobRequest, JobState, JobView, Progress
+from flaskmodel.storage.pipelines import execute, queue_script
 from flaskmodel.storage.redis import key
 
 logger = logging.getLogger(__name__)
@@ -67,7 +70,7 @@ end
 return cur
 """
 
-_ACTIVE = f"{JobState.QUEUED},{JobState.RUNNING}"
+ACTIVE = f"{JobState.QUEUED},{JobState.RUNNING}"
 
 # A delivery of chunk ARGV[1] of a job. KEYS: job hash. ARGV: chunk, now, ttl, worker. Returns
 # {verdict, state, attempt}: 'run' (the chunk the record expects: RUNNING, attempt counted),
@@ -106,6 +109,12 @@ return 1
 # Sorted set of job ids by creation time (the jobs listing and the results viewer).
 RECENT = key("jobs")
 RECENT_KEEP = 10_000
+
+
+def start_reply(reply: list[Any]) -> tuple[str, JobState | None, int]:
+    """(verdict, state found, attempt) from the reply of ``JobStore.start_in``."""
+    verdict, state, attempt = reply
+    return str(verdict), JobState(state) if state else None, int(attempt)
 
 
 def done_key(job_id: str) -> str:
@@ -147,8 +156,14 @@ class JobStore:
         *,
         idempotency_key: str | None = None,
         owner: str | None = None,
+        version: int | None = None,
+        admission: Admission | None = None,
     ) -> tuple[str, bool]:
-        """A new QUEUED job's id and True, or an existing job's id and False (same key)."""
+        """A new QUEUED job's id and True, or an existing job's id and False (same key).
+
+        ``version``: the version the job is pinned to (default: the request's). ``admission``:
+        count the new job against its model's bound in the same round trip; past the bound the
+        record is written all the same and ``Overloaded`` raised (the caller removes it)."""
         job_id = uuid.uuid4().hex
         digest = request_digest(request)
         if idempotency_key is not None:
@@ -175,8 +190,10 @@ class JobStore:
             "total": 0,
             "attempts": 0,
         }
-        if request.version is not None:
-            fields["version"] = request.version
+        if version is None:
+            version = request.version
+        if version is not None:
+            fields["version"] = version
         if request.series_uid is not None:
             fields["series_uid"] = request.series_uid
         if owner is not None:
@@ -192,7 +209,17 @@ class JobStore:
             pipe.zadd(mine, {job_id: time.time()})
             pipe.zremrangebyrank(mine, 0, -RECENT_KEEP - 1)
             pipe.expire(mine, self._ttl)
-        pipe.execute()
+        if admission is not None:
+            admission.admit_in(pipe, request.model, job_id)
+            replies = admission.execute(pipe)
+        else:
+            replies = pipe.execute()
+        if admission is not None:
+            try:
+                admission.check(request.model, replies[-1])
+            except Overloaded:
+                self.delete(job_id)  # refused: the client gets no id for it
+                raise
         return job_id, True
 
     def delete(self, job_id: str) -> None:
@@ -276,7 +303,7 @@ class JobStore:
     def start(self, job_id: str) -> tuple[JobState | None, int]:
         """Mark RUNNING (again, after a redelivery); returns the state found and the attempt."""
         at = now()
-        found = self._move(job_id, _ACTIVE, JobState.RUNNING, started_at=at, delivered_at=at)
+        found = self._move(job_id, ACTIVE, JobState.RUNNING, started_at=at, delivered_at=at)
         if found is None or found.terminal:
             return found, 0
         return found, int(self._redis.hincrby(key("job", job_id), "attempts", 1))
@@ -286,10 +313,21 @@ class JobStore:
     ) -> tuple[str, JobState | None, int]:
         """A delivery of ``chunk`` to ``worker`` (``host:pid``, kept in the record): (verdict,
         state found, attempt); see ``_START_CHUNK``."""
-        verdict, state, attempt = self._start_chunk(
-            keys=[key("job", job_id)], args=[chunk, now(), self._ttl, worker]
+        return start_reply(
+            self._start_chunk(keys=[key("job", job_id)], args=self._start_args(chunk, worker))
         )
-        return str(verdict), JobState(state) if state else None, int(attempt)
+
+    def _start_args(self, chunk: int, worker: str) -> list[Any]:
+        return [chunk, now(), self._ttl, worker]
+
+    def start_in(self, pipe: Pipeline, job_id: str, chunk: int = 0, worker: str = "") -> None:
+        """Queue ``start_chunk`` on ``pipe`` (run it with ``execute(pipe)``; pass its reply to
+        ``start_reply``)."""
+        queue_script(pipe, self._start_chunk, [key("job", job_id)], self._start_args(chunk, worker))
+
+    def execute(self, pipe: Pipeline) -> list[Any]:
+        """Run a pipeline holding this store's script calls (``start_in``, ``move_in``)."""
+        return execute(pipe, self._start_chunk, self._transition)
 
     def advance(self, job_id: str, chunk: int) -> bool:
         """Move the job from ``chunk`` to the next; False when another delivery already did."""
@@ -308,13 +346,13 @@ class JobStore:
     def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
         """Store the result and mark SUCCEEDED; False when the job was cancelled meanwhile."""
         raw = json.dumps(result, separators=(",", ":"), allow_nan=False)
-        found = self._move(job_id, _ACTIVE, JobState.SUCCEEDED, result=raw, finished_at=now())
+        found = self._move(job_id, ACTIVE, JobState.SUCCEEDED, result=raw, finished_at=now())
         return found in (JobState.QUEUED, JobState.RUNNING)
 
     def fail(self, job_id: str, error_type: str, message: str) -> bool:
         found = self._move(
             job_id,
-            _ACTIVE,
+            ACTIVE,
             JobState.FAILED,
             finished_at=now(),
             error_type=error_type,
@@ -323,7 +361,7 @@ class JobStore:
         return found in (JobState.QUEUED, JobState.RUNNING)
 
     def cancel(self, job_id: str) -> JobView:
-        found = self._move(job_id, _ACTIVE, JobState.CANCELLED, finished_at=now())
+        found = self._move(job_id, ACTIVE, JobState.CANCELLED, finished_at=now())
         if found is None:
             raise JobNotFound(f"job '{job_id}' not found (unknown or expired)")
         if found not in (JobState.QUEUED, JobState.RUNNING):
@@ -333,9 +371,28 @@ class JobStore:
     def _move(
         self, job_id: str, allowed: str, new: JobState, *, result: str = "", **fields: Any
     ) -> JobState | None:
+        keys, args = self._move_args(job_id, allowed, new, result, fields)
+        found = self._transition(keys=keys, args=args)
+        return JobState(found) if found else None
+
+    def move_in(
+        self,
+        pipe: Pipeline,
+        job_id: str,
+        allowed: str,
+        new: JobState,
+        *,
+        result: str = "",
+        **fields: Any,
+    ) -> None:
+        """Queue one state transition on ``pipe`` (run it with ``execute(pipe)``; its reply is
+        the state found, or None for no record)."""
+        queue_script(pipe, self._transition, *self._move_args(job_id, allowed, new, result, fields))
+
+    def _move_args(
+        self, job_id: str, allowed: str, new: JobState, result: str, fields: dict[str, Any]
+    ) -> tuple[list[str], list[Any]]:
         args: list[Any] = [allowed, new.value, self._ttl, result, min(DONE_TTL, self._ttl)]
         for name, value in fields.items():
             args.extend([name, value])
-        keys = [key("job", job_id), key("result", job_id), done_key(job_id)]
-        found = self._transition(keys=keys, args=args)
-        return JobState(found) if found else None
+        return [key("job", job_id), key("result", job_id), done_key(job_id)], args

@@ -125,6 +125,11 @@ class JobSettings(Section):
     acknowledged while Redis could not record the end) and publishes them again; a job is
     republished once two sweeps in a row found it so, unchanged. 0 turns the sweeper off; it
     never runs with another broker than Redis (`broker.url`), whose queues it reads."""
+    max_jobs_per_message: int = Field(default=32, ge=1)
+    """Most tensor jobs one broker message carries: each web process puts the tensor jobs of one
+    model and priority submitted while its previous publish was in flight into one message, which
+    a worker runs together (one batched model call, one Redis round trip per step for all). 1
+    publishes every job on its own."""
     max_pending: int = Field(default=10000, ge=1)
     """Most unfinished (queued or running) jobs one model may have; a submit past it gets 429
     with a Retry-After computed from the queue depth and the measured throughput."""

@@ -17,15 +17,16 @@ from kombu.exceptions import OperationalError
 from redis import RedisError
 
 from flaskmodel.admission import Admission
-from flaskmodel.errors import FlaskModelError, ModelNotFound, ServiceUnavailable
+from flaskmodel.errors import ModelNotFound, ServiceUnavailable
 from flaskmodel.jobs import JobStore
 from flaskmodel.logs import set_job_id
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
+from flaskmodel.publisher import JobPublisher
 from flaskmodel.schemas import JobRequest, JobView, ModelAdvert
 from flaskmodel.storage.workers import WorkerRegistry
 from flaskmodel.tensors import decode_inputs
-from flaskmodel.worker.celery_app import publish_job
+from flaskmodel.worker.celery_app import publish_job, publish_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class JobSubmitter:
         queue: str,
         admission: Admission | None = None,
         default_priority: int = 5,
+        max_jobs_per_message: int = 1,
+        publish_window: float = 0.0,
     ) -> None:
         self._jobs = jobs
         self._workers = workers
@@ -49,6 +52,15 @@ class JobSubmitter:
         self._queue = queue
         self._admission = admission  # None: no bound (unit tests of the other checks)
         self._default_priority = default_priority
+        self._publisher = JobPublisher(
+            self._publish_tensor_jobs, max_jobs=max_jobs_per_message, window=publish_window
+        )
+
+    def _publish_tensor_jobs(self, job_ids: list[str], model: str, priority: int) -> None:
+        if len(job_ids) == 1:
+            publish_job(self._celery, job_ids[0], model, queue=self._queue, priority=priority)
+        else:
+            publish_jobs(self._celery, job_ids, model, queue=self._queue, priority=priority)
 
     def model(self, name: str) -> ModelAdvert:
         """The model as the live workers serve it; 404 if unknown, 503 if no worker is up."""
@@ -78,28 +90,27 @@ class JobSubmitter:
             )
         if request.inputs is not None:
             decode_inputs(request.inputs, advert.specs[version])
-        job_id, created = self._jobs.create(request, idempotency_key=idempotency_key, owner=owner)
+        # Pinned to the cluster's default now: every live worker has it warm (issue 8 §3).
+        job_id, created = self._jobs.create(
+            request,
+            idempotency_key=idempotency_key,
+            owner=owner,
+            version=version,
+            admission=self._admission,
+        )
         if not created:
             return job_id, False
-        if request.version is None:
-            # Pin the cluster's default now: every live worker has it warm (issue 8 §3).
-            self._jobs.set_version(job_id, version)
         set_job_id(job_id)
         # Logged before the publish: a worker may start the job the moment it is published.
         logger.info("job submitted: model %s version %s, %s", request.model, version, request.kind)
+        priority = request.priority or self._default_priority
         try:
-            if self._admission is not None:
-                self._admission.admit(request.model, job_id)
-            publish_job(
-                self._celery,
-                job_id,
-                request.model,
-                queue=self._queue,
-                priority=request.priority or self._default_priority,
-            )
-        except FlaskModelError:
-            self._forget(request.model, job_id)
-            raise
+            if request.kind == "tensor":
+                self._publisher.publish(job_id, request.model, priority)
+            else:
+                publish_job(
+                    self._celery, job_id, request.model, queue=self._queue, priority=priority
+                )
         except (OperationalError, RedisError, OSError) as exc:
             logger.warning("publish of job %s failed: %s", job_id, exc)
             self._forget(request.model, job_id)

@@ -50,6 +50,33 @@ def test_tensor_job_matches_the_savedmodel(stack: Stack, models_root: Path) -> N
     np.testing.assert_allclose(got, tiny_reference(models_root, x), rtol=1e-5, atol=1e-6)
 
 
+def test_concurrent_submits_each_get_their_own_answer(stack: Stack, models_root: Path) -> None:
+    # Tensor jobs submitted at once share broker messages and model calls (``JobPublisher``,
+    # ``TensorJobBatch``); each must still get exactly its own outputs.
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    rng = np.random.default_rng(5)
+    inputs = [rng.normal(size=(1 + i % 3, 32)).astype(np.float32) for i in range(48)]
+
+    def round_trip(x: np.ndarray) -> dict[str, Any]:
+        body = {"model": "tiny", "inputs": x.tolist()}
+        submitted = requests.post(stack.url("/v1/jobs"), json=body, timeout=30)
+        assert submitted.status_code == 202, submitted.text
+        url = stack.url(f"/v1/jobs/{submitted.json()['job_id']}?wait=30")
+        answer: dict[str, Any] = requests.get(url, timeout=40).json()
+        return answer
+
+    with ThreadPoolExecutor(16) as pool:
+        done = list(pool.map(round_trip, inputs))
+    sizes = np.cumsum([len(x) for x in inputs])[:-1]
+    want = np.split(tiny_reference(models_root, np.concatenate(inputs)), sizes)
+    for x, view, expected in zip(inputs, done, want, strict=True):
+        assert view["state"] == "SUCCEEDED", view
+        assert view["progress"] == {"done": len(x), "total": len(x)}
+        got = np.array(view["result"]["predictions"], dtype=np.float32)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_columnar_inputs_give_outputs(stack: Stack, models_root: Path) -> None:
     x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
     response = requests.post(

@@ -18,7 +18,7 @@ from flaskmodel.jobs import JobStore
 from flaskmodel.schemas import JobRequest
 from flaskmodel.settings import Settings
 from flaskmodel.worker.celery_app import TASK_RUN_JOB, make_celery, model_queue, redis_queue_keys
-from flaskmodel.worker.sweeper import LOCK, OrphanSweeper, message_id
+from flaskmodel.worker.sweeper import LOCK, OrphanSweeper, message_ids
 from tests.conftest import redis_db
 
 MODEL = "swept"
@@ -51,7 +51,7 @@ def queued_ids(client: redis.Redis, settings: Settings) -> list[str]:
         for name in redis_queue_keys(model_queue(settings.worker.queue, MODEL))
         for raw in client.lrange(name, 0, -1)
     ]
-    return [i for i in (message_id(r) for r in raws) if i]
+    return [i for r in raws for i in message_ids(r)]
 
 
 def test_sweeper_republishes_only_jobs_without_a_message(

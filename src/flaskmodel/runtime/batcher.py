@@ -84,6 +84,7 @@ class _Call:
     deadline: float | None
     enqueued: float = field(default_factory=time.monotonic)
     future: Future[Outputs] = field(default_factory=Future)
+    hurry: bool = False  # its batch goes without waiting for later calls (``submit_many``)
 
 
 class DynamicBatcher:
@@ -97,7 +98,8 @@ class DynamicBatcher:
         self.max_batch_delay = max_batch_delay
         self.enabled = max_batch_size > 0 and max_batch_delay > 0
         self.stats = BatchStats()
-        self._queue: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        # A call, the calls of one ``submit_many``, or None (stop).
+        self._queue: queue.SimpleQueue[_Call | list[_Call] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -146,6 +148,17 @@ class DynamicBatcher:
         ``deadline`` is epoch seconds: past it the call is dropped with ``DeadlineExceeded``.
         """
         call = _Call(inputs, batch_rows(inputs), batch_key(inputs), deadline)
+        self._put([call])
+        return call.future
+
+    def submit_many(self, many: list[Outputs]) -> list[Future[Outputs]]:
+        """Queue several calls at once (the tensor jobs of one message): they go in the same
+        batches, which wait for no later call."""
+        calls = [_Call(i, batch_rows(i), batch_key(i), None, hurry=True) for i in many]
+        self._put(calls)
+        return [call.future for call in calls]
+
+    def _put(self, calls: list[_Call]) -> None:
         with self._lock:
             if self._closed:
                 raise ServiceUnavailable(f"model '{self.spec.name}' is shutting down")
@@ -154,9 +167,9 @@ class DynamicBatcher:
                     target=self._loop, name=f"batcher-{self.spec.name}", daemon=True
                 )
                 self._thread.start()
-        self.stats.submitted(call.rows)
-        self._queue.put(call)
-        return call.future
+        for call in calls:
+            self.stats.submitted(call.rows)
+        self._queue.put(calls[0] if len(calls) == 1 else calls)
 
     def close(self) -> None:
         """Stop the loop (queued calls fail with 503) and close the runtime."""
@@ -176,7 +189,7 @@ class DynamicBatcher:
                 first = self._queue.get()
                 if first is None:
                     break
-                pending.append(first)
+                _add(pending, first)
             stopping = self._collect(pending)
             limit = self.max_batch_size if self.enabled else 1
             chosen, _ = plan_batch([(c.key, c.rows) for c in pending], limit)
@@ -199,7 +212,7 @@ class DynamicBatcher:
             # Calls already queued join at once, even when the head's delay is up: under load
             # every head is older than the delay, and waiting only for new arrivals would run
             # one call per batch exactly when batching matters most.
-            remaining = send_at - time.monotonic()
+            remaining = 0.0 if pending[0].hurry else send_at - time.monotonic()
             try:
                 if remaining > 0:
                     call = self._queue.get(timeout=remaining)
@@ -209,7 +222,7 @@ class DynamicBatcher:
                 return False
             if call is None:
                 return True
-            pending.append(call)
+            _add(pending, call)
 
     def _run(self, batch: list[_Call]) -> None:
         now = time.time()
@@ -249,3 +262,10 @@ class DynamicBatcher:
         self._record(rows, waits, time.monotonic() - started)
         for call, part in zip(live, parts, strict=True):
             call.future.set_result(part)
+
+
+def _add(pending: list[_Call], item: _Call | list[_Call]) -> None:
+    if isinstance(item, list):
+        pending.extend(item)
+    else:
+        pending.append(item)

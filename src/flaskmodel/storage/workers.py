@@ -25,6 +25,19 @@ logger = logging.getLogger(__name__)
 
 INDEX = key("workers")
 
+# KEYS: the index, the heartbeat key prefix. ARGV: now. Prunes expired ids, returns the live
+# heartbeats (one round trip).
+_LIVE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf')
+local beats = {}
+for _, id in ipairs(ids) do
+  local raw = redis.call('GET', KEYS[2] .. id)
+  if raw then table.insert(beats, raw) end
+end
+return beats
+"""
+
 
 def drain_key(hostname: str, pid: int) -> str:
     return key("draining", f"{hostname}:{pid}")
@@ -36,6 +49,10 @@ class WorkerRegistry:
     def __init__(self, client: redis.Redis, *, ttl: float) -> None:
         self._redis = client
         self._ttl = ttl
+        self._live = client.register_script(_LIVE)
+        self._parsed: dict[str, WorkerHeartbeat] = {}
+        # model name -> (the heartbeats it was merged from, the merged advert)
+        self._merged: dict[str, tuple[list[WorkerHeartbeat], ModelAdvert | None]] = {}
 
     def beat(self, heartbeat: WorkerHeartbeat) -> None:
         parent = os.getppid()
@@ -83,15 +100,12 @@ class WorkerRegistry:
         pipe.execute()
 
     def live(self) -> list[WorkerHeartbeat]:
-        now = time.time()
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zremrangebyscore(INDEX, "-inf", now)
-        pipe.zrangebyscore(INDEX, now, "+inf")
-        _, ids = pipe.execute()
-        if not ids:
-            return []
-        raws = self._redis.mget([key("worker", i) for i in ids])
-        return [WorkerHeartbeat.model_validate_json(r) for r in raws if r]
+        """The live workers' heartbeats. A heartbeat read before unchanged is not parsed again
+        (every submit reads them; they change at heartbeat pace)."""
+        raws = self._live(keys=[INDEX, key("worker", "")], args=[time.time()])
+        parsed = self._parsed
+        self._parsed = {r: parsed.get(r) or WorkerHeartbeat.model_validate_json(r) for r in raws}
+        return list(self._parsed.values())
 
     def model(self, name: str, beats: list[WorkerHeartbeat] | None = None) -> ModelAdvert | None:
         """The model as served by the ready workers, or None if none serves it.
@@ -100,11 +114,21 @@ class WorkerRegistry:
         it, else LOADING where any loads it, else END). ``latest`` — the default version — is the
         highest version every one of those workers has warm, so a new version becomes the
         default only once all of them have loaded it. ``beats``: a snapshot from ``live()``."""
-        adverts = [
-            beat.models[name]
-            for beat in (self.live() if beats is None else beats)
-            if beat.ready and name in beat.models
-        ]
+        beats = self.live() if beats is None else beats
+        last = self._merged.get(name)
+        if (
+            last is not None
+            and len(last[0]) == len(beats)
+            and all(a is b for a, b in zip(last[0], beats, strict=True))
+        ):
+            return last[1]  # the same heartbeats as last time: the same merge
+        merged = self._merge(name, beats)
+        self._merged[name] = (beats, merged)
+        return merged
+
+    @staticmethod
+    def _merge(name: str, beats: list[WorkerHeartbeat]) -> ModelAdvert | None:
+        adverts = [beat.models[name] for beat in beats if beat.ready and name in beat.models]
         if not adverts:
             return None
         merged = adverts[0].model_copy(deep=True)

@@ -16,6 +16,8 @@ from flaskmodel.settings import Settings
 logger = logging.getLogger(__name__)
 
 TASK_RUN_JOB = "flaskmodel.run_job"
+# Several tensor jobs in one message (``publish_jobs``); its only argument is their ids.
+TASK_RUN_JOBS = "flaskmodel.run_jobs"
 
 # Job priorities, Triton's convention: 1 is the highest.
 MAX_PRIORITY = 10
@@ -32,8 +34,9 @@ def chunk_task_id(job_id: str, chunk: int) -> str:
 
 
 def job_of_task(task_id: str) -> str:
-    """The job a task id belongs to (inverse of ``chunk_task_id``)."""
-    return task_id.split(".", 1)[0]
+    """The job a task id belongs to (inverse of ``chunk_task_id``; the first job of a
+    ``publish_jobs`` message)."""
+    return task_id.split(".", 1)[0].split("+", 1)[0]
 
 
 def redis_queue_keys(queue: str) -> list[str]:
@@ -66,6 +69,19 @@ def publish_job(
         queue=model_queue(queue, model),
         priority=broker_priority(priority, app.conf.broker_url),
         # Results live in the JobStore: no SUBSCRIBE to Celery's result channel per publish.
+        ignore_result=True,
+    )
+
+
+def publish_jobs(app: Celery, job_ids: list[str], model: str, *, queue: str, priority: int) -> None:
+    """Put several tensor jobs of one model and priority in one message at the back of their
+    queue; a worker runs them together. Its task id is the first job's, followed by ``+``."""
+    app.send_task(
+        TASK_RUN_JOBS,
+        args=[job_ids],
+        task_id=f"{job_ids[0]}+{len(job_ids)}",
+        queue=model_queue(queue, model),
+        priority=broker_priority(priority, app.conf.broker_url),
         ignore_result=True,
     )
 

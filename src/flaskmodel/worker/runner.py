@@ -39,6 +39,7 @@ from flaskmodel.schemas import JobRequest
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
 from flaskmodel.tensors import decode_inputs, encode_outputs
+from flaskmodel.worker.job_batch import TensorJobBatch
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,13 @@ class JobRunner:
         self._admission = Admission(
             client, max_pending=settings.jobs.max_pending, ttl=settings.jobs.ttl_seconds
         )
+        self._batch = TensorJobBatch(
+            settings, jobs, repository, client, self._admission, self._worker
+        )
+
+    def run_many(self, job_ids: list[str]) -> None:
+        """Run the tensor jobs of one message together (``TensorJobBatch``)."""
+        self._batch.run(job_ids)
 
     def run(self, job_id: str, chunk: int = 0) -> None:
         """Run (chunk ``chunk`` of) the job if it still needs running; raises only Redis errors

@@ -29,6 +29,7 @@ overlap (a lock that expired under a stalled leader) from publishing the same or
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
@@ -41,7 +42,13 @@ from celery import Celery
 from flaskmodel.admission import pending_key
 from flaskmodel.schemas import JobRequest, JobState
 from flaskmodel.storage.redis import key
-from flaskmodel.worker.celery_app import job_of_task, model_queue, publish_job, redis_queue_keys
+from flaskmodel.worker.celery_app import (
+    TASK_RUN_JOBS,
+    job_of_task,
+    model_queue,
+    publish_job,
+    redis_queue_keys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,28 +70,37 @@ return 0
 """
 
 
-def message_id(raw: str) -> str | None:
-    """The job id of a kombu message as stored in a queue list (a chunk's task id names its
-    job: ``<job>.<chunk>``)."""
+def message_ids(raw: str) -> list[str]:
+    """The job ids of a kombu message as stored in a queue list (a chunk's task id names its
+    job, ``<job>.<chunk>``; a ``run_jobs`` message carries its jobs' ids in its body)."""
     try:
-        return payload_id(json.loads(raw))
+        return payload_ids(json.loads(raw))
     except ValueError:
-        return None
+        return []
 
 
-def unacked_id(raw: str) -> str | None:
-    """The task id of an ``unacked`` hash value (``[message, exchange, routing_key]``)."""
+def unacked_ids(raw: str) -> list[str]:
+    """The job ids of an ``unacked`` hash value (``[message, exchange, routing_key]``)."""
     try:
         entry = json.loads(raw)
     except ValueError:
-        return None
-    return payload_id(entry[0]) if isinstance(entry, list) and entry else None
+        return []
+    return payload_ids(entry[0]) if isinstance(entry, list) and entry else []
 
 
-def payload_id(payload: object) -> str | None:
+def payload_ids(payload: object) -> list[str]:
     headers = payload.get("headers") if isinstance(payload, dict) else None
-    found = headers.get("id") if isinstance(headers, dict) else None
-    return job_of_task(found) if isinstance(found, str) else None
+    if not isinstance(headers, dict):
+        return []
+    if headers.get("task") == TASK_RUN_JOBS:
+        assert isinstance(payload, dict)
+        try:
+            body = json.loads(base64.b64decode(payload["body"]))
+            return [str(i) for i in body[0][0]]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return []
+    found = headers.get("id")
+    return [job_of_task(found)] if isinstance(found, str) else []
 
 
 class OrphanSweeper:
@@ -173,9 +189,8 @@ class OrphanSweeper:
         for tag, _ in taken:
             pipe.zscore(UNACKED_INDEX, tag)
         for (_, raw), since in zip(taken, pipe.execute(), strict=True):
-            found = unacked_id(str(raw))
-            if found and (since is None or float(since) >= stale_before):
-                live.add(found)
+            if since is None or float(since) >= stale_before:
+                live.update(unacked_ids(str(raw)))
         models = {model for model, _ in unfinished.values()}
         for name in self._queue_lists(models):
             live.update(self._list_ids(name))
@@ -189,7 +204,8 @@ class OrphanSweeper:
         start = 0
         while True:
             chunk = self._redis.lrange(name, start, start + SCAN_CHUNK - 1)
-            ids.update(i for i in (message_id(str(raw)) for raw in chunk) if i)
+            for raw in chunk:
+                ids.update(message_ids(str(raw)))
             if len(chunk) < SCAN_CHUNK:
                 return ids
             start += SCAN_CHUNK

@@ -19,6 +19,7 @@ failing it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import redis
 from celery import Celery
@@ -26,7 +27,7 @@ from celery.exceptions import Reject, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
 from flaskmodel.logs import job_context
-from flaskmodel.worker.celery_app import TASK_RUN_JOB
+from flaskmodel.worker.celery_app import TASK_RUN_JOB, TASK_RUN_JOBS
 from flaskmodel.worker.context import WorkerContext, current
 from flaskmodel.worker.lifecycle import STALE_TOLERANCE
 
@@ -40,30 +41,41 @@ def register_tasks(app: Celery) -> None:
     def run_job(job_id: str, chunk: int = 0) -> None:
         context = current()
         with job_context(job_id):
-            _run(context, job_id, chunk)
+            _run(context, [job_id], lambda: context.runner.run(job_id, chunk))
+
+    @app.task(name=TASK_RUN_JOBS, ignore_result=True)  # type: ignore[untyped-decorator]
+    def run_jobs(job_ids: list[str]) -> None:
+        context = current()
+        _run(context, job_ids, lambda: context.runner.run_many(job_ids))
 
 
-def _run(context: WorkerContext, job_id: str, chunk: int) -> None:
+def _run(context: WorkerContext, job_ids: list[str], work: Callable[[], None]) -> None:
     try:
-        context.runner.run(job_id, chunk)
+        work()
     except SoftTimeLimitExceeded:
         try:
-            _time_out(context, job_id)
+            _time_out(context, job_ids)
         except redis.RedisError as exc:
-            logger.warning("job %s: could not record its timeout (%s); requeued", job_id, exc)
+            logger.warning("jobs %s: could not record their timeout (%s); requeued", job_ids, exc)
             raise Reject(str(exc), requeue=True) from exc
     except (redis.RedisError, OperationalError) as exc:
-        logger.warning("job %s: Redis or broker unavailable (%s); requeued", job_id, exc)
+        logger.warning("jobs %s: Redis or broker unavailable (%s); requeued", job_ids, exc)
         raise Reject(str(exc), requeue=True) from exc
 
 
-def _time_out(context: WorkerContext, job_id: str) -> None:
+def _time_out(context: WorkerContext, job_ids: list[str]) -> None:
+    """Fail the message's unfinished jobs (timeout), unless the limit is a stale timer."""
     limit = context.settings.jobs.soft_time_limit
-    ran = context.jobs.running_for(job_id)
-    if ran is not None and ran < limit - STALE_TOLERANCE:
-        logger.warning("job %s: stale soft time limit after %.1fs; requeued", job_id, ran)
-        raise Reject("stale soft time limit", requeue=True)
-    logger.warning("job %s passed its time limit of %ds", job_id, limit)
-    if context.jobs.fail(job_id, "timeout", f"job ran longer than its time limit of {limit} s"):
-        context.runner.finished(job_id, "FAILED", "timeout")
-    context.runner.settle(job_id)
+    unfinished = [i for i in job_ids if (s := context.jobs.state(i)) is not None and not s.terminal]
+    for job_id in unfinished:
+        ran = context.jobs.running_for(job_id)
+        if ran is not None and ran < limit - STALE_TOLERANCE:
+            logger.warning("job %s: stale soft time limit after %.1fs; requeued", job_id, ran)
+            raise Reject("stale soft time limit", requeue=True)
+    for job_id in unfinished:
+        with job_context(job_id):
+            logger.warning("job %s passed its time limit of %ds", job_id, limit)
+            message = f"job ran longer than its time limit of {limit} s"
+            if context.jobs.fail(job_id, "timeout", message):
+                context.runner.finished(job_id, "FAILED", "timeout")
+            context.runner.settle(job_id)
