@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from flaskmodel.errors import InvalidInput
+from flaskmodel.json_tensors import FlatTensor
 from flaskmodel.schemas import ModelSpec, TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,11 @@ def decode_inputs(
 
     ``row_format`` None guesses from the type (a list is rows, an object is columns), which is
     what the jobs API does; the TF Serving API says which key (``instances``/``inputs``) it used.
+    A ``FlatTensor`` (``json_tensors.lift_tensor``) is the single input's whole tensor in either.
     """
     names = [t.name for t in spec.inputs]
+    if isinstance(inputs, FlatTensor) and len(names) == 1:
+        return {names[0]: _to_array(inputs, spec.inputs[0])}
     if row_format is None:
         row_format = isinstance(inputs, list)
     if row_format:
@@ -84,7 +88,7 @@ def _to_array(value: Any, spec: TensorSpec) -> np.ndarray:
 def _number_array(value: Any, spec: TensorSpec) -> np.ndarray:
     dtype = numpy_dtype(spec.dtype)
     try:
-        array = np.asarray(value)
+        array = value.array() if isinstance(value, FlatTensor) else np.asarray(value)
     except ValueError as exc:
         raise InvalidInput(f"input {spec.name!r} is not a rectangular tensor: {exc}") from exc
     if array.dtype == object or array.dtype.kind not in "fiub":

@@ -6,10 +6,13 @@ import json
 import logging
 from typing import Any, TypeVar
 
+import orjson
 from flask import request
 from pydantic import BaseModel, ValidationError
 
 from flaskmodel.errors import InvalidRequest
+from flaskmodel.json_tensors import has_long_int, lift_tensor
+from flaskmodel.schemas import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +35,29 @@ def json_body() -> Any:
     return parse_json(raw)
 
 
+def tensor_body(spec: ModelSpec, keys: tuple[str, ...]) -> Any:
+    """The request body as JSON, its big float tensor under one of ``keys`` (if any) read as a
+    ``FlatTensor`` without nested lists (``json_tensors``); errors as ``json_body``'s."""
+    raw = request.get_data(cache=False)
+    lifted = lift_tensor(raw, spec, keys)
+    return parse_json(raw) if lifted is None else lifted
+
+
 def parse_json(raw: bytes) -> Any:
-    """``raw`` parsed as JSON, with a 400 naming what is wrong instead of a 500."""
+    """``raw`` parsed as JSON, with a 400 naming what is wrong instead of a 500.
+
+    orjson parses; the standard library takes over where orjson refuses the text (to name the
+    error as it always has, or to take what it always took: UTF-16, 1e400 read as infinity and
+    refused later) and where an integer may not fit 64 bits (orjson would make it a float).
+    """
     if not raw.strip():
         raise InvalidRequest("request body is empty; expected JSON")
+    if not has_long_int(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            # The standard library's answer below is the one clients have always had.
+            logger.debug("orjson refused the body (%s); parsing it with the json module", exc)
     try:
         return json.loads(raw, parse_constant=_reject_constant)
     except RecursionError as exc:

@@ -18,7 +18,7 @@ from flask import Blueprint
 from flaskmodel.errors import InvalidInput, InvalidRequest, ModelNotFound, NotFound
 from flaskmodel.schemas import MODEL_NAME_PATTERN, ModelSpec, TensorSpec
 from flaskmodel.tensors import TF_DTYPES, decode_inputs, encode_outputs
-from flaskmodel.web.body import is_whole_number, json_body
+from flaskmodel.web.body import is_whole_number, tensor_body
 from flaskmodel.web.services import services
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def predict(path: str) -> dict[str, Any]:
         raise NotFound(f"no such method ':{verb[:32]}' (use ':predict')")
     svc = services()
     _, spec = svc.sync.model(name, version, label)
-    body = json_body()
+    body = tensor_body(spec, ("instances", "inputs"))
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object with 'instances' or 'inputs'")
     rows, columns = "instances" in body, "inputs" in body

@@ -1,0 +1,183 @@
+"""JSON text with big float tensors: a fast path that reads them without nested Python lists.
+
+A CT slice in TF Serving's row format (``{"instances": [[[[0.1],[0.2],...]]]}``) is 65,536
+numbers in 131,072 lists; parsing that into Python objects and turning them into an array costs
+several times what the numbers alone cost. ``lift_tensor`` finds the tensor's bytes in the body,
+checks that their brackets and commas (the *skeleton*) are exactly those of a regular array of the
+shape the signature expects, that every number sits at a leaf, and reads the numbers as one flat
+JSON list. Anything it is not sure of (strings, null, booleans, ragged or empty lists, b64 or
+keyed rows, unknown inner dimensions, a number that may have been an integer past 64 bits) makes
+it answer None, and the caller parses the body the general way, with the same errors as ever.
+
+``has_long_int`` is shared with the body parser: orjson reads an integer past 64 bits as a float,
+so text with a run of 19 or more digits (not after a decimal point) is parsed by the standard
+library instead, and integers keep their exact value.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from flaskmodel.schemas import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
+
+_DIGITS = b"0123456789"
+_NUMBER_CHARS = _DIGITS + b".eE+-"
+_WHITESPACE = b" \t\n\r"
+
+# Digits → "0", "." kept, anything else → "X": "X" + 19 zeros is an integer part of 19+ digits.
+_LONG_INT_TABLE = bytes(
+    ord("0") if c in _DIGITS else ord(".") if c == ord(".") else ord("X") for c in range(256)
+)
+_LONG_RUN = b"0" * 19
+
+# Number characters → "0" (whitespace is deleted along with it): brackets and commas stay.
+_NUMBERS_TO_ZERO = bytes.maketrans(_NUMBER_CHARS, b"0" * len(_NUMBER_CHARS))
+# Brackets → spaces, so that numbers stay apart (``1]2`` must not read as ``12``).
+_BRACKETS_TO_SPACE = bytes.maketrans(b"[]", b"  ")
+# What a numeric array's text is made of → 0; anything else → 1 (where the array must have ended).
+_ARRAY_END_TABLE = bytes(0 if c in _NUMBER_CHARS + _WHITESPACE + b"[]," else 1 for c in range(256))
+_COLON = re.compile(rb"[ \t\n\r]*:[ \t\n\r]*\[")
+_OPEN, _CLOSE, _ZERO = ord("["), ord("]"), ord("0")
+
+
+def has_long_int(text: bytes) -> bool:
+    """Whether ``text`` may hold an integer orjson would read as a float (19+ digits)."""
+    mapped = text.translate(_LONG_INT_TABLE)
+    return mapped.startswith(_LONG_RUN) or b"X" + _LONG_RUN in mapped
+
+
+@dataclass(frozen=True)
+class FlatTensor:
+    """A tensor's numbers read flat from JSON text, and the regular shape their brackets had."""
+
+    numbers: np.ndarray
+    shape: tuple[int, ...]
+
+    def array(self) -> np.ndarray:
+        """The numbers in their shape, dtype as numpy infers it (int64 or float64)."""
+        return self.numbers.reshape(self.shape)
+
+
+def lift_tensor(raw: bytes, spec: ModelSpec, keys: tuple[str, ...]) -> dict[str, Any] | None:
+    """The JSON object ``raw`` with its tensor (the value of the first of ``keys`` found) as a
+    ``FlatTensor``; None where the fast path does not apply (parse ``raw`` the general way).
+
+    Only for a model with one input of a float dtype whose dimensions past the batch are known.
+    """
+    if len(spec.inputs) != 1:
+        return None
+    tensor = spec.inputs[0]
+    inner = tensor.shape[1:]
+    if tensor.dtype not in FLOAT_DTYPES or not tensor.shape or None in inner:
+        return None
+    for key in keys:
+        span = _find_array(raw, key)
+        if span is not None:
+            break
+    else:
+        return None
+    start, end = span
+    flat = read_numbers(raw[start:end], tuple(d for d in inner if d is not None))
+    if flat is None:
+        return None
+    document = _rest_of_document(raw, start, end, key)
+    if document is not None:
+        document[key] = flat
+    return document
+
+
+def _find_array(raw: bytes, key: str) -> tuple[int, int] | None:
+    """Where the array after the first ``"key":`` starts and (at most) ends."""
+    needle = b'"' + key.encode() + b'"'
+    at = raw.find(needle)
+    if at < 0:
+        return None
+    colon = _COLON.match(raw, at + len(needle))
+    if colon is None:
+        return None
+    start = colon.end() - 1
+    end = raw.rfind(b"]") + 1
+    # The last member ends at the last "]" (no key, so no '"', in between); any other member
+    # ends where the characters a numeric array is made of end.
+    if raw[end:].strip(_WHITESPACE) != b"}" or raw.find(b'"', start, end) >= 0:
+        stop = raw.translate(_ARRAY_END_TABLE).find(b"\x01", start)
+        end = raw.rfind(b"]", start, len(raw) if stop < 0 else stop) + 1
+    return (start, end) if end > start else None
+
+
+def _rest_of_document(raw: bytes, start: int, end: int, key: str) -> dict[str, Any] | None:
+    """The object with the span replaced, when the span is exactly the top-level ``key``'s value.
+
+    Parsed twice, with the placeholders 0 and 1: only the top-level value of ``key`` itself can
+    read as each of them in turn (a span inside a string or a nested object could not).
+    """
+    document: dict[str, Any] = {}
+    for placeholder in (0, 1):
+        text = raw[:start] + str(placeholder).encode() + raw[end:]
+        if has_long_int(text):
+            return None
+        try:
+            parsed = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(parsed, dict):
+            return None
+        value = parsed.get(key)
+        if type(value) is not int or value != placeholder:
+            return None
+        document = parsed
+    return document
+
+
+def read_numbers(span: bytes, inner: tuple[int, ...]) -> FlatTensor | None:
+    """The numbers of ``span``, a JSON array of shape ``[batch, *inner]`` (None otherwise)."""
+    per_example = math.prod(inner)
+    if per_example == 0:
+        return None
+    marked = span.translate(_NUMBERS_TO_ZERO, _WHITESPACE)
+    codes = np.frombuffer(marked, dtype=np.uint8)
+    number = codes == _ZERO
+    # A number right before "[" or right after "]" is not at a leaf ("[1[2]]", "[[1]2]").
+    if (number[:-1] & (codes[1:] == _OPEN)).any() or ((codes[:-1] == _CLOSE) & number[1:]).any():
+        return None
+    skeleton = marked.translate(None, b"0")
+    count = skeleton.count(b",") + 1
+    if count % per_example:
+        return None
+    shape = (count // per_example, *inner)
+    if skeleton != _skeleton(shape):
+        return None
+    try:
+        # One number between each pair of commas, each valid JSON (empty, "1 2", "+1" all fail).
+        flat = bytearray(span.translate(_BRACKETS_TO_SPACE))
+        flat[0], flat[-1] = _OPEN, _CLOSE  # the span's own outer brackets
+        values = orjson.loads(flat)
+        numbers = np.asarray(values)
+    except (orjson.JSONDecodeError, ValueError, OverflowError):
+        return None
+    if numbers.size != count or numbers.dtype.kind not in "fi":
+        return None
+    if numbers.dtype.kind == "f" and np.abs(numbers).max() >= 2.0**63:
+        return None  # maybe an integer past 64 bits, which orjson reads as a float
+    return FlatTensor(numbers, shape)
+
+
+@functools.lru_cache(maxsize=16)
+def _skeleton(shape: tuple[int, ...]) -> bytes:
+    """The brackets and commas of a regular JSON array of ``shape`` (every size ≥ 1)."""
+    text = b"[" + b"," * (shape[-1] - 1) + b"]"
+    for size in reversed(shape[:-1]):
+        text = b"[" + b",".join([text] * size) + b"]"
+    return text
