@@ -77,6 +77,35 @@ def test_concurrent_submits_each_get_their_own_answer(stack: Stack, models_root:
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_prefer_wait_submits_and_answers_the_finished_job(stack: Stack, models_root: Path) -> None:
+    x = np.random.default_rng(6).normal(size=(2, 32)).astype(np.float32)
+    body = {"model": "tiny", "inputs": x.tolist()}
+    response = requests.post(
+        stack.url("/v1/jobs"), json=body, headers={"Prefer": "wait=30"}, timeout=40
+    )
+    assert response.status_code == 200, response.text
+    done = response.json()
+    assert done["state"] == "SUCCEEDED" and done["progress"] == {"done": 2, "total": 2}
+    assert response.headers["Location"] == done["status_url"] == f"/v1/jobs/{done['job_id']}"
+    got = np.array(done["result"]["predictions"], dtype=np.float32)
+    np.testing.assert_allclose(got, tiny_reference(models_root, x), rtol=1e-5, atol=1e-6)
+    assert requests.get(stack.url(done["status_url"]), timeout=10).json() == {
+        k: v for k, v in done.items() if k != "status_url"
+    }
+    # A wait too short for the job answers as a plain submit does: 202 and the job queued.
+    big = {"model": "ct_classifier", "inputs": np.zeros((32, 64, 64, 1)).tolist()}
+    response = requests.post(
+        stack.url("/v1/jobs"), json=big, headers={"Prefer": "wait=0"}, timeout=40
+    )
+    assert response.status_code == 202, response.text
+    assert set(response.json()) == {"job_id", "state", "status_url"}
+    # Unparseable preferences are ignored (RFC 7240), not refused.
+    response = requests.post(
+        stack.url("/v1/jobs"), json=body, headers={"Prefer": "wait=soon"}, timeout=40
+    )
+    assert response.status_code == 202, response.text
+
+
 def test_columnar_inputs_give_outputs(stack: Stack, models_root: Path) -> None:
     x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(2, 32)
     response = requests.post(

@@ -26,7 +26,7 @@ from flaskmodel.bench.models import build_bench_models
 from flaskmodel.bench.payloads import Scenario, answer, expected, job_body, scenarios
 from flaskmodel.bench.report import Report, Row
 from flaskmodel.bench.series import run_series_bench
-from flaskmodel.bench.wrk import JOB_SCRIPT, POST_SCRIPT, run_wrk
+from flaskmodel.bench.wrk import JOB_SCRIPT, JOB_WAIT_SCRIPT, POST_SCRIPT, run_wrk
 from flaskmodel.processes import descendants
 from flaskmodel.stack import free_port
 
@@ -152,13 +152,22 @@ def _drive(
                 )
             )
     body = job_body(work)
-    for count in (16, 64):
-        say(f"job submit → result, tiny, {count} connections")
-        cell = run_wrk(
-            base + "/v1/jobs", script=JOB_SCRIPT, body=body, connections=count, seconds=seconds,
-            work_dir=work, one_thread_per_connection=True,
-        )  # fmt: skip
-        report.rows.append(Row("job submit → result", "tiny", 1, cell, None, cell.errors))
+    for name, script in (
+        ("job submit → result", JOB_SCRIPT),
+        ("job submit → result, one request", JOB_WAIT_SCRIPT),
+    ):
+        for count in (16, 64):
+            say(f"{name}, tiny, {count} connections")
+            cell = run_wrk(
+                base + "/v1/jobs", script=script, body=body, connections=count,
+                seconds=seconds, work_dir=work, one_thread_per_connection=True,
+            )  # fmt: skip
+            errors = (
+                cell.errors + cell.requests - cell.completed
+                if script is JOB_WAIT_SCRIPT
+                else cell.errors
+            )
+            report.rows.append(Row(name, "tiny", 1, cell, None, errors))
 
 
 def _check(base: str, models_root: Path, scenario: Scenario) -> None:

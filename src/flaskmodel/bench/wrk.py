@@ -80,6 +80,24 @@ end
     + _DONE
 )
 
+# Job round trip in one request: POST the job with ``Prefer: wait=30``; 200 SUCCEEDED completes.
+JOB_WAIT_SCRIPT = (
+    _THREADS
+    + """
+local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*all")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Prefer"] = "wait=30"
+completed = 0
+response = function(status, headers, body)
+  if status == 200 and string.find(body, '"SUCCEEDED"', 1, true) then completed = completed + 1 end
+end
+"""
+    + _DONE
+)
+
 
 @dataclass(frozen=True)
 class Cell:

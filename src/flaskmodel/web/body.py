@@ -35,11 +35,16 @@ def json_body() -> Any:
     return parse_json(raw)
 
 
+# Bodies from this size on are worth reading a float tensor from the text (``lift_tensor``).
+LIFT_MIN_BYTES = 16_384
+
+
 def tensor_body(spec: ModelSpec, keys: tuple[str, ...]) -> Any:
     """The request body as JSON, its big float tensor under one of ``keys`` (if any) read as a
     ``FlatTensor`` without nested lists (``json_tensors``); errors as ``json_body``'s."""
     raw = request.get_data(cache=False)
-    lifted = lift_tensor(raw, spec, keys)
+    # A small body is parsed faster as it is than scanned for a tensor first.
+    lifted = lift_tensor(raw, spec, keys) if len(raw) >= LIFT_MIN_BYTES else None
     return parse_json(raw) if lifted is None else lifted
 
 
@@ -88,3 +93,21 @@ def validation_message(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"]) or "body"
         parts.append(f"{where}: {error['msg']}")
     return "invalid request: " + "; ".join(parts)
+
+
+def prefer() -> tuple[bool, float | None]:
+    """RFC 7240 ``Prefer``: respond-async, and wait=<seconds>; anything else is ignored."""
+    respond_async = False
+    wait = None
+    for value in request.headers.getlist("Prefer"):
+        for token in value.split(","):
+            name, _, argument = token.split(";")[0].strip().partition("=")
+            name = name.strip().lower()
+            if name == "respond-async":
+                respond_async = True
+            elif name == "wait":
+                try:
+                    wait = max(0.0, float(argument.strip().strip('"')))
+                except ValueError:
+                    logger.info("ignored Prefer: wait=%r", argument[:32])
+    return respond_async, wait

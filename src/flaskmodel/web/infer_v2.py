@@ -29,9 +29,8 @@ from flaskmodel.v2_tensors import (
     split_body,
     v2_datatype,
 )
-from flaskmodel.web.auth import owner
-from flaskmodel.web.body import is_whole_number, parse, parse_json
-from flaskmodel.web.jobs import submit
+from flaskmodel.web.body import is_whole_number, parse, parse_json, prefer
+from flaskmodel.web.jobs import finished_view, submit
 from flaskmodel.web.services import services
 
 logger = logging.getLogger(__name__)
@@ -126,7 +125,7 @@ def infer(name: str, version: str | None = None) -> Reply:
     infer_request = parse(InferRequest, parse_json(header))
     inputs = decode_inputs(infer_request, blobs, spec)
     wanted = check_outputs(infer_request, spec)
-    respond_async, wait = _prefer()
+    respond_async, wait = prefer()
     if respond_async or wait is not None:
         return _as_job(infer_request, advert, spec, inputs, wait)
     # The body and its parsed tensors (for a CT slice as JSON, megabytes of Python floats) go
@@ -148,24 +147,6 @@ def _timeout(infer_request: InferRequest) -> float | None:
     return micros / 1e6 if micros else None
 
 
-def _prefer() -> tuple[bool, float | None]:
-    """RFC 7240 ``Prefer``: respond-async, and wait=<seconds>; anything else is ignored."""
-    respond_async = False
-    wait = None
-    for value in request.headers.getlist("Prefer"):
-        for token in value.split(","):
-            name, _, argument = token.split(";")[0].strip().partition("=")
-            name = name.strip().lower()
-            if name == "respond-async":
-                respond_async = True
-            elif name == "wait":
-                try:
-                    wait = max(0.0, float(argument.strip().strip('"')))
-                except ValueError:
-                    logger.info("ignored Prefer: wait=%r", argument[:32])
-    return respond_async, wait
-
-
 def _as_job(
     infer_request: InferRequest,
     advert: ModelAdvert,
@@ -173,15 +154,11 @@ def _as_job(
     inputs: dict[str, np.ndarray],
     wait: float | None,
 ) -> Reply:
-    svc = services()
     job = JobRequest(model=spec.name, version=spec.version, inputs=encode_columnar(inputs))
     body, status, headers = submit(job)
     job_id = body["job_id"]
     if wait is not None:
-        view = svc.jobs.get(job_id, owner())
-        if not view.state.terminal:
-            svc.sync.wait_job(job_id, wait)
-            view = svc.jobs.get(job_id, owner())
+        view = finished_view(job_id, wait, just_created=status == 202)
         if view.state is JobState.SUCCEEDED and view.result is not None:
             outputs = decode_outputs(view.result["outputs"], spec)
             return _response(infer_request, advert, spec, outputs)

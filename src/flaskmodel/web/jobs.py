@@ -8,9 +8,9 @@ from typing import Any
 from flask import Blueprint, request, url_for
 
 from flaskmodel.errors import InvalidRequest
-from flaskmodel.schemas import JobRequest, JobState, SubmitResponse
+from flaskmodel.schemas import JobRequest, JobState, JobView, SubmitResponse
 from flaskmodel.web.auth import owner
-from flaskmodel.web.body import is_whole_number, json_body, parse
+from flaskmodel.web.body import is_whole_number, json_body, parse, prefer
 from flaskmodel.web.services import services
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,31 @@ def submit(job_request: JobRequest) -> tuple[dict[str, Any], int, dict[str, str]
 
 @bp.post("/v1/jobs")
 def create_job() -> tuple[dict[str, Any], int, dict[str, str]]:
-    return submit(parse(JobRequest, json_body()))
+    """Submit; with ``Prefer: wait=N`` also wait up to N seconds for the job to finish, and
+    answer it finished (200, the job as ``GET`` shows it) or as submitted (202)."""
+    body, status, headers = submit(parse(JobRequest, json_body()))
+    _, wait = prefer()
+    if wait is None:
+        return body, status, headers
+    view = finished_view(body["job_id"], wait, just_created=status == 202)
+    if not view.state.terminal:
+        return body, status, headers
+    finished = view.model_dump(mode="json", exclude_none=True)
+    return {**finished, "status_url": body["status_url"]}, 200, headers
+
+
+def finished_view(job_id: str, seconds: float, *, just_created: bool = False) -> JobView:
+    """The job, once finished or after ``seconds`` (capped at the longest wait) have passed;
+    blocks without polling. ``just_created``: it was submitted by this request, so it is not
+    read before the wait (it cannot have finished: a worker answers its wake-up at once)."""
+    svc = services()
+    if not just_created:
+        view = svc.jobs.get(job_id, owner())
+        if view.state.terminal or seconds <= 0:
+            return view
+    if seconds > 0:
+        svc.sync.wait_job(job_id, min(seconds, svc.settings.batching.max_timeout_seconds))
+    return svc.jobs.get(job_id, owner())
 
 
 @bp.get("/v1/jobs")
@@ -50,12 +74,7 @@ def list_jobs() -> dict[str, Any]:
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str) -> dict[str, Any]:
     """The job; with ``?wait=N`` block up to N seconds (no polling) until it has finished."""
-    svc = services()
-    seconds = _wait_seconds(svc.settings.batching.max_timeout_seconds)
-    view = svc.jobs.get(job_id, owner())
-    if seconds and not view.state.terminal:
-        svc.sync.wait_job(job_id, seconds)
-        view = svc.jobs.get(job_id, owner())
+    view = finished_view(job_id, _wait_seconds(services().settings.batching.max_timeout_seconds))
     return view.model_dump(mode="json", exclude_none=True)
 
 

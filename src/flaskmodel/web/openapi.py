@@ -99,10 +99,11 @@ OPERATIONS: dict[str, Operation] = {
     "health.healthz": Operation("The web process answers", {200: HealthStatus}),
     "health.readyz": Operation("Redis up and a worker ready", {200: Readiness, 503: Readiness}),
     "jobs.create_job": Operation(
-        "Submit a job (202 new, 200 idempotent repeat)",
+        "Submit a job (202 new, 200 idempotent repeat; Prefer: wait=N waits for it: 200 with the"
+        " finished job when it finished in time)",
         {202: SubmitResponse, 200: SubmitResponse},
         JobRequest,
-        headers={"Idempotency-Key": {"type": "string"}},
+        headers={"Idempotency-Key": {"type": "string"}, "Prefer": {"type": "string"}},
     ),
     "jobs.list_jobs": Operation(
         "Recent jobs, newest first", {200: JobList}, query={"limit": {**_INT, "maximum": 500}}
