@@ -175,3 +175,26 @@ def test_calls_queued_behind_a_busy_model_share_the_next_batch() -> None:
     finally:
         batcher.close()
     assert [r for r, _ in recorder.calls] == [1, 10]
+
+
+def test_a_call_that_does_not_linger_goes_without_the_delay() -> None:
+    # Series jobs send whole batches with linger=False: no wait for company that never comes,
+    # but calls already queued still join them.
+    recorder = Recorder(delay=0.2)
+    batcher = DynamicBatcher(recorder, max_batch_size=32, max_batch_delay=5.0)
+    try:
+        started = time.monotonic()
+        out = batcher.predict(rows(3), linger=False)
+        assert time.monotonic() - started < 1.0  # far below the 5 s delay
+        np.testing.assert_array_equal(out["y"], rows(3)["x"] * 2)
+        busy = batcher.submit(rows(1), linger=False)
+        time.sleep(0.05)  # its batch is running now
+        queued = batcher.submit(rows(1, 100))  # would wait 5 s on its own
+        whole = batcher.submit(rows(4, 200), linger=False)
+        for future in (busy, queued, whole):
+            future.result(timeout=2)
+        assert time.monotonic() - started < 2.0
+        np.testing.assert_array_equal(whole.result()["y"], rows(4, 200)["x"] * 2)
+    finally:
+        batcher.close()
+    assert [r for r, _ in recorder.calls] == [3, 1, 5]

@@ -36,11 +36,12 @@ class RemoteClient(Protocol):
     def close(self) -> None: ...
 
 
-def warm_up(runtime: ModelRuntime) -> None:
-    """Call the model once on zeros (batch 1) so the first real request pays no tracing cost."""
+def warm_up(runtime: ModelRuntime, batch: int = 1) -> None:
+    """Call the model once on zeros (``batch`` examples) so the first real request of that
+    batch size pays no tracing or first-call cost."""
     inputs = {}
     for t in runtime.spec.inputs:
-        shape = [1, *[d if d is not None else 1 for d in t.shape[1:]]]
+        shape = [batch, *[d if d is not None else 1 for d in t.shape[1:]]]
         dtype = numpy_dtype(t.dtype)
         inputs[t.name] = (
             np.full(shape, b"", dtype=object) if dtype.kind == "O" else np.zeros(shape, dtype)

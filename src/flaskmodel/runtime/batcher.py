@@ -6,6 +6,10 @@ off: ``predict`` then calls the model directly and ``submit`` runs calls one at 
 whose deadline passed before their batch ran are dropped, never computed; a failing batch fails
 every call in it with the cause. ``BatchStats`` records batch sizes and queue waits.
 
+A call made with ``linger=False`` does not wait for others: its batch takes the calls already
+queued and goes. Series jobs send their batches so: each is a model-sized batch already and
+Celery runs one task at a time per process, so the delay was idle time in each of their calls.
+
 The batcher is itself a ``ModelRuntime`` (``spec``/``load``/``predict``/``close``), so tensor jobs,
 series jobs and synchronous calls of one model version all share it.
 """
@@ -82,9 +86,9 @@ class _Call:
     rows: int
     key: BatchKey
     deadline: float | None
+    linger: bool = True
     enqueued: float = field(default_factory=time.monotonic)
     future: Future[Outputs] = field(default_factory=Future)
-    hurry: bool = False  # its batch goes without waiting for later calls (``submit_many``)
 
 
 class DynamicBatcher:
@@ -111,10 +115,11 @@ class DynamicBatcher:
     def load(self) -> None:
         self.runtime.load()
 
-    def predict(self, inputs: Outputs) -> Outputs:
-        """The model's outputs for ``inputs``, merged with concurrent calls when enabled."""
+    def predict(self, inputs: Outputs, *, linger: bool = True) -> Outputs:
+        """The model's outputs for ``inputs``, merged with concurrent calls when enabled;
+        ``linger=False``: merged only with calls already queued (no wait for the delay)."""
         if self.enabled:
-            return self.submit(inputs).result()
+            return self.submit(inputs, linger=linger).result()
         rows = batch_rows(inputs)
         self.stats.submitted(rows)
         started = time.perf_counter()
@@ -142,19 +147,22 @@ class DynamicBatcher:
             kind = error.type if isinstance(error, FlaskModelError) else "model_error"
             RECORDER.inc(catalogue.ERRORS, (kind, "model"))
 
-    def submit(self, inputs: Outputs, *, deadline: float | None = None) -> Future[Outputs]:
+    def submit(
+        self, inputs: Outputs, *, deadline: float | None = None, linger: bool = True
+    ) -> Future[Outputs]:
         """Queue a call; its future holds the outputs, or the error of its batch.
 
         ``deadline`` is epoch seconds: past it the call is dropped with ``DeadlineExceeded``.
+        ``linger=False``: the call's batch does not wait for the delay.
         """
-        call = _Call(inputs, batch_rows(inputs), batch_key(inputs), deadline)
+        call = _Call(inputs, batch_rows(inputs), batch_key(inputs), deadline, linger)
         self._put([call])
         return call.future
 
     def submit_many(self, many: list[Outputs]) -> list[Future[Outputs]]:
         """Queue several calls at once (the tensor jobs of one message): they go in the same
         batches, which wait for no later call."""
-        calls = [_Call(i, batch_rows(i), batch_key(i), None, hurry=True) for i in many]
+        calls = [_Call(i, batch_rows(i), batch_key(i), None, linger=False) for i in many]
         self._put(calls)
         return [call.future for call in calls]
 
@@ -212,7 +220,8 @@ class DynamicBatcher:
             # Calls already queued join at once, even when the head's delay is up: under load
             # every head is older than the delay, and waiting only for new arrivals would run
             # one call per batch exactly when batching matters most.
-            remaining = 0.0 if pending[0].hurry else send_at - time.monotonic()
+            lingering = all(c.linger for c in pending)
+            remaining = send_at - time.monotonic() if lingering else 0.0
             try:
                 if remaining > 0:
                     call = self._queue.get(timeout=remaining)

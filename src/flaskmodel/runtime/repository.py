@@ -264,7 +264,10 @@ class ModelRepository:
         started = time.perf_counter()
         runtime.load()
         if self._warmup:
-            warm_up(runtime)  # straight to the model: warm-up is not a batch worth counting
+            # Straight to the model: warm-up is not a batch worth counting. A model with a series
+            # batch size is warmed at it too: its first call at a new size costs 2-3 calls.
+            for batch in sorted({1, config.batch_size or 1}):
+                warm_up(runtime, batch)
         size = (
             self._batching.max_batch_size
             if config.max_batch_size is None
