@@ -15,6 +15,10 @@ logger = logging.getLogger(__name__)
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
+# Longest ``?wait=`` one read asks for (the server caps it too).
+LONGEST_WAIT = 30.0
+
+
 class ClientError(Exception):
     """An error answer from the server (or no answer at all)."""
 
@@ -76,8 +80,11 @@ class Client:
         body: dict[str, Any] = self._call("GET", f"/v1/jobs?limit={limit}")
         return list(body["jobs"])
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}")
+    def job(self, job_id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        """The job; with ``wait``, the server holds the answer up to that many seconds until
+        the job has finished (``?wait=``)."""
+        query = f"?wait={wait:.3f}" if wait >= 0.001 else ""
+        result: dict[str, Any] = self._call("GET", f"/v1/jobs/{job_id}{query}")
         return result
 
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -96,14 +103,21 @@ class Client:
         poll: float = 0.25,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Poll until the job finishes; ``on_progress`` sees every state read."""
+        """Until the job finishes. Without ``on_progress`` the server wakes the call when the
+        job ends (``?wait=``, no polling); with it, polls every ``poll`` seconds so that
+        ``on_progress`` sees every state read."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            view = self.job(job_id)
+            hold = 0.0
+            if on_progress is None:  # the answer must come back within the client's timeout
+                left = float("inf") if deadline is None else deadline - time.monotonic()
+                hold = max(0.0, min(left, self.timeout / 2, LONGEST_WAIT))
+            view = self.job(job_id, wait=hold)
             if on_progress is not None:
                 on_progress(view)
             if view["state"] in TERMINAL:
                 return view
             if deadline is not None and time.monotonic() > deadline:
                 raise ClientError(0, f"job {job_id} still {view['state']} after {timeout} s")
-            time.sleep(poll)
+            if not hold:
+                time.sleep(poll)
