@@ -20,7 +20,7 @@ def request(value: float = 1.0) -> JobRequest:
 
 
 def test_create_writes_a_queued_record_with_ttl(store: JobStore, redis_client: redis.Redis) -> None:
-    job_id, created = store.create(request())
+    job_id, created, _ = store.create(request())
     assert created
     view = store.get(job_id)
     assert view.state is JobState.QUEUED and view.kind == "tensor" and view.model == "m"
@@ -29,19 +29,19 @@ def test_create_writes_a_queued_record_with_ttl(store: JobStore, redis_client: r
 
 
 def test_idempotency(store: JobStore, redis_client: redis.Redis) -> None:
-    first, created = store.create(request(), idempotency_key="k-1")
-    again, created_again = store.create(request(), idempotency_key="k-1")
+    first, created, _ = store.create(request(), idempotency_key="k-1")
+    again, created_again, _ = store.create(request(), idempotency_key="k-1")
     assert created and not created_again and first == again
     with pytest.raises(Conflict):
         store.create(request(2.0), idempotency_key="k-1")
     store.delete(first)  # e.g. its publish failed: the key no longer holds a job
-    third, created_third = store.create(request(), idempotency_key="k-1")
+    third, created_third, _ = store.create(request(), idempotency_key="k-1")
     assert created_third and third != first
     assert all(redis_client.ttl(k) > 0 for k in redis_client.keys("flaskmodel:idem:*"))
 
 
 def test_lifecycle_and_result(store: JobStore, redis_client: redis.Redis) -> None:
-    job_id, _ = store.create(request())
+    job_id, *_ = store.create(request())
     assert store.start(job_id) == (JobState.QUEUED, 1)
     assert store.start(job_id) == (JobState.RUNNING, 2)  # a redelivery counts
     store.set_progress(job_id, 1, 2)
@@ -55,7 +55,7 @@ def test_lifecycle_and_result(store: JobStore, redis_client: redis.Redis) -> Non
 
 
 def test_cancel(store: JobStore) -> None:
-    job_id, _ = store.create(request())
+    job_id, *_ = store.create(request())
     assert store.cancel(job_id).state is JobState.CANCELLED
     assert store.start(job_id) == (JobState.CANCELLED, 0)
     assert not store.succeed(job_id, {"x": 1})

@@ -66,7 +66,7 @@ def publish_at_once(jobs: JobPublisher, ids: list[str], model: str) -> dict[str,
     def submit(job_id: str) -> None:
         start.wait()
         try:
-            jobs.publish(job_id, model, 5)
+            jobs.publish(job_id, model, 5, crowded=True)
         except Exception as exc:  # noqa: BLE001 - collected for the assertions
             errors[job_id] = exc
 
@@ -82,15 +82,30 @@ def test_concurrent_submits_share_messages_and_each_job_is_in_exactly_one(
     celery: tuple[Celery, redis.Redis],
 ) -> None:
     app, client = celery
-    jobs = publisher(app, max_jobs=8, window=0.01)
-    jobs.publish("warm", "m", 5)  # the line is busy from now on: leaders wait for company
+    jobs = publisher(app, max_jobs=8, window=0.05)
     ids = [f"job{i:02d}" for i in range(40)]
     assert publish_at_once(jobs, ids, "m") == {}
+    later = [f"later{i:02d}" for i in range(40)]
+    assert publish_at_once(jobs, later, "m") == {}
     messages = queued(client, "m")
     carried = Counter(i for message in messages for i in message)
-    assert carried == Counter([*ids, "warm"])  # every job once, in one message
+    assert carried == Counter([*ids, *later])  # every job once, in one message
     assert len(messages) < 20, messages
     assert max(len(m) for m in messages) <= 8
+    # The second crowd fills whole messages, each sent as soon as it is full.
+    assert sorted(len(m) for m in messages if m[0].startswith("later")) == [8] * 5, messages
+
+
+def test_a_crowded_submit_waits_for_company_at_most_the_window(
+    celery: tuple[Celery, redis.Redis],
+) -> None:
+    app, client = celery
+    jobs = publisher(app, max_jobs=8, window=0.3)
+    started = time.monotonic()
+    jobs.publish("alone", "w", 5, crowded=True)  # other jobs of its model are unfinished
+    waited = time.monotonic() - started
+    assert 0.25 < waited < 2.0, waited
+    assert queued(client, "w") == [["alone"]]
 
 
 def test_an_isolated_submit_is_published_at_once_alone(

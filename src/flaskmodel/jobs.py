@@ -158,8 +158,9 @@ class JobStore:
         owner: str | None = None,
         version: int | None = None,
         admission: Admission | None = None,
-    ) -> tuple[str, bool]:
-        """A new QUEUED job's id and True, or an existing job's id and False (same key).
+    ) -> tuple[str, bool, int]:
+        """A new QUEUED job's id, True and its model's unfinished jobs counting it (0 without
+        ``admission``), or an existing job's id, False and 0 (same idempotency key).
 
         ``version``: the version the job is pinned to (default: the request's). ``admission``:
         count the new job against its model's bound in the same round trip; past the bound the
@@ -177,7 +178,7 @@ class JobStore:
                 if existing and stored is not None:
                     if stored != digest:
                         raise Conflict("Idempotency-Key was already used for a different request")
-                    return str(existing), False
+                    return str(existing), False, 0
                 self._redis.set(idem, job_id, ex=self._ttl)
         fields: dict[Any, Any] = {
             "state": JobState.QUEUED.value,
@@ -214,13 +215,14 @@ class JobStore:
             replies = admission.execute(pipe)
         else:
             replies = pipe.execute()
+        depth = 0
         if admission is not None:
             try:
-                admission.check(request.model, replies[-1])
+                depth = admission.check(request.model, replies[-1])
             except Overloaded:
                 self.delete(job_id)  # refused: the client gets no id for it
                 raise
-        return job_id, True
+        return job_id, True, depth
 
     def delete(self, job_id: str) -> None:
         """Forget a job whose enqueue failed (the client got an error, not a job id)."""

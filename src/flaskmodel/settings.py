@@ -130,6 +130,11 @@ class JobSettings(Section):
     model and priority submitted while its previous publish was in flight into one message, which
     a worker runs together (one batched model call, one Redis round trip per step for all). 1
     publishes every job on its own."""
+    publish_window_ms: float = Field(default=10.0, ge=0)
+    """While other jobs of its model are unfinished, a tensor job's submit waits up to this long
+    for others to join its message (less once it is full); a job with no other unfinished job of
+    its model is published at once. Longer windows make fuller messages: more jobs/s under load,
+    that much more latency per job. 0 joins only the jobs that arrive during a publish."""
     max_pending: int = Field(default=10000, ge=1)
     """Most unfinished (queued or running) jobs one model may have; a submit past it gets 429
     with a Retry-After computed from the queue depth and the measured throughput."""

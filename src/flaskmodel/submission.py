@@ -91,7 +91,7 @@ class JobSubmitter:
         if request.inputs is not None:
             decode_inputs(request.inputs, advert.specs[version])
         # Pinned to the cluster's default now: every live worker has it warm (issue 8 §3).
-        job_id, created = self._jobs.create(
+        job_id, created, depth = self._jobs.create(
             request,
             idempotency_key=idempotency_key,
             owner=owner,
@@ -106,7 +106,8 @@ class JobSubmitter:
         priority = request.priority or self._default_priority
         try:
             if request.kind == "tensor":
-                self._publisher.publish(job_id, request.model, priority)
+                # Other jobs of the model unfinished: this one may wait briefly for company.
+                self._publisher.publish(job_id, request.model, priority, crowded=depth > 1)
             else:
                 publish_job(
                     self._celery, job_id, request.model, queue=self._queue, priority=priority

@@ -245,7 +245,7 @@ def test_a_job_whose_message_was_lost_is_published_again(harness: Harness) -> No
     """The loss the sweeper exists for, made on purpose: a job recorded and admitted as the web
     tier does it whose message never reaches the queue (kombu popped it as Redis died)."""
     jobs = JobStore(harness.redis, ttl=3600)
-    job_id, _ = jobs.create(JobRequest(model="steady", inputs=[[1.0, 2.0, 3.0, 4.0]]))
+    job_id, *_ = jobs.create(JobRequest(model="steady", inputs=[[1.0, 2.0, 3.0, 4.0]]))
     Admission(harness.redis, max_pending=1000, ttl=3600).admit("steady", job_id)
     started = time.monotonic()
     record = harness.wait_job(job_id, timeout=30)

@@ -36,7 +36,7 @@ def parts(
 
 
 def _submit(store: JobStore, admission: Admission, model: str, x: list[list[float]]) -> str:
-    job_id, _ = store.create(JobRequest(model=model, inputs=x), admission=admission)
+    job_id, *_ = store.create(JobRequest(model=model, inputs=x), admission=admission)
     return job_id
 
 

@@ -33,7 +33,7 @@ def test_tensor_job_result_equals_the_model(
 ) -> None:
     runner, store, repository = parts
     x = [[0.1, 0.2, 0.3, 0.4], [1, 2, 3, 4]]
-    job_id, _ = store.create(JobRequest(model="fake", inputs=x))
+    job_id, *_ = store.create(JobRequest(model="fake", inputs=x))
     runner.run(job_id)
     view = store.get(job_id)
     assert view.state is JobState.SUCCEEDED, view.error
@@ -48,7 +48,7 @@ def test_model_failure_is_recorded(
 ) -> None:
     runner, store, _ = parts
     write_fake_model(fake_models_root, "flaky", 1, {**FAKE_SPEC, "fail_on": 7.0})
-    job_id, _ = store.create(JobRequest(model="flaky", inputs=[[7, 0, 0, 0]]))
+    job_id, *_ = store.create(JobRequest(model="flaky", inputs=[[7, 0, 0, 0]]))
     runner.run(job_id)
     view = store.get(job_id)
     assert view.state is JobState.FAILED
@@ -63,8 +63,8 @@ def test_bad_input_and_unknown_model_fail_cleanly(
     parts: tuple[JobRunner, JobStore, ModelRepository],
 ) -> None:
     runner, store, _ = parts
-    bad, _ = store.create(JobRequest(model="fake", inputs=[[1, 2]]))
-    missing, _ = store.create(JobRequest(model="ghost", inputs=[[1, 2, 3, 4]]))
+    bad, *_ = store.create(JobRequest(model="fake", inputs=[[1, 2]]))
+    missing, *_ = store.create(JobRequest(model="ghost", inputs=[[1, 2, 3, 4]]))
     runner.run(bad)
     runner.run(missing)
     assert store.get(bad).error.type == "invalid_input"  # type: ignore[union-attr]
@@ -73,7 +73,7 @@ def test_bad_input_and_unknown_model_fail_cleanly(
 
 def test_redelivery_is_bounded(parts: tuple[JobRunner, JobStore, ModelRepository]) -> None:
     runner, store, _ = parts
-    job_id, _ = store.create(JobRequest(model="fake", inputs=[[1, 2, 3, 4]]))
+    job_id, *_ = store.create(JobRequest(model="fake", inputs=[[1, 2, 3, 4]]))
     for _ in range(3):  # three deliveries whose worker "died" before finishing
         store.start(job_id)
     runner.run(job_id)
@@ -90,7 +90,7 @@ def test_finished_or_cancelled_jobs_are_not_rerun(
     parts: tuple[JobRunner, JobStore, ModelRepository],
 ) -> None:
     runner, store, _ = parts
-    job_id, _ = store.create(JobRequest(model="fake", inputs=[[1, 2, 3, 4]]))
+    job_id, *_ = store.create(JobRequest(model="fake", inputs=[[1, 2, 3, 4]]))
     runner.run(job_id)
     first = store.get(job_id)
     runner.run(job_id)  # a duplicate delivery

@@ -48,7 +48,7 @@ def test_chunks_hand_over_once_survive_duplicates_and_a_lost_publish(
 
     repository = ModelRepository(models, backend="fake")
     runner = JobRunner(settings, store, repository, redis_client, requeue)
-    job_id, _ = store.create(JobRequest(model="m", series_uid=UID))
+    job_id, *_ = store.create(JobRequest(model="m", series_uid=UID))
     record = key("job", job_id)
 
     runner.run(job_id, 0)

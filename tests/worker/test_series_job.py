@@ -46,7 +46,7 @@ def test_progress_moves_by_batches_and_cancel_stops_at_the_next(
     setup: tuple[JobRunner, JobStore, Path],
 ) -> None:
     runner, store, _ = setup
-    job_id, _ = store.create(JobRequest(model="slow", series_uid="chest"))
+    job_id, *_ = store.create(JobRequest(model="slow", series_uid="chest"))
     seen: list[int] = []
     thread = threading.Thread(target=runner.run, args=(job_id,))
     thread.start()
@@ -71,7 +71,7 @@ def test_redelivered_job_resumes_from_stored_batches(
     setup: tuple[JobRunner, JobStore, Path], redis_client: redis.Redis
 ) -> None:
     runner, store, _ = setup
-    job_id, _ = store.create(JobRequest(model="slow", series_uid="chest", slices={"stop": 6}))
+    job_id, *_ = store.create(JobRequest(model="slow", series_uid="chest", slices={"stop": 6}))
     # A first attempt stored two batches (4 slices), then its worker died.
     store.start(job_id)
     from flaskmodel.dicom.series import scan_series  # noqa: PLC0415
@@ -115,12 +115,12 @@ def test_no_patient_identifiers_in_logs(
     store = JobStore(redis_client, ttl=60)
     runner = JobRunner(settings, store, ModelRepository(models, backend="fake"), redis_client)
     caplog.set_level("DEBUG")
-    good, _ = store.create(JobRequest(model="m", series_uid=folder.name))
+    good, *_ = store.create(JobRequest(model="m", series_uid=folder.name))
     runner.run(good)
     assert store.get(good).state is JobState.SUCCEEDED
     first = sorted(folder.iterdir())[0]
     first.write_bytes(first.read_bytes()[:-2000])  # a slice whose pixels no longer decode
-    bad, _ = store.create(JobRequest(model="m", series_uid=folder.name))
+    bad, *_ = store.create(JobRequest(model="m", series_uid=folder.name))
     runner.run(bad)
     assert store.get(bad).state is JobState.FAILED
     text = caplog.text + str(store.get(bad).error)

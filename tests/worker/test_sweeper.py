@@ -40,7 +40,7 @@ def client(settings: Settings) -> Iterator[redis.Redis]:
 
 def accept(client: redis.Redis, jobs: JobStore) -> str:
     """A job recorded and admitted as the web tier does it, not yet published."""
-    job_id, _ = jobs.create(JobRequest(model=MODEL, inputs=[[1.0, 2.0, 3.0, 4.0]]))
+    job_id, *_ = jobs.create(JobRequest(model=MODEL, inputs=[[1.0, 2.0, 3.0, 4.0]]))
     Admission(client, max_pending=100, ttl=3600).admit(MODEL, job_id)
     return job_id
 

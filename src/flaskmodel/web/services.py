@@ -66,7 +66,7 @@ def init_services(app: Flask, settings: Settings) -> None:
         admission=admission,
         default_priority=settings.jobs.default_priority,
         max_jobs_per_message=settings.jobs.max_jobs_per_message,
-        publish_window=settings.batching.max_batch_delay_ms / 1000,
+        publish_window=settings.jobs.publish_window_ms / 1000,
     )
     # Synchronous calls share the process's sync channel (two connections); every job wait
     # (`?wait=`, `Prefer: wait`) holds one for its BLPOP: up to one per gevent connection.
