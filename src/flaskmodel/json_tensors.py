@@ -147,10 +147,12 @@ def read_numbers(span: bytes, inner: tuple[int, ...]) -> FlatTensor | None:
     if per_example == 0:
         return None
     marked = span.translate(_NUMBERS_TO_ZERO, _WHITESPACE)
+    # A number right before "[" or right after "]" is not at a leaf ("[1[,2]]", "[[1]2]").
     codes = np.frombuffer(marked, dtype=np.uint8)
-    number = codes == _ZERO
-    # A number right before "[" or right after "]" is not at a leaf ("[1[2]]", "[[1]2]").
-    if (number[:-1] & (codes[1:] == _OPEN)).any() or ((codes[:-1] == _CLOSE) & number[1:]).any():
+    opens, closes = np.flatnonzero(codes == _OPEN), np.flatnonzero(codes == _CLOSE)
+    if (codes[opens[opens > 0] - 1] == _ZERO).any():
+        return None
+    if (codes[closes[closes < len(codes) - 1] + 1] == _ZERO).any():
         return None
     skeleton = marked.translate(None, b"0")
     count = skeleton.count(b",") + 1
