@@ -25,6 +25,7 @@ from flaskmodel.web import (
     series,
     ui,
 )
+from flaskmodel.web.json_provider import FastJSONProvider
 from flaskmodel.web.services import init_services
 
 logger = logging.getLogger(__name__)
@@ -35,8 +36,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings()
     configure_once(settings)
     app = Flask("flaskmodel")
+    app.json = FastJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.web.max_request_bytes
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     init_services(app, settings)
     register_blueprints(app)
     metrics.init_request_metrics(app)
