@@ -228,12 +228,17 @@ class JobStore:
         """Forget a job whose enqueue failed (the client got an error, not a job id)."""
         self._redis.delete(key("job", job_id))
 
-    def get(self, job_id: str, owner: str | None = None) -> JobView:
-        """The job; with ``owner``, a job of another owner is not found."""
+    def get(self, job_id: str, owner: str | None = None, *, woken_by: str | None = None) -> JobView:
+        """The job; with ``owner``, a job of another owner is not found. ``woken_by``: the end
+        notice a waiter popped from the job's done list, put back (in the same round trip) so
+        that every other waiter on the job wakes too."""
         pipe = self._redis.pipeline(transaction=False)
         pipe.hgetall(key("job", job_id))
         pipe.get(key("result", job_id))
-        record, result = pipe.execute()
+        if woken_by is not None:
+            pipe.lpush(done_key(job_id), woken_by)
+            pipe.expire(done_key(job_id), min(DONE_TTL, self._ttl))
+        record, result, *_ = pipe.execute()
         if not record or not _owned(record.get("owner"), owner):
             raise JobNotFound(f"job '{job_id}' not found (unknown or expired)")
         return self._view(job_id, record, result)

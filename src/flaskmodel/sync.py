@@ -121,10 +121,9 @@ class SyncPredictor:
             raise error_class(error.get("type", "error"))(error.get("message", "model call failed"))
         return decoded.tensors
 
-    def wait_job(self, job_id: str, timeout: float) -> None:
-        """Block until job ``job_id`` reaches a terminal state or ``timeout`` passes."""
+    def wait_job(self, job_id: str, timeout: float) -> str | None:
+        """Block until job ``job_id`` reaches a terminal state or ``timeout`` passes; the end
+        notice popped (give it back with ``JobStore.get(woken_by=...)``), or None."""
         budget = min(max(timeout, _MIN_WAIT), self._settings.max_timeout_seconds)
         popped = self._redis.blpop([done_key(job_id)], timeout=budget)
-        if popped is not None:
-            # Put the notice back so every other waiter on this job wakes too.
-            self._redis.lpush(done_key(job_id), popped[1])
+        return None if popped is None else str(popped[1])

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import requests
 
+from flaskmodel.jobs import DONE_TTL, done_key
 from tests.conftest import Stack
 
 
@@ -217,6 +218,11 @@ def test_get_with_wait_blocks_until_the_job_is_done(stack: Stack) -> None:
     with ThreadPoolExecutor(3) as pool:  # several waiters on one job all wake
         states = list(pool.map(waiter, range(3)))
     assert states == ["SUCCEEDED"] * 3
+    import redis  # noqa: PLC0415
+
+    client = redis.Redis.from_url(stack.settings.redis_url())
+    assert 0 < client.ttl(done_key(job_id)) <= DONE_TTL  # the notice put back still expires
+    client.close()
     finished = requests.get(stack.url(f"/v1/jobs/{job_id}?wait=5"), timeout=10)
     assert finished.json()["state"] == "SUCCEEDED"  # already finished: answers at once
     for bad in ("x", "-1", "100000", "nan"):

@@ -56,9 +56,10 @@ def finished_view(job_id: str, seconds: float, *, just_created: bool = False) ->
         view = svc.jobs.get(job_id, owner())
         if view.state.terminal or seconds <= 0:
             return view
+    notice = None
     if seconds > 0:
-        svc.sync.wait_job(job_id, min(seconds, svc.settings.batching.max_timeout_seconds))
-    return svc.jobs.get(job_id, owner())
+        notice = svc.sync.wait_job(job_id, min(seconds, svc.settings.batching.max_timeout_seconds))
+    return svc.jobs.get(job_id, owner(), woken_by=notice)
 
 
 @bp.get("/v1/jobs")
