@@ -25,6 +25,7 @@ from flaskmodel.web import (
     series,
     ui,
 )
+from flaskmodel.web.fast_predict import FastPredict
 from flaskmodel.web.json_provider import FastJSONProvider
 from flaskmodel.web.services import init_services
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     metrics.init_request_metrics(app)
     auth.init_auth(app)
     errors.register_error_handlers(app)
+    app.wsgi_app = FastPredict(app, app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 

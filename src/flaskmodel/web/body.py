@@ -42,7 +42,11 @@ LIFT_MIN_BYTES = 16_384
 def tensor_body(spec: ModelSpec, keys: tuple[str, ...]) -> Any:
     """The request body as JSON, its big float tensor under one of ``keys`` (if any) read as a
     ``FlatTensor`` without nested lists (``json_tensors``); errors as ``json_body``'s."""
-    raw = request.get_data(cache=False)
+    return parse_tensor_body(request.get_data(cache=False), spec, keys)
+
+
+def parse_tensor_body(raw: bytes, spec: ModelSpec, keys: tuple[str, ...]) -> Any:
+    """``tensor_body`` of the body ``raw``."""
     # A small body is parsed faster as it is than scanned for a tensor first.
     lifted = lift_tensor(raw, spec, keys) if len(raw) >= LIFT_MIN_BYTES else None
     return parse_json(raw) if lifted is None else lifted

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
+from functools import partial
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
@@ -31,7 +33,7 @@ from flaskmodel.v2_tensors import (
 )
 from flaskmodel.web.body import is_whole_number, parse, parse_json, prefer
 from flaskmodel.web.jobs import finished_view, submit
-from flaskmodel.web.services import services
+from flaskmodel.web.services import Services, services
 
 logger = logging.getLogger(__name__)
 
@@ -119,20 +121,42 @@ def model_ready(
 @bp.post("/v2/models/<name>/versions/<version>/infer")
 def infer(name: str, version: str | None = None) -> Reply:
     svc = services()
-    advert, spec = svc.sync.model(name, _version(version))
-    raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH, raised by werkzeug
-    header, blobs = split_body(raw, request.headers.get(HEADER_LENGTH))
-    infer_request = parse(InferRequest, parse_json(header))
-    inputs = decode_inputs(infer_request, blobs, spec)
-    wanted = check_outputs(infer_request, spec)
+    read = partial(request.get_data, cache=False)  # 413 past MAX_CONTENT_LENGTH (werkzeug)
+    parsed = parse_infer(svc, name, version, request.headers.get(HEADER_LENGTH), read)
     respond_async, wait = prefer()
     if respond_async or wait is not None:
-        return _as_job(infer_request, advert, spec, inputs, wait)
+        return _as_job(*parsed, wait)
+    return run_infer(svc, parsed)
+
+
+Parsed = tuple[InferRequest, ModelAdvert, ModelSpec, dict[str, np.ndarray]]
+
+
+def parse_infer(
+    svc: Services,
+    name: str,
+    version: str | None,
+    header_length: str | None,
+    read_body: Callable[[], bytes],
+) -> Parsed:
+    """The request (its tensors already decoded, so not kept in it), the model's advert and the
+    version's spec, and the input tensors."""
+    advert, spec = svc.sync.model(name, _version(version))
+    header, blobs = split_body(read_body(), header_length)
+    infer_request = parse(InferRequest, parse_json(header))
+    inputs = decode_inputs(infer_request, blobs, spec)
+    check_outputs(infer_request, spec)
     # The body and its parsed tensors (for a CT slice as JSON, megabytes of Python floats) go
     # before the wait: many requests wait on the workers at once. The reply needs only the id,
     # the requested outputs and the parameters.
-    del raw, header, blobs
-    infer_request = infer_request.model_copy(update={"inputs": []})
+    return infer_request.model_copy(update={"inputs": []}), advert, spec, inputs
+
+
+def run_infer(svc: Services, parsed: Parsed) -> dict[str, Any] | Response:
+    """Run the call on the workers and answer it (no Flask request needed: ``fast_predict``
+    serves the route beside Flask)."""
+    infer_request, advert, spec, inputs = parsed
+    wanted = check_outputs(infer_request, spec)
     outputs = svc.sync.predict(spec, inputs, outputs=wanted, timeout=_timeout(infer_request))
     return _response(infer_request, advert, spec, outputs)
 
@@ -174,7 +198,7 @@ def _response(
     advert: ModelAdvert,
     spec: ModelSpec,
     outputs: dict[str, np.ndarray],
-) -> Reply:
+) -> dict[str, Any] | Response:
     entries, blobs = encode_outputs(infer_request, spec, outputs, advert.class_names)
     body: dict[str, Any] = {"model_name": spec.name, "model_version": str(spec.version)}
     if infer_request.id is not None:

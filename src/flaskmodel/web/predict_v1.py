@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-from flask import Blueprint
+from flask import Blueprint, request
 
 from flaskmodel.errors import InvalidInput, InvalidRequest, ModelNotFound, NotFound
 from flaskmodel.schemas import MODEL_NAME_PATTERN, ModelSpec, TensorSpec
 from flaskmodel.tensors import TF_DTYPES, decode_inputs, encode_outputs
-from flaskmodel.web.body import is_whole_number, tensor_body
-from flaskmodel.web.services import services
+from flaskmodel.web.body import is_whole_number, parse_tensor_body
+from flaskmodel.web.services import Services, services
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,12 @@ def status_or_metadata(path: str) -> dict[str, Any]:
 @bp.post("/v1/models/<path:path>")
 def predict(path: str) -> dict[str, Any]:
     """``:predict``; ``:classify`` and ``:regress`` are refused (no such signatures served)."""
+    return predict_answer(services(), path, partial(request.get_data, cache=False))
+
+
+def predict_answer(svc: Services, path: str, read_body: Callable[[], bytes]) -> dict[str, Any]:
+    """The answer to ``POST /v1/models/<path>`` (no Flask request needed: ``fast_predict``
+    serves the route beside Flask); raises the errors the app maps to statuses."""
     base, colon, verb = path.rpartition(":")
     if not colon:
         raise NotFound(f"no such resource: POST /v1/models/{path} (did you mean ':predict'?)")
@@ -84,9 +92,8 @@ def predict(path: str) -> dict[str, Any]:
         )
     if verb != "predict":
         raise NotFound(f"no such method ':{verb[:32]}' (use ':predict')")
-    svc = services()
     _, spec = svc.sync.model(name, version, label)
-    body = tensor_body(spec, ("instances", "inputs"))
+    body = parse_tensor_body(read_body(), spec, ("instances", "inputs"))
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object with 'instances' or 'inputs'")
     rows, columns = "instances" in body, "inputs" in body
