@@ -36,6 +36,8 @@ BODIES: list[tuple[str, Any]] = [
     ("/v2/models/tiny/infer", {"inputs": [{**V2_X, "datatype": "BOOL", "data": [1] * 32}]}),
     ("/v2/models/tiny/infer", {"inputs": [{**V2_X, "data": [0.5] * 32}], "outputs": [{}]}),
     ("/v2/models/tiny/infer", "[]"),
+    ("/v1/models/m\u2028\r\nx:predict", {"instances": [[1.0] * 32]}),  # named in the error
+    ("/v2/models/t\u00fcny/infer", {"inputs": [{**V2_X, "data": [0.5] * 32}]}),
 ]
 
 

@@ -56,7 +56,8 @@ class FastPredict:
         self._target = settings.redis_url() if settings.redis.url else ""
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
+        # PEP 3333: the path's bytes as latin-1 text; read as UTF-8, as werkzeug does.
+        path = environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8", "replace")
         length = environ.get("CONTENT_LENGTH") or ""
         if (
             environ.get("REQUEST_METHOD") != "POST"
