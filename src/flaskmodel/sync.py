@@ -121,6 +121,10 @@ class SyncPredictor:
             raise error_class(error.get("type", "error"))(error.get("message", "model call failed"))
         return decoded.tensors
 
+    def close(self) -> None:
+        """Stop the process's sync channel (its sender and receiver)."""
+        self._channel.close()
+
     def wait_job(self, job_id: str, timeout: float) -> str | None:
         """Block until job ``job_id`` reaches a terminal state or ``timeout`` passes; the end
         notice popped (give it back with ``JobStore.get(woken_by=...)``), or None."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -42,10 +43,11 @@ BODIES: list[tuple[str, Any]] = [
 
 
 @pytest.fixture(scope="module")
-def clients(stack: Stack) -> tuple[Client, Client]:
+def clients(stack: Stack) -> Iterator[tuple[Client, Client]]:
     app = create_app(stack.settings)
     assert isinstance(app.wsgi_app, FastPredict)
-    return Client(app.wsgi_app), Client(app.wsgi_app.flask)
+    yield Client(app.wsgi_app), Client(app.wsgi_app.flask)
+    app.extensions["flaskmodel"].sync.close()
 
 
 @pytest.mark.parametrize(("path", "body"), BODIES)
@@ -110,7 +112,8 @@ def test_with_api_keys_flask_answers(stack: Stack) -> None:
             )
         }
     )
-    client = Client(create_app(Settings.model_validate(secured.model_dump())).wsgi_app)
+    app = create_app(Settings.model_validate(secured.model_dump()))
+    client = Client(app.wsgi_app)
     body = json.dumps({"instances": [[1.0] * 32]})
     refused = client.post("/v1/models/tiny:predict", data=body)
     assert refused.status_code == 401 and refused.headers["WWW-Authenticate"]
@@ -120,3 +123,4 @@ def test_with_api_keys_flask_answers(stack: Stack) -> None:
         headers={"Authorization": f"Bearer {KEY}"},
     )
     assert allowed.status_code == 200, allowed.get_data()
+    app.extensions["flaskmodel"].sync.close()
