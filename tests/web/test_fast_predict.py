@@ -124,3 +124,34 @@ def test_with_api_keys_flask_answers(stack: Stack) -> None:
     )
     assert allowed.status_code == 200, allowed.get_data()
     app.extensions["flaskmodel"].sync.close()
+
+
+def test_job_routes_answer_as_flasks(clients: tuple[Client, Client]) -> None:
+    fast, flask = clients
+    job = {"model": "tiny", "inputs": [[0.5] * 32]}
+    submitted = [c.post("/v1/jobs", json=job) for c in (fast, flask)]
+    assert [r.status_code for r in submitted] == [202, 202]
+    for response in submitted:
+        body = response.get_json()
+        assert set(body) == {"job_id", "state", "status_url"} and body["state"] == "QUEUED"
+        assert response.headers["Location"] == body["status_url"] == f"/v1/jobs/{body['job_id']}"
+    job_id = submitted[0].get_json()["job_id"]
+    got, want = (c.get(f"/v1/jobs/{job_id}?wait=30") for c in (fast, flask))
+    assert got.status_code == want.status_code == 200
+    assert got.get_json() == want.get_json() and got.get_json()["state"] == "SUCCEEDED"
+    waited = [c.post("/v1/jobs", json=job, headers={"Prefer": "wait=30"}) for c in (fast, flask)]
+    assert [r.status_code for r in waited] == [200, 200]
+    results = [r.get_json()["result"]["predictions"] for r in waited]
+    assert results[0] == results[1]
+    key = {"Idempotency-Key": "fast-path-key"}
+    first = fast.post("/v1/jobs", json=job, headers=key)
+    again = flask.post("/v1/jobs", json=job, headers=key)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert first.get_json()["job_id"] == again.get_json()["job_id"]
+    for path in ("/v1/jobs/nope", f"/v1/jobs/{job_id}?wait=x", f"/v1/jobs/{job_id}?wait=-1"):
+        got, want = (c.get(path) for c in (fast, flask))
+        assert (got.status_code, got.get_json()) == (want.status_code, want.get_json()), path
+    for body in ({"model": "ghost", "inputs": [[1.0] * 32]}, {"model": "tiny"}, "{nope"):
+        data = body if isinstance(body, str) else json.dumps(body)
+        got, want = (c.post("/v1/jobs", data=data) for c in (fast, flask))
+        assert (got.status_code, got.get_json()) == (want.status_code, want.get_json()), body

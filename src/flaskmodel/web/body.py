@@ -101,9 +101,14 @@ def validation_message(exc: ValidationError) -> str:
 
 def prefer() -> tuple[bool, float | None]:
     """RFC 7240 ``Prefer``: respond-async, and wait=<seconds>; anything else is ignored."""
+    return read_prefer(request.headers.getlist("Prefer"))
+
+
+def read_prefer(values: list[str]) -> tuple[bool, float | None]:
+    """``prefer`` of the ``Prefer`` header values ``values``."""
     respond_async = False
     wait = None
-    for value in request.headers.getlist("Prefer"):
+    for value in values:
         for token in value.split(","):
             name, _, argument = token.split(";")[0].strip().partition("=")
             name = name.strip().lower()
