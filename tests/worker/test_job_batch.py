@@ -40,7 +40,14 @@ def _submit(store: JobStore, admission: Admission, model: str, x: list[list[floa
     return job_id
 
 
-def test_every_job_of_a_message_gets_its_own_result(parts: Parts) -> None:
+def pending(client: redis.Redis, model: str, ids: list[str]) -> list[str]:
+    """Those of ``ids`` still counted against ``model``'s bound."""
+    return [i for i in ids if client.zscore(pending_key(model), i) is not None]
+
+
+def test_every_job_of_a_message_gets_its_own_result(
+    parts: Parts, redis_client: redis.Redis
+) -> None:
     runner, store, repository, admission = parts
     inputs = [[[float(i), 1.0, 2.0, 3.0]] * (1 + i % 3) for i in range(6)]
     ids = [_submit(store, admission, "fake", x) for x in inputs]
@@ -55,10 +62,12 @@ def test_every_job_of_a_message_gets_its_own_result(parts: Parts) -> None:
         assert view.attempts == 1 and view.version == 1
         timings = view.result["timings"]  # type: ignore[index]
         assert {"queue_wait_seconds", "inference_seconds", "total_seconds"} <= set(timings)
-    assert admission.depth("fake") == 0  # every job left its model's bound
+    assert not pending(redis_client, "fake", ids)  # every job left its model's bound
 
 
-def test_a_failing_job_fails_alone(parts: Parts, fake_models_root: Path) -> None:
+def test_a_failing_job_fails_alone(
+    parts: Parts, fake_models_root: Path, redis_client: redis.Redis
+) -> None:
     runner, store, _, admission = parts
     write_fake_model(fake_models_root, "flaky", 1, {**FAKE_SPEC, "fail_on": 7.0})
     good = [_submit(store, admission, "flaky", [[1.0, 2.0, 3.0, 4.0]]) for _ in range(3)]
@@ -69,7 +78,7 @@ def test_a_failing_job_fails_alone(parts: Parts, fake_models_root: Path) -> None
     failed = store.get(poisoned).error
     assert failed is not None and failed.type == "internal_error" and "7.0" in failed.message
     assert store.get(malformed).error.type == "invalid_input"  # type: ignore[union-attr]
-    assert admission.depth("flaky") == 0
+    assert not pending(redis_client, "flaky", [*good, poisoned, malformed])
 
 
 def test_a_redelivered_message_runs_only_what_is_unfinished(
@@ -108,7 +117,7 @@ def test_jobs_of_unknown_models_or_expired_records_do_not_stop_the_others(
     runner.run_many([ghost, expired, fine])
     assert store.get(ghost).error.type == "model_not_found"  # type: ignore[union-attr]
     assert store.get(fine).state is JobState.SUCCEEDED
-    assert redis_client.zscore(pending_key("fake"), fine) is None
+    assert not pending(redis_client, "fake", [fine])
 
 
 def test_a_script_redis_lost_is_loaded_again(parts: Parts, redis_client: redis.Redis) -> None:
@@ -121,3 +130,15 @@ def test_a_script_redis_lost_is_loaded_again(parts: Parts, redis_client: redis.R
     assert store.get(_submit(store, admission, "fake", [[1.0, 2.0, 3.0, 4.0]])).state is (
         JobState.QUEUED
     )
+
+
+def test_jobs_of_a_model_shutting_down_fail_and_the_message_is_done(
+    parts: Parts, redis_client: redis.Redis
+) -> None:
+    runner, store, repository, admission = parts
+    ids = [_submit(store, admission, "fake", [[1.0, 2.0, 3.0, 4.0]]) for _ in range(2)]
+    repository.get("fake").close()  # what a worker's shutdown does to its models
+    runner.run_many(ids)  # no exception: the task acknowledges a message whose jobs all ended
+    errors = [store.get(i).error for i in ids]
+    assert [e.type if e else None for e in errors] == ["service_unavailable"] * 2
+    assert not pending(redis_client, "fake", ids)

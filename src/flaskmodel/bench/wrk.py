@@ -30,14 +30,19 @@ threads = {}
 setup = function(thread) table.insert(threads, thread) end
 """
 
-# A fixed POST; responses other than 200 count as errors; completed = requests answered 200.
-POST_SCRIPT = (
-    _THREADS
-    + """
+# Every request POSTs the file at $WRK_BODY.
+_POST_BODY = """
 local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
 wrk.method = "POST"
 wrk.body = f:read("*all")
 f:close()
+"""
+
+# A fixed POST; responses other than 200 count as errors; completed = requests answered 200.
+POST_SCRIPT = (
+    _THREADS
+    + _POST_BODY
+    + """
 wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "application/json"
 local header_length = os.getenv("WRK_HEADER_LENGTH")
 if header_length and header_length ~= "" then
@@ -83,11 +88,8 @@ end
 # Job round trip in one request: POST the job with ``Prefer: wait=30``; 200 SUCCEEDED completes.
 JOB_WAIT_SCRIPT = (
     _THREADS
+    + _POST_BODY
     + """
-local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*all")
-f:close()
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Prefer"] = "wait=30"
 completed = 0

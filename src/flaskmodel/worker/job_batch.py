@@ -92,7 +92,13 @@ class TensorJobBatch:
                 with job_context(job.job_id):
                     self._decode(job, calls)
         for runtime, jobs, inputs in calls.values():
-            for job, future in zip(jobs, runtime.submit_many(inputs), strict=True):
+            try:
+                futures = runtime.submit_many(inputs)
+            except FlaskModelError as exc:  # the model is shutting down: its jobs fail
+                for job in jobs:
+                    self._failed(job, exc)
+                continue
+            for job, future in zip(jobs, futures, strict=True):
                 job.future, job.shared = future, len(jobs) > 1
         for job in batch:
             if job.future is not None:
