@@ -182,6 +182,29 @@ def test_malformed_json_gets_the_same_400(raw: bytes, needle: str) -> None:
     assert needle in answer, answer
 
 
+COLUMN = model("float32", [None, 1])
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"instances": [[], [1]]}',  # the skeleton of two one-number rows, one number
+        b'{"instances": [[1], [18446744073709551615]]}',  # fits uint64, not int64
+        b'{"instances": [[1e-400], [-0], [5e-324]]}',  # underflow, negative zero, subnormal
+    ],
+)
+def test_one_number_rows_answer_as_before(raw: bytes) -> None:
+    assert_same(raw, COLUMN)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"instances": [[]1, [2]]}', b'{"instances": [[1], [2]3]}', b'{"instances": [[1],, [2]]}'],
+)
+def test_numbers_off_their_leaves_are_refused(raw: bytes) -> None:
+    assert lift_tensor(raw, COLUMN, KEYS) is None
+
+
 @pytest.mark.parametrize(
     "raw",
     [

@@ -4,10 +4,11 @@ A CT slice in TF Serving's row format (``{"instances": [[[[0.1],[0.2],...]]]}``)
 numbers in 131,072 lists; parsing that into Python objects and turning them into an array costs
 several times what the numbers alone cost. ``lift_tensor`` finds the tensor's bytes in the body,
 checks that their brackets and commas (the *skeleton*) are exactly those of a regular array of the
-shape the signature expects, that every number sits at a leaf, and reads the numbers as one flat
-JSON list. Anything it is not sure of (strings, null, booleans, ragged or empty lists, b64 or
-keyed rows, unknown inner dimensions, a number that may have been an integer past 64 bits) makes
-it answer None, and the caller parses the body the general way, with the same errors as ever.
+shape the signature expects, and has simdjson parse the array and copy its numbers into one flat
+buffer in C (strict JSON, so a number off a leaf is refused). Anything it is not sure of (strings,
+null, booleans, ragged or empty lists, b64 or keyed rows, unknown inner dimensions, a number that
+may have been an integer past 64 bits) makes it answer None, and the caller parses the body the
+general way, with the same errors as ever.
 
 ``has_long_int`` is shared with the body parser: orjson reads an integer past 64 bits as a float,
 so text with a run of 19 or more digits (not after a decimal point) is parsed by the standard
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import simdjson
 
 from flaskmodel.schemas import ModelSpec
 
@@ -42,14 +44,9 @@ _LONG_INT_TABLE = bytes(
 )
 _LONG_RUN = b"0" * 19
 
-# Number characters → "0" (whitespace is deleted along with it): brackets and commas stay.
-_NUMBERS_TO_ZERO = bytes.maketrans(_NUMBER_CHARS, b"0" * len(_NUMBER_CHARS))
-# Brackets → spaces, so that numbers stay apart (``1]2`` must not read as ``12``).
-_BRACKETS_TO_SPACE = bytes.maketrans(b"[]", b"  ")
 # What a numeric array's text is made of → 0; anything else → 1 (where the array must have ended).
 _ARRAY_END_TABLE = bytes(0 if c in _NUMBER_CHARS + _WHITESPACE + b"[]," else 1 for c in range(256))
 _COLON = re.compile(rb"[ \t\n\r]*:[ \t\n\r]*\[")
-_OPEN, _CLOSE, _ZERO = ord("["), ord("]"), ord("0")
 
 
 def has_long_int(text: bytes) -> bool:
@@ -146,34 +143,43 @@ def read_numbers(span: bytes, inner: tuple[int, ...]) -> FlatTensor | None:
     per_example = math.prod(inner)
     if per_example == 0:
         return None
-    marked = span.translate(_NUMBERS_TO_ZERO, _WHITESPACE)
-    # A number right before "[" or right after "]" is not at a leaf ("[1[,2]]", "[[1]2]").
-    codes = np.frombuffer(marked, dtype=np.uint8)
-    opens, closes = np.flatnonzero(codes == _OPEN), np.flatnonzero(codes == _CLOSE)
-    if (codes[opens[opens > 0] - 1] == _ZERO).any():
-        return None
-    if (codes[closes[closes < len(codes) - 1] + 1] == _ZERO).any():
-        return None
-    skeleton = marked.translate(None, b"0")
+    skeleton = span.translate(None, _NUMBER_CHARS + _WHITESPACE)
     count = skeleton.count(b",") + 1
     if count % per_example:
         return None
     shape = (count // per_example, *inner)
     if skeleton != _skeleton(shape):
         return None
-    try:
-        # One number between each pair of commas, each valid JSON (empty, "1 2", "+1" all fail).
-        flat = bytearray(span.translate(_BRACKETS_TO_SPACE))
-        flat[0], flat[-1] = _OPEN, _CLOSE  # the span's own outer brackets
-        values = orjson.loads(flat)
-        numbers = np.asarray(values)
-    except (orjson.JSONDecodeError, ValueError, OverflowError):
-        return None
-    if numbers.size != count or numbers.dtype.kind not in "fi":
-        return None
+    numbers = _flat_numbers(span)
+    if numbers is None or numbers.size != count:
+        return None  # e.g. "[[],[1]]": the skeleton of two rows, one number
     if numbers.dtype.kind == "f" and np.abs(numbers).max() >= 2.0**63:
-        return None  # maybe an integer past 64 bits, which orjson reads as a float
+        return None  # an integer past 64 bits, kept exact by the general path
     return FlatTensor(numbers, shape)
+
+
+def _flat_numbers(span: bytes) -> np.ndarray | None:
+    """The numbers of the valid JSON array ``span`` in one flat array: int64 when every one is
+    an integer that fits, float64 otherwise (as numpy infers from Python numbers); None when the
+    text is not valid JSON made of numbers, or holds one past 64 bits.
+
+    simdjson parses the text with its brackets, so a number that is not at a leaf ("[1[,2]]",
+    "[[1]2]") is invalid JSON here, and its numbers are correctly rounded doubles, as ``json``'s.
+    """
+    try:
+        array = simdjson.Parser().parse(span)
+    except (ValueError, RuntimeError):  # invalid JSON, or a number past 64 bits
+        return None
+    if not isinstance(array, simdjson.Array):
+        return None
+    try:
+        return np.frombuffer(array.as_buffer(of_type="i"), dtype=np.int64)
+    except (TypeError, ValueError):  # not all integers that fit int64
+        pass
+    try:
+        return np.frombuffer(array.as_buffer(of_type="d"), dtype=np.float64)
+    except (TypeError, ValueError):  # not all numbers
+        return None
 
 
 @functools.lru_cache(maxsize=16)
