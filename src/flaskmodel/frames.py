@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from flaskmodel.errors import InvalidInput
 from flaskmodel.storage.redis import key
@@ -90,7 +92,7 @@ def tensor_from_bytes(
     buffer: bytes | memoryview, dtype: str, shape: list[int], what: str
 ) -> np.ndarray:
     """An array from a frame buffer (numeric buffers are used in place, read-only)."""
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if dtype == STRING:
         return unpack_strings(buffer, count, what).reshape(shape)
     numeric = numpy_dtype(dtype).newbyteorder("<")
@@ -112,8 +114,17 @@ def encode(header: dict[str, Any], tensors: dict[str, np.ndarray] | None = None)
             {"name": name, "dtype": dtype, "shape": list(array.shape), "nbytes": len(blob)}
         )
         blobs.append(blob)
-    raw = json.dumps({**header, "tensors": table}, separators=(",", ":")).encode()
+    raw = _dumps({**header, "tensors": table})
     return b"".join([MAGIC, _LENGTH.pack(len(raw)), raw, *blobs])
+
+
+def _dumps(header: dict[str, Any]) -> bytes:
+    """``header`` as compact JSON: orjson, or the standard library for what orjson cannot write
+    (an integer past 64 bits)."""
+    try:
+        return orjson.dumps(header)
+    except TypeError:
+        return json.dumps(header, separators=(",", ":")).encode()
 
 
 def decode(frame: bytes) -> Frame:
@@ -122,8 +133,8 @@ def decode(frame: bytes) -> Frame:
         raise InvalidInput("not a FlaskModel frame")
     (size,) = _LENGTH.unpack_from(frame, 4)
     try:
-        header = json.loads(frame[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = orjson.loads(frame[8 : 8 + size])
+    except orjson.JSONDecodeError as exc:  # also text that is not UTF-8
         raise InvalidInput(f"frame header is not JSON: {exc}") from exc
     if not isinstance(header, dict):
         raise InvalidInput("frame header is not a JSON object")

@@ -10,8 +10,8 @@ it has not started it.
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 
 import numpy as np
 import redis
@@ -98,7 +98,7 @@ class SyncPredictor:
     ) -> dict[str, np.ndarray]:
         """The model's outputs for ``inputs`` (validated against ``spec`` by the caller)."""
         budget = self.timeout(timeout)
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()  # as unique as a uuid4, cheaper to make
         deadline = time.time() + budget
         frame = frames.encode(
             {

@@ -18,6 +18,7 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 import numpy as np
+import orjson
 from flask import Blueprint, Response, request
 
 from flaskmodel.errors import InvalidInput, InvalidRequest, ModelNotFound, error_class
@@ -206,7 +207,10 @@ def _response(
     body["outputs"] = entries
     if not blobs:
         return body
-    header = json.dumps(body, separators=(",", ":")).encode()
+    try:  # as the app's JSON answers are written (web/json_provider.py)
+        header = orjson.dumps(body)
+    except TypeError:
+        header = json.dumps(body, separators=(",", ":")).encode()
     response = Response(b"".join([header, *blobs]), mimetype="application/octet-stream")
     response.headers[HEADER_LENGTH] = str(len(header))
     return response
