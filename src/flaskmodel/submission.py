@@ -30,6 +30,10 @@ from flaskmodel.worker.celery_app import publish_job, publish_jobs
 
 logger = logging.getLogger(__name__)
 
+# Seconds a heartbeat snapshot serves submits that find their model in it (heartbeats change at
+# heartbeat pace; reading them was a tenth of the web tier's time per job).
+SNAPSHOT_MAX_AGE = 0.1
+
 
 class JobSubmitter:
     """Validates, records and enqueues jobs."""
@@ -62,10 +66,16 @@ class JobSubmitter:
         else:
             publish_jobs(self._celery, job_ids, model, queue=self._queue, priority=priority)
 
-    def model(self, name: str) -> ModelAdvert:
-        """The model as the live workers serve it; 404 if unknown, 503 if no worker is up."""
-        live = self._workers.live()  # one snapshot: heartbeats come and go between reads
+    def model(self, name: str, version: int | None = None) -> ModelAdvert:
+        """The model as the live workers serve it; 404 if unknown, 503 if no worker is up.
+
+        A snapshot of the heartbeats up to ``SNAPSHOT_MAX_AGE`` old will do when it has the
+        model (and ``version``, if given); a refusal is decided on a fresh read."""
+        live = self._workers.live(max_age=SNAPSHOT_MAX_AGE)
         advert = self._workers.model(name, live)
+        if advert is None or (version is not None and version not in advert.specs):
+            live = self._workers.live()  # one snapshot: heartbeats come and go between reads
+            advert = self._workers.model(name, live)
         if advert is not None:
             return advert
         if not any(w.ready for w in live):
@@ -82,7 +92,7 @@ class JobSubmitter:
     ) -> tuple[str, bool]:
         """The job id, and True when it was created now (False: an idempotent repeat).
         ``owner``: the API key id the job is recorded under (None: authentication off)."""
-        advert = self.model(request.model)
+        advert = self.model(request.model, request.version)
         version = request.version or advert.latest
         if version not in advert.specs:
             raise ModelNotFound(

@@ -13,6 +13,7 @@ and admission stop counting the worker while it finishes its in-flight jobs.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 
@@ -51,6 +52,8 @@ class WorkerRegistry:
         self._ttl = ttl
         self._live = client.register_script(_LIVE)
         self._parsed: dict[str, WorkerHeartbeat] = {}
+        self._snapshot: list[WorkerHeartbeat] = []
+        self._read_at = -math.inf  # time.monotonic() of the last read
         # model name -> (the heartbeats it was merged from, the merged advert)
         self._merged: dict[str, tuple[list[WorkerHeartbeat], ModelAdvert | None]] = {}
 
@@ -99,13 +102,18 @@ class WorkerRegistry:
         pipe.zrem(INDEX, worker_id)
         pipe.execute()
 
-    def live(self) -> list[WorkerHeartbeat]:
+    def live(self, *, max_age: float = 0.0) -> list[WorkerHeartbeat]:
         """The live workers' heartbeats. A heartbeat read before unchanged is not parsed again
-        (every submit reads them; they change at heartbeat pace)."""
+        (they change at heartbeat pace). ``max_age``: the last snapshot will do if it was read at
+        most this many seconds ago (every read refreshes it)."""
+        if max_age > 0 and time.monotonic() - self._read_at <= max_age:
+            return self._snapshot
+        read_at = time.monotonic()
         raws = self._live(keys=[INDEX, key("worker", "")], args=[time.time()])
         parsed = self._parsed
         self._parsed = {r: parsed.get(r) or WorkerHeartbeat.model_validate_json(r) for r in raws}
-        return list(self._parsed.values())
+        self._snapshot, self._read_at = list(self._parsed.values()), read_at
+        return self._snapshot
 
     def model(self, name: str, beats: list[WorkerHeartbeat] | None = None) -> ModelAdvert | None:
         """The model as served by the ready workers, or None if none serves it.
