@@ -1,12 +1,18 @@
-"""The synchronous protocol's binary frames: every dtype round-trips, bad frames are refused."""
+"""The synchronous protocol's binary frames: every dtype round-trips, bad frames are refused, and
+pushed frames stay out of Redis's AOF."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import redis
 
 from flaskmodel import frames
 from flaskmodel.errors import InvalidInput
+from flaskmodel.storage.pipelines import execute
+from tests import procs
 
 
 def test_every_dtype_round_trips() -> None:
@@ -65,3 +71,31 @@ def test_string_data_is_checked() -> None:
         frames.unpack_strings(packed + b"z", 2, "t")
     with pytest.raises(InvalidInput, match="runs past"):
         frames.unpack_strings(b"\x09\x00\x00\x00ab", 1, "t")
+
+
+def test_pushed_frames_keep_their_order_and_ttl_and_stay_out_of_the_aof(
+    tmp_path: Path,
+) -> None:
+    proc, url = procs.start_redis(tmp_path / "redis", appendonly=True)
+    try:
+        client = redis.Redis.from_url(url)
+        push = frames.register_push(client)
+        items = [frames.encode({"id": f"r{i}"}, {"x": np.full(4, i, np.float32)}) for i in range(3)]
+        items += [b"SECRET-PAYLOAD-%d" % i for i in range(2500)]  # past one LPUSH's 1,000
+        pipe = client.pipeline(transaction=False)
+        frames.queue_push(pipe, push, "flaskmodel:sync:m", items, 30)
+        execute(pipe, push)
+        assert 0 < client.ttl("flaskmodel:sync:m") <= 30
+        popped = client.rpop("flaskmodel:sync:m", len(items))
+        assert popped == items  # LPUSH + RPOP: first in, first out
+        client.set("marker-after-the-push", "1")
+        aof = tmp_path / "redis" / "appendonlydir"
+
+        def logged() -> bytes:
+            return b"".join(p.read_bytes() for p in aof.glob("*.aof"))
+
+        procs.wait_for(lambda: b"marker-after-the-push" in logged(), 10, "the AOF write", proc)
+        assert b"SECRET-PAYLOAD" not in logged() and b'"r1"' not in logged()
+        client.close()
+    finally:
+        procs.stop(proc)

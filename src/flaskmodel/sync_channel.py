@@ -31,6 +31,7 @@ import redis
 
 from flaskmodel import frames
 from flaskmodel.errors import FlaskModelError, ServiceUnavailable
+from flaskmodel.storage.pipelines import execute
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class SyncChannel:
             if self._pid == os.getpid():
                 return
             self._reply_list = frames.reply_list_key(uuid.uuid4().hex)
+            self._push = frames.register_push(self._redis)
             self._waiters: dict[str, _Waiter] = {}
             self._outbox: list[tuple[str, bytes, str]] = []
             self._wake = threading.Event()
@@ -120,11 +122,10 @@ class SyncChannel:
             by_queue[queue].append(frame)
         pipe = self._redis.pipeline(transaction=False)
         for queue, queued in by_queue.items():
-            pipe.lpush(queue, *queued)
             # Every entry is dead after its deadline: a queue nobody consumes goes away.
-            pipe.expire(queue, self._queue_ttl)
+            frames.queue_push(pipe, self._push, queue, queued, self._queue_ttl)
         try:
-            pipe.execute()
+            execute(pipe, self._push)
         except Exception as exc:  # noqa: BLE001 - every caller must hear of it, not wait
             logger.warning("sync calls: %d requests not sent: %s", len(batch), exc)
             failure = ServiceUnavailable(f"redis unavailable: {exc}")

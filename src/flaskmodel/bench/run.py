@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,9 @@ def run_bench(out_dir: Path, *, quick: bool, say: Callable[[str], None]) -> Path
     limits = measure(models_root, "tiny", (1, 8, 32, 128), plan.limit_seconds)
     limits += measure(models_root, "ct", (1, 8), plan.limit_seconds)
     limits += measure(models_root, "ct_classifier", (1, 16), plan.limit_seconds)
+    # Every run starts from an empty Redis: job records and AOF files left by an earlier run
+    # would make this one rewrite and reload them.
+    shutil.rmtree(out_dir / "run", ignore_errors=True)
     port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("FLASKMODEL_")},

@@ -27,6 +27,7 @@ from flaskmodel import frames
 from flaskmodel.errors import DeadlineExceeded, FlaskModelError, InvalidInput
 from flaskmodel.runtime.batcher import DynamicBatcher
 from flaskmodel.runtime.repository import ModelRepository
+from flaskmodel.storage.pipelines import execute
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class SyncConsumer:
         poll_seconds: float = 1.0,
     ) -> None:
         self._redis = client
+        self._push = frames.register_push(client)
         self._repository = repository
         self._reply_ttl = reply_ttl
         self._poll = poll_seconds
@@ -172,10 +174,9 @@ class SyncConsumer:
                 by_list[str(header.get("reply_to"))].append(reply_frame(header, outcome))
             pipe = self._redis.pipeline(transaction=False)
             for target, replies in by_list.items():
-                pipe.lpush(target, *replies)
-                pipe.expire(target, self._reply_ttl)
+                frames.queue_push(pipe, self._push, target, replies, self._reply_ttl)
             try:
-                pipe.execute()
+                execute(pipe, self._push)
             except redis.RedisError as exc:
                 logger.warning("sync consumer: %d replies lost: %s", len(batch), exc)
 
