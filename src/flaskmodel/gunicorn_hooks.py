@@ -21,13 +21,17 @@ import time
 from types import FrameType
 from typing import Any
 
+from flaskmodel import heap
+
 logger = logging.getLogger(__name__)
 
 
 def post_worker_init(worker: Any) -> None:
     """Gunicorn hook (after the app is loaded): SIGTERM marks the app draining, then stops; the
-    ``Date`` header is formatted once a second, not per response."""
+    ``Date`` header is formatted once a second, not per response; the loaded app is exempt from
+    the garbage collector's full passes (``heap``)."""
     _cache_http_date()
+    heap.freeze()
     extensions = getattr(worker.wsgi, "extensions", {})
     services = extensions.get("flaskmodel")
     if services is None:

@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from flaskmodel import heap
 from flaskmodel.jobs import JobStore
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.gpu import configure_gpus
@@ -79,6 +80,7 @@ class WorkerContext:
         if self.settings.runtime.backend == "savedmodel":
             configure_gpus(self.settings.runtime.gpu_memory_limit_mb)  # before TF touches a GPU
         self.errors = self.repository.load_all()
+        heap.freeze()  # TensorFlow and the loaded models stay for the process's life
         self.ready = not self.errors
         self.consumer.start()
         self.beat()
