@@ -1,10 +1,10 @@
 """A cheaper pool check for redis-py connections in gevent processes.
 
 Before every command, redis-py's pool asks the connection it hands out whether it holds unread
-data (``can_read(0)``: a reply left over means a broken connection, which it reconnects). The
-check polls the socket; in a gevent-patched process ``select.poll`` is gevent's, which builds
-watchers and goes through the hub even for a zero timeout: ~33 µs of CPU per command, a tenth
-of the web tier's time per job request. A zero-timeout poll never blocks, so the real
+data (``can_read(0)``: a reply left over means a broken connection). The check polls the socket;
+in a gevent-patched process ``select.poll`` is gevent's, which builds watchers and goes through
+the hub even for a zero timeout: ~33 µs of CPU per command, about 8 % of the web tier's time per
+job request. A zero-timeout poll never blocks, so the real
 ``poll(2)`` answers the same question without the hub. When it (or the reply parser's buffer)
 says there may be data, redis-py's own check runs as before.
 """
