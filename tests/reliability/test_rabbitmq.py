@@ -128,7 +128,12 @@ def test_jobs_priorities_and_a_kill9_through_rabbitmq(
 
         # kill -9 mid-load; a replacement worker finishes everything, each result written once.
         load = [submit({"model": "paced", "inputs": [[float(i)] * 4]}) for i in range(20)]
-        procs.wait_for(lambda: states(load).count("SUCCEEDED") >= 5, 30, "5 jobs done")
+        # Killed while a job runs (between two jobs there would be nothing to redeliver).
+        procs.wait_for(
+            lambda: (now := states(load)).count("SUCCEEDED") >= 5 and "RUNNING" in now,
+            30,
+            "5 jobs done and one running",
+        )
         os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(10)
         worker = procs.start_worker(settings, tmp_path / "worker-2.log")
