@@ -14,7 +14,6 @@ before each element (as the V2 binary extension does it). No pickle: a frame is 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import struct
@@ -27,6 +26,7 @@ import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
+from flaskmodel import compact_json
 from flaskmodel.errors import InvalidInput
 from flaskmodel.storage.pipelines import queue_script
 from flaskmodel.storage.redis import key
@@ -143,17 +143,8 @@ def encode(header: dict[str, Any], tensors: dict[str, np.ndarray] | None = None)
             {"name": name, "dtype": dtype, "shape": list(array.shape), "nbytes": len(blob)}
         )
         blobs.append(blob)
-    raw = _dumps({**header, "tensors": table})
+    raw = compact_json.dumps({**header, "tensors": table})
     return b"".join([MAGIC, _LENGTH.pack(len(raw)), raw, *blobs])
-
-
-def _dumps(header: dict[str, Any]) -> bytes:
-    """``header`` as compact JSON: orjson, or the standard library for what orjson cannot write
-    (an integer past 64 bits)."""
-    try:
-        return orjson.dumps(header)
-    except TypeError:
-        return json.dumps(header, separators=(",", ":")).encode()
 
 
 def decode(frame: bytes) -> Frame:

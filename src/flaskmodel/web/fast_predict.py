@@ -17,7 +17,6 @@ any other method or path.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -25,9 +24,9 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qsl
 
-import orjson
 from flask import Flask, Response
 
+from flaskmodel import compact_json
 from flaskmodel.logs import set_job_id
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
@@ -148,11 +147,11 @@ class FastPredict:
                 data, content_type = body.get_data(), str(body.mimetype)
                 headers = {k: v for k, v in body.headers.items() if k == HEADER_LENGTH}
             else:
-                data = _dumps(body)
+                data = compact_json.dumps(body, newline=True)
         except Exception as exc:  # noqa: BLE001 - answered as the app answers it (logged there)
             error = error_answer(exc)
             status, headers = error.status, error.headers
-            data = _dumps(error.body())
+            data = compact_json.dumps(error.body(), newline=True)
         start_response(
             f"{status} {HTTPStatus(status).phrase}",
             [
@@ -171,12 +170,3 @@ class FastPredict:
         """The process's metrics flusher, as the app's ``before_request`` hook starts it."""
         settings = self._svc.settings
         RECORDER.start(lambda: connect(settings), settings.metrics.flush_seconds, self._target)
-
-
-def _dumps(body: dict[str, Any]) -> bytes:
-    """``body`` as the app's JSON provider writes it (orjson; the standard library for what orjson
-    cannot write)."""
-    try:
-        return orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
-    except TypeError:
-        return (json.dumps(body, separators=(",", ":")) + "\n").encode()

@@ -9,7 +9,6 @@ waits up to N seconds for it, answering like a synchronous call if it finished, 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from functools import partial
@@ -18,9 +17,9 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 import numpy as np
-import orjson
 from flask import Blueprint, Response, request
 
+from flaskmodel import compact_json
 from flaskmodel.errors import InvalidInput, InvalidRequest, ModelNotFound, error_class
 from flaskmodel.schemas import JobRequest, JobState, ModelAdvert, ModelSpec
 from flaskmodel.tensors import decode_outputs, encode_columnar
@@ -207,10 +206,7 @@ def _response(
     body["outputs"] = entries
     if not blobs:
         return body
-    try:  # as the app's JSON answers are written (web/json_provider.py)
-        header = orjson.dumps(body)
-    except TypeError:
-        header = json.dumps(body, separators=(",", ":")).encode()
+    header = compact_json.dumps(body)  # as the app writes its JSON answers
     response = Response(b"".join([header, *blobs]), mimetype="application/octet-stream")
     response.headers[HEADER_LENGTH] = str(len(header))
     return response
