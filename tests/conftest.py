@@ -25,7 +25,7 @@ CHEST = "tcia-lung-pet-ct-dx-A0002-chest-B40f-j2k"
 
 def populate_data_root(data_root: Path) -> None:
     """The real chest sample under the name ``chest`` and the demo phantom series."""
-    from flaskmodel.demo import write_demo_series  # noqa: PLC0415
+    from flaskmodel.demo.build import write_demo_series  # noqa: PLC0415
 
     shutil.copytree(SAMPLES / CHEST, data_root / "chest")
     write_demo_series(data_root, n_slices=24, size=64)
@@ -55,7 +55,7 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real SavedModels: ``tiny``, a small ``ct_classifier`` and the string model ``echo``."""
-    from flaskmodel.demo import build_ct_classifier, build_tiny  # noqa: PLC0415
+    from flaskmodel.demo.build import build_ct_classifier, build_tiny  # noqa: PLC0415
 
     root = tmp_path_factory.mktemp("models")
     build_tiny(root)

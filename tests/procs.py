@@ -137,7 +137,7 @@ def start_gunicorn(
         f"--workers={workers}",
         f"--bind=127.0.0.1:{port}",
         "--graceful-timeout=5",
-        "--config=python:flaskmodel.gunicorn_hooks",  # the shipped config's hook
+        "--config=python:flaskmodel.deploy.gunicorn_hooks",  # the shipped config's hook
         "flaskmodel.web:create_app()",
     ]
     proc = spawn(args, settings, log)
@@ -152,6 +152,6 @@ def start_gunicorn(
 
 def queued(client: redis.Redis, queue: str) -> int:
     """Messages waiting in a Celery queue on the Redis broker, every priority list counted."""
-    from flaskmodel.worker.celery_app import redis_queue_keys  # noqa: PLC0415
+    from flaskmodel.jobs.broker import redis_queue_keys  # noqa: PLC0415
 
     return sum(int(client.llen(name)) for name in redis_queue_keys(queue))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from click.testing import CliRunner
 
 from flaskmodel.cli import main
-from flaskmodel.demo import DEMO_SERIES_UID
+from flaskmodel.demo.build import DEMO_SERIES_UID
 from tests.conftest import Stack
 
 

@@ -12,7 +12,7 @@ def test_a_gunicorn_worker_freezes_the_loaded_app() -> None:
         "import gc, json, types\n"
         "from flaskmodel.settings import Settings\n"
         "from flaskmodel.web import create_app\n"
-        "from flaskmodel.gunicorn_hooks import post_worker_init\n"
+        "from flaskmodel.deploy.gunicorn_hooks import post_worker_init\n"
         "app = create_app(Settings(redis={'url': 'redis://127.0.0.1:1/0'}))\n"
         "loaded = len(gc.get_objects())\n"
         "post_worker_init(types.SimpleNamespace(wsgi=app, handle_exit=lambda *a: None))\n"

@@ -58,7 +58,7 @@ def check(markdown: bool) -> None:
 def demo(ct_size: int, force: bool) -> None:
     """Build the demo models and the demo CT series (offline, deterministic)."""
     settings = load_settings()
-    from flaskmodel.demo import build_demo  # noqa: PLC0415 - imports TensorFlow
+    from flaskmodel.demo.build import build_demo  # noqa: PLC0415 - imports TensorFlow
 
     for line in build_demo(settings.models_root, settings.data_root, ct_size=ct_size, force=force):
         click.echo(line)
@@ -123,9 +123,10 @@ def up(port: int | None) -> None:
     """Start the whole stack (redis, worker, gunicorn, nginx) in the foreground."""
     settings = load_settings()
     configure(settings)
-    from flaskmodel.stack import run_stack  # noqa: PLC0415
+    from flaskmodel.demo.series import sample_requests  # noqa: PLC0415
+    from flaskmodel.deploy.stack import run_stack  # noqa: PLC0415
 
-    sys.exit(run_stack(settings, port=port, announce=click.echo))
+    sys.exit(run_stack(settings, port=port, announce=click.echo, samples=sample_requests()))
 
 
 @main.command()

@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 from pydicom.pixels.processing import apply_modality_lut  # = pydicom.pixels.apply_modality_lut
 
+from flaskmodel.dicom.headers import SliceRef
 from flaskmodel.dicom.pixels import file_window, load_hu
 from flaskmodel.dicom.preprocess import (
     WINDOW_PRESETS,
@@ -20,7 +21,7 @@ from flaskmodel.dicom.preprocess import (
     resize,
     resolve_window,
 )
-from flaskmodel.dicom.series import SliceRef, scan_series
+from flaskmodel.dicom.series import scan_series
 from flaskmodel.errors import DicomReadError, SeriesError
 
 from .conftest import Samples, SliceWriter

@@ -13,11 +13,11 @@ import numpy as np
 import pydicom
 import pytest
 
+from flaskmodel.dicom.headers import SliceRef
 from flaskmodel.dicom.pixels import load_hu
 from flaskmodel.dicom.series import (
     SERIES_ID_PATTERN,
     Series,
-    SliceRef,
     resolve_series_dir,
     scan_series,
 )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from flaskmodel.demo import DEMO_SERIES_UID
+from flaskmodel.demo.build import DEMO_SERIES_UID
 from flaskmodel.settings import Settings
 from tests.conftest import Stack, populate_data_root, redis_db, running_stack
 

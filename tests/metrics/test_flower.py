@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 
-from flaskmodel.worker.celery_app import broker_url
+from flaskmodel.jobs.broker import broker_url
 from tests import procs
 from tests.conftest import Stack
 from tests.metrics.conftest import run_job, tensor_job

@@ -10,8 +10,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from flaskmodel.metrics import catalogue
-from flaskmodel.metrics.exposition import recorded_families
 from flaskmodel.metrics.recorder import METRICS_KEY, MetricsRecorder
+from flaskmodel.web.exposition import recorded_families
 from tests.conftest import redis_db
 
 

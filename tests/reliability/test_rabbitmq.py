@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from flaskmodel.demo import write_demo_series
+from flaskmodel.demo.build import write_demo_series
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
 from flaskmodel.web import create_app

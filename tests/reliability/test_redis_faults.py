@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import requests
 
-from flaskmodel.admission import Admission
-from flaskmodel.jobs import JobStore
+from flaskmodel.jobs.admission import Admission
+from flaskmodel.jobs.store import JobStore
 from flaskmodel.schemas import JobRequest
 from flaskmodel.settings import Settings
 from tests import procs

@@ -14,7 +14,7 @@ import pytest
 import requests
 from kombu import Connection, Exchange, Producer, Queue
 
-from flaskmodel.worker.celery_app import TASK_RUN_JOB, broker_url
+from flaskmodel.jobs.broker import TASK_RUN_JOB, broker_url
 from tests.conftest import Stack
 from tests.web.test_jobs_e2e import wait_job
 

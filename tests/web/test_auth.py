@@ -12,9 +12,9 @@ import pytest
 import redis
 import requests
 
-from flaskmodel.apikeys import KeyRing, parse_lines
 from flaskmodel.settings import SecuritySettings, Settings
 from flaskmodel.storage.redis import key
+from flaskmodel.web.apikeys import KeyRing, parse_lines
 from tests.conftest import FAKE_SPEC, Stack, redis_db, running_stack, write_fake_model
 
 ALICE = "alice-" + "a1" * 16

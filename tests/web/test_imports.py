@@ -35,7 +35,7 @@ def test_gunicorn_hooks_import_nothing_gevent_patches() -> None:
     """Gunicorn's master imports the hooks before its gevent workers monkey-patch."""
     code = (
         "import json, sys\n"
-        "import flaskmodel.gunicorn_hooks\n"
+        "import flaskmodel.deploy.gunicorn_hooks\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('flask', 'redis', 'kombu', 'celery', 'requests', 'urllib3', 'gevent', 'werkzeug'))))\n"
     )

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from flaskmodel.jobs import DONE_TTL, done_key
+from flaskmodel.jobs.store import DONE_TTL, done_key
 from tests.conftest import Stack
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import requests
 
-from flaskmodel.ratelimit import RateLimiter
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import connect
+from flaskmodel.web.ratelimit import RateLimiter
 from tests import procs
 from tests.conftest import redis_db
 

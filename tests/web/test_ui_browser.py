@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import requests
 
-from flaskmodel.demo import DEMO_SERIES_UID
+from flaskmodel.demo.build import DEMO_SERIES_UID
 from tests.conftest import Stack
 from tests.web.test_jobs_e2e import wait_job
 

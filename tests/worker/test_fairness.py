@@ -17,7 +17,7 @@ import pytest
 
 from flaskmodel.bench.fairness import measure_fairness
 from flaskmodel.client import Client
-from flaskmodel.demo import write_demo_series
+from flaskmodel.demo.build import write_demo_series
 from flaskmodel.settings import Settings
 from tests import procs
 from tests.conftest import write_fake_model

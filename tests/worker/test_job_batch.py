@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import redis
 
-from flaskmodel.admission import Admission, pending_key
-from flaskmodel.jobs import JobStore
+from flaskmodel.jobs.admission import Admission, pending_key
+from flaskmodel.jobs.store import JobStore
 from flaskmodel.runtime.fake import FakeRuntime
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import JobRequest, JobState

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import redis
 
-from flaskmodel.jobs import JobStore
+from flaskmodel.jobs.store import JobStore
 from flaskmodel.runtime.fake import FakeRuntime
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import JobRequest, JobState

@@ -10,8 +10,8 @@ import pytest
 import redis
 from kombu.exceptions import OperationalError
 
-from flaskmodel.demo import write_demo_series
-from flaskmodel.jobs import JobStore
+from flaskmodel.demo.build import write_demo_series
+from flaskmodel.jobs.store import JobStore
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import JobRequest, JobState
 from flaskmodel.settings import Settings

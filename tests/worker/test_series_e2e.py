@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import requests
 
-from flaskmodel.demo import DEMO_SERIES_UID
+from flaskmodel.demo.build import DEMO_SERIES_UID
 from tests.conftest import CHEST, SAMPLES, Stack
 from tests.web.test_jobs_e2e import wait_job
 

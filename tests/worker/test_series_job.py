@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import redis
 
-from flaskmodel.jobs import JobStore
+from flaskmodel.jobs.store import JobStore
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import JobRequest, JobState
 from flaskmodel.settings import Settings
@@ -106,7 +106,7 @@ def test_no_patient_identifiers_in_logs(
     redis_client: redis.Redis,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from flaskmodel.demo import write_demo_series  # noqa: PLC0415
+    from flaskmodel.demo.build import write_demo_series  # noqa: PLC0415
 
     models = tmp_path / "models"
     write_fake_model(models, "m", 1, IMAGE_SPEC)

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from flaskmodel.admission import Admission
-from flaskmodel.jobs import JobStore
+from flaskmodel.jobs.admission import Admission
+from flaskmodel.jobs.broker import TASK_RUN_JOB, make_celery, model_queue, redis_queue_keys
+from flaskmodel.jobs.store import JobStore
 from flaskmodel.schemas import JobRequest
 from flaskmodel.settings import Settings
-from flaskmodel.worker.celery_app import TASK_RUN_JOB, make_celery, model_queue, redis_queue_keys
 from flaskmodel.worker.sweeper import LOCK, OrphanSweeper, message_ids
 from tests.conftest import redis_db
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from flaskmodel.jobs.broker import redis_queue_keys
 from flaskmodel.settings import Settings
-from flaskmodel.worker.celery_app import redis_queue_keys
 from flaskmodel.worker.watchdog import ConsumerWatchdog
 from tests.conftest import redis_db
 

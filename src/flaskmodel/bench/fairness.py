@@ -119,7 +119,7 @@ def run_fairness_bench(base: str, say: Callable[[str], None]) -> list[str]:
         FAIRNESS_SERIES_UID,
         FAIRNESS_SLICES,
     )
-    from flaskmodel.demo import DEMO_SERIES_SLICES, DEMO_SERIES_UID  # noqa: PLC0415
+    from flaskmodel.demo.build import DEMO_SERIES_SLICES, DEMO_SERIES_UID  # noqa: PLC0415
 
     say(f"fairness: the demo series beside a {FAIRNESS_SLICES}-slice series job")
     figure = measure_fairness(

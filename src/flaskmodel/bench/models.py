@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from flaskmodel.demo import build_demo, write_demo_series
-from flaskmodel.demo_models import import_tensorflow, save_module
+from flaskmodel.demo.build import build_demo, write_demo_series
+from flaskmodel.demo.models import import_tensorflow, save_module
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from flaskmodel.bench.payloads import Scenario, answer, expected, job_body, scen
 from flaskmodel.bench.report import Report, Row
 from flaskmodel.bench.series import run_series_bench
 from flaskmodel.bench.wrk import JOB_SCRIPT, JOB_WAIT_SCRIPT, POST_SCRIPT, run_wrk
-from flaskmodel.processes import descendants
-from flaskmodel.stack import free_port
+from flaskmodel.deploy.processes import descendants
+from flaskmodel.deploy.stack import free_port
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from flaskmodel.bench.inprocess import Limit
 from flaskmodel.bench.report import Row
 from flaskmodel.bench.wrk import Cell
 from flaskmodel.client import Client
-from flaskmodel.demo import DEMO_SERIES_UID
+from flaskmodel.demo.build import DEMO_SERIES_UID
 
 logger = logging.getLogger(__name__)
 

@@ -44,6 +44,22 @@ _IMAGE_SOP_CLASSES = frozenset(
 
 
 @dataclass(frozen=True)
+class SliceRef:
+    """One image slice of a series: where it is and where it sits in the stack.
+
+    ``z`` is the position projected on the slice normal (mm) when the series sorts by geometry,
+    else the slice's rank in InstanceNumber order.
+    """
+
+    path: Path
+    sop_instance_uid: str
+    instance_number: int | None
+    position: tuple[float, float, float] | None
+    z: float
+    series_instance_uid: str
+
+
+@dataclass(frozen=True)
 class Header:
     """What the scan needs from one file's header."""
 

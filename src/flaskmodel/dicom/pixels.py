@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.pixels.processing import apply_modality_lut
@@ -21,10 +20,8 @@ from flaskmodel.dicom.files import (
     read_dataset,
     short_reason,
 )
+from flaskmodel.dicom.headers import SliceRef
 from flaskmodel.errors import DicomReadError, SeriesError
-
-if TYPE_CHECKING:
-    from flaskmodel.dicom.series import SliceRef
 
 logger = logging.getLogger(__name__)
 

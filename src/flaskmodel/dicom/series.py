@@ -3,10 +3,9 @@
 A series id names a folder directly under the data root (usually its SeriesInstanceUID, but any
 allow-listed name works). ``scan_series`` walks that folder recursively, reads headers only, keeps
 the image slices of one SeriesInstanceUID and sorts them geometrically. This module owns
-``scan_series`` (grouping and sorting), ``Series``/``SliceRef`` and ``resolve_series_dir``; the
-folder walk and header parsing live in ``flaskmodel.dicom.headers``, reading a slice as HU in
-``flaskmodel.dicom.pixels`` (``load_hu``/``file_window`` are re-exported here) and the shared file
-helpers in ``flaskmodel.dicom.files``.
+``scan_series`` (grouping and sorting), ``Series`` and ``resolve_series_dir``; the folder walk,
+header parsing and ``SliceRef`` live in ``flaskmodel.dicom.headers``, reading a slice as HU in
+``flaskmodel.dicom.pixels`` and the shared file helpers in ``flaskmodel.dicom.files``.
 
 Sort order: ``z = ImagePositionPatient · n`` with ``n = row cosines × column cosines`` (from
 ImageOrientationPatient, normalised), and slices are sorted by **ascending z**. In the patient's
@@ -33,8 +32,7 @@ from typing import Literal
 import numpy as np
 
 from flaskmodel.dicom.files import relative_name
-from flaskmodel.dicom.headers import Header, read_header, walk_files
-from flaskmodel.dicom.pixels import file_window, load_hu
+from flaskmodel.dicom.headers import Header, SliceRef, read_header, walk_files
 from flaskmodel.errors import InvalidSeriesId, SeriesError, SeriesNotFound
 
 __all__ = [
@@ -43,10 +41,7 @@ __all__ = [
     "ORIENTATION_TOLERANCE",
     "SERIES_ID_PATTERN",
     "Series",
-    "SliceRef",
     "SortMethod",
-    "file_window",
-    "load_hu",
     "resolve_series_dir",
     "scan_series",
 ]
@@ -69,22 +64,6 @@ GAP_FACTOR = 1.5
 _MAX_LISTED = 5
 
 SortMethod = Literal["geometry", "instance_number"]
-
-
-@dataclass(frozen=True)
-class SliceRef:
-    """One image slice of a series: where it is and where it sits in the stack.
-
-    ``z`` is the position projected on the slice normal (mm) when the series sorts by geometry,
-    else the slice's rank in InstanceNumber order.
-    """
-
-    path: Path
-    sop_instance_uid: str
-    instance_number: int | None
-    position: tuple[float, float, float] | None
-    z: float
-    series_instance_uid: str
 
 
 @dataclass(frozen=True)

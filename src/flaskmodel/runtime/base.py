@@ -7,8 +7,8 @@ from typing import Protocol
 
 import numpy as np
 
+from flaskmodel.codecs.tfserving_json import numpy_dtype
 from flaskmodel.schemas import ModelSpec
-from flaskmodel.tensors import numpy_dtype
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
+from flaskmodel.codecs.tfserving_json import FROM_TF_DTYPES, STRING, TF_DTYPES
 from flaskmodel.errors import InternalError, InvalidInput
-from flaskmodel.tensors import FROM_TF_DTYPES, STRING, TF_DTYPES
 
 logger = logging.getLogger(__name__)
 

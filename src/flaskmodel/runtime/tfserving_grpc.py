@@ -29,6 +29,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+from flaskmodel.codecs.tfserving_json import FROM_TF_DTYPES
 from flaskmodel.errors import (
     DeadlineExceeded,
     FlaskModelError,
@@ -41,7 +42,6 @@ from flaskmodel.errors import (
 from flaskmodel.runtime.remote import RemoteRuntime
 from flaskmodel.runtime.tensor_proto import from_tensor_proto, to_tensor_proto
 from flaskmodel.schemas import ModelSpec, TensorSpec
-from flaskmodel.tensors import FROM_TF_DTYPES
 
 logger = logging.getLogger(__name__)
 

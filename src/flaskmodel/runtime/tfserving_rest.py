@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import urllib3
 
+from flaskmodel.codecs.tfserving_json import FROM_TF_DTYPES, decode_outputs, encode_columnar
 from flaskmodel.errors import (
     DeadlineExceeded,
     FlaskModelError,
@@ -27,7 +28,6 @@ from flaskmodel.errors import (
 )
 from flaskmodel.runtime.remote import RemoteRuntime
 from flaskmodel.schemas import ModelSpec, TensorSpec
-from flaskmodel.tensors import FROM_TF_DTYPES, decode_outputs, encode_columnar
 
 logger = logging.getLogger(__name__)
 

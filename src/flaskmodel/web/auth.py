@@ -21,9 +21,9 @@ import logging
 
 from flask import Flask, g, request
 
-from flaskmodel.apikeys import KeyRing, presented_key
 from flaskmodel.errors import RateLimited, Unauthorized
-from flaskmodel.ratelimit import RateLimiter
+from flaskmodel.web.apikeys import KeyRing, presented_key
+from flaskmodel.web.ratelimit import RateLimiter
 from flaskmodel.web.services import services
 
 logger = logging.getLogger(__name__)

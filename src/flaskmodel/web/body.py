@@ -10,8 +10,8 @@ import orjson
 from flask import request
 from pydantic import BaseModel, ValidationError
 
+from flaskmodel.codecs.fast_json import has_long_int, lift_tensor
 from flaskmodel.errors import InvalidRequest
-from flaskmodel.json_tensors import has_long_int, lift_tensor
 from flaskmodel.schemas import ModelSpec
 
 logger = logging.getLogger(__name__)

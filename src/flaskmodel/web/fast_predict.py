@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl
 
 from flask import Flask, Response
 
-from flaskmodel import compact_json
+from flaskmodel.codecs import compact_json
 from flaskmodel.logs import set_job_id
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER

@@ -19,11 +19,9 @@ from typing import Any
 import numpy as np
 from flask import Blueprint, Response, request
 
-from flaskmodel import compact_json
-from flaskmodel.errors import InvalidInput, InvalidRequest, ModelNotFound, error_class
-from flaskmodel.schemas import JobRequest, JobState, ModelAdvert, ModelSpec
-from flaskmodel.tensors import decode_outputs, encode_columnar
-from flaskmodel.v2_tensors import (
+from flaskmodel.codecs import compact_json
+from flaskmodel.codecs.tfserving_json import decode_outputs, encode_columnar
+from flaskmodel.codecs.v2 import (
     InferRequest,
     check_outputs,
     decode_inputs,
@@ -31,6 +29,8 @@ from flaskmodel.v2_tensors import (
     split_body,
     v2_datatype,
 )
+from flaskmodel.errors import InvalidInput, InvalidRequest, ModelNotFound, error_class
+from flaskmodel.schemas import JobRequest, JobState, ModelAdvert, ModelSpec
 from flaskmodel.web.body import is_whole_number, parse, parse_json, prefer
 from flaskmodel.web.jobs import finished_view, submit
 from flaskmodel.web.services import Services, services

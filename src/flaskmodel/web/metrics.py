@@ -3,7 +3,7 @@
 Every request is counted and timed by its URL rule (``/v1/jobs/<job_id>``, never the raw path,
 so the number of series stays bounded; ``unmatched`` for paths no route has) in this process's
 ``RECORDER``, which a background greenlet flushes to Redis. A scrape first flushes this process's
-own counts, then renders the totals of every process (``flaskmodel.metrics.exposition``).
+own counts, then renders the totals of every process (``flaskmodel.web.exposition``).
 
 The hooks also tag the request's log records with the job it is about (``/v1/jobs/<job_id>``,
 ``/get_result/<task_id>``); a submit tags them once the job has its id.
@@ -20,9 +20,9 @@ from redis import RedisError
 
 from flaskmodel.logs import set_job_id
 from flaskmodel.metrics import catalogue
-from flaskmodel.metrics.exposition import CONTENT_TYPE, render
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.storage.redis import connect
+from flaskmodel.web.exposition import CONTENT_TYPE, render
 from flaskmodel.web.services import services
 
 logger = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ import swagger_ui_bundle  # type: ignore[import-untyped]
 from flask import Blueprint, Flask, Response, current_app, send_from_directory, url_for
 from pydantic import BaseModel, ConfigDict, create_model
 
+from flaskmodel.codecs.v2 import InferRequest
 from flaskmodel.schemas import JobRequest, JobView, SubmitResponse
-from flaskmodel.v2_tensors import InferRequest
 from flaskmodel.web.auth import OPEN_ENDPOINTS
 from flaskmodel.web.kv import PutValue
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from flask import Blueprint, request
 
+from flaskmodel.codecs.tfserving_json import TF_DTYPES, decode_inputs, encode_outputs
 from flaskmodel.errors import InvalidInput, InvalidRequest, ModelNotFound, NotFound
 from flaskmodel.schemas import MODEL_NAME_PATTERN, ModelSpec, TensorSpec
-from flaskmodel.tensors import TF_DTYPES, decode_inputs, encode_outputs
 from flaskmodel.web.body import is_whole_number, parse_tensor_body
 from flaskmodel.web.services import Services, services
 

@@ -10,17 +10,17 @@ import redis
 from celery import Celery
 from flask import Flask, current_app
 
-from flaskmodel.admission import Admission
-from flaskmodel.apikeys import KeyRing
-from flaskmodel.jobs import JobStore
-from flaskmodel.ratelimit import RateLimiter
+from flaskmodel.jobs.admission import Admission
+from flaskmodel.jobs.broker import make_celery
+from flaskmodel.jobs.store import JobStore
+from flaskmodel.jobs.submit import JobSubmitter
 from flaskmodel.settings import Settings
 from flaskmodel.storage.kv import KeyValueStore
 from flaskmodel.storage.redis import connect, connect_frames
 from flaskmodel.storage.workers import WorkerRegistry
-from flaskmodel.submission import JobSubmitter
-from flaskmodel.sync import SyncPredictor
-from flaskmodel.worker.celery_app import make_celery
+from flaskmodel.sync.predictor import SyncPredictor
+from flaskmodel.web.apikeys import KeyRing
+from flaskmodel.web.ratelimit import RateLimiter
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from flaskmodel import heap
-from flaskmodel.jobs import JobStore
+from flaskmodel.jobs.store import JobStore
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.gpu import configure_gpus
 from flaskmodel.runtime.repository import ModelRepository

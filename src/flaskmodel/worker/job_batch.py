@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 import redis
 
-from flaskmodel.admission import Admission
+from flaskmodel.codecs.tfserving_json import decode_inputs, encode_outputs
 from flaskmodel.errors import FlaskModelError
-from flaskmodel.jobs import ACTIVE, JobStore, now, start_reply
+from flaskmodel.jobs.admission import Admission
+from flaskmodel.jobs.store import ACTIVE, JobStore, now, start_reply
 from flaskmodel.logs import job_context
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
@@ -37,7 +38,6 @@ from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import JobRequest, JobState
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
-from flaskmodel.tensors import decode_inputs, encode_outputs
 
 logger = logging.getLogger(__name__)
 

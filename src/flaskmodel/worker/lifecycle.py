@@ -27,12 +27,12 @@ import redis
 from celery import Celery, signals
 from celery.exceptions import TimeLimitExceeded
 
-from flaskmodel.admission import Admission
-from flaskmodel.jobs import JobStore
+from flaskmodel.jobs.admission import Admission
+from flaskmodel.jobs.broker import job_of_task, make_celery
+from flaskmodel.jobs.store import JobStore
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import connect, key
 from flaskmodel.storage.workers import WorkerRegistry
-from flaskmodel.worker.celery_app import job_of_task, make_celery
 from flaskmodel.worker.sweeper import start_sweeper
 from flaskmodel.worker.watchdog import start_watchdog
 

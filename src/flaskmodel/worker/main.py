@@ -7,11 +7,11 @@ from typing import Any
 
 from celery import signals
 
+from flaskmodel.jobs.broker import make_celery, model_queue, publish_job
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import JobRequest
 from flaskmodel.settings import Settings
 from flaskmodel.worker import context
-from flaskmodel.worker.celery_app import make_celery, model_queue, publish_job
 from flaskmodel.worker.lifecycle import MainProcessHooks, check_limits
 from flaskmodel.worker.tasks import register_tasks
 

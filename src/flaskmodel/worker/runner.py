@@ -29,16 +29,16 @@ from typing import Any
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
-from flaskmodel.admission import Admission
+from flaskmodel.codecs.tfserving_json import decode_inputs, encode_outputs
 from flaskmodel.errors import FlaskModelError
-from flaskmodel.jobs import JobStore
+from flaskmodel.jobs.admission import Admission
+from flaskmodel.jobs.store import JobStore
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.schemas import JobRequest
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
-from flaskmodel.tensors import decode_inputs, encode_outputs
 from flaskmodel.worker.job_batch import TensorJobBatch
 
 logger = logging.getLogger(__name__)

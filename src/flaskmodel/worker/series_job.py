@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 import redis
 
+from flaskmodel.dicom.headers import SliceRef
 from flaskmodel.dicom.pixels import file_window, load_hu
 from flaskmodel.dicom.postprocess import PostprocessResult, postprocess
 from flaskmodel.dicom.preprocess import PreprocessConfig, preprocess_slice, resolve_window
-from flaskmodel.dicom.series import Series, SliceRef, scan_series
+from flaskmodel.dicom.series import Series, scan_series
 from flaskmodel.dicom.thumbnail import render_thumbnail
 from flaskmodel.errors import InvalidRequest, JobCancelled
-from flaskmodel.jobs import JobStore
+from flaskmodel.jobs.store import JobStore
 from flaskmodel.logs import JOB_ID, job_context
 from flaskmodel.metrics.catalogue import SLICE_DECODE, SLICE_PREPROCESS
 from flaskmodel.metrics.recorder import RECORDER

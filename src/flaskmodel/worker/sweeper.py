@@ -39,16 +39,16 @@ from collections.abc import Iterable
 import redis
 from celery import Celery
 
-from flaskmodel.admission import pending_key
-from flaskmodel.schemas import JobRequest, JobState
-from flaskmodel.storage.redis import key
-from flaskmodel.worker.celery_app import (
+from flaskmodel.jobs.admission import pending_key
+from flaskmodel.jobs.broker import (
     TASK_RUN_JOBS,
     job_of_task,
     model_queue,
     publish_job,
     redis_queue_keys,
 )
+from flaskmodel.schemas import JobRequest, JobState
+from flaskmodel.storage.redis import key
 
 logger = logging.getLogger(__name__)
 

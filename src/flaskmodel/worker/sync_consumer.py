@@ -23,11 +23,12 @@ from typing import Any
 import numpy as np
 import redis
 
-from flaskmodel import frames
+from flaskmodel.codecs import raw
 from flaskmodel.errors import DeadlineExceeded, FlaskModelError, InvalidInput
 from flaskmodel.runtime.batcher import DynamicBatcher
 from flaskmodel.runtime.repository import ModelRepository
 from flaskmodel.storage.pipelines import execute
+from flaskmodel.sync import frames
 
 logger = logging.getLogger(__name__)
 
@@ -103,12 +104,12 @@ class SyncConsumer:
                 logger.warning("sync consumer: redis unavailable: %s", exc)
                 self._stop.wait(self._poll)
                 continue
-            for raw in [first, *more]:
-                self._dispatch(raw)
+            for blob in [first, *more]:
+                self._dispatch(blob)
 
-    def _dispatch(self, raw: bytes) -> None:
+    def _dispatch(self, blob: bytes) -> None:
         try:
-            request = frames.decode(raw)
+            request = raw.decode(blob)
         except (InvalidInput, KeyError, TypeError, ValueError) as exc:
             logger.warning("sync consumer: dropped a malformed request frame: %s", exc)
             return
@@ -187,10 +188,10 @@ def reply_frame(header: dict[str, Any], outcome: Outcome) -> bytes:
     if isinstance(outcome, dict):
         wanted = header.get("outputs")
         outputs = outcome if not wanted else {k: v for k, v in outcome.items() if k in wanted}
-        return frames.encode(base, outputs)
+        return raw.encode(base, outputs)
     if isinstance(outcome, FlaskModelError):
         error = outcome.to_dict()
     else:
         logger.warning("sync request %s failed: %r", header["id"], outcome)
         error = {"type": "internal_error", "message": f"{type(outcome).__name__}: {outcome}"}
-    return frames.encode({**base, "error": error})
+    return raw.encode({**base, "error": error})

@@ -26,8 +26,8 @@ from celery import Celery
 from celery.exceptions import Reject, SoftTimeLimitExceeded
 from kombu.exceptions import OperationalError
 
+from flaskmodel.jobs.broker import TASK_RUN_JOB, TASK_RUN_JOBS
 from flaskmodel.logs import job_context
-from flaskmodel.worker.celery_app import TASK_RUN_JOB, TASK_RUN_JOBS
 from flaskmodel.worker.context import WorkerContext, current
 from flaskmodel.worker.lifecycle import STALE_TOLERANCE
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 import redis
 
-from flaskmodel.worker.celery_app import redis_queue_keys
+from flaskmodel.jobs.broker import redis_queue_keys
 
 logger = logging.getLogger(__name__)
 

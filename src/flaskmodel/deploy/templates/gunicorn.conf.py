@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from flaskmodel.gunicorn_hooks import post_worker_init
+from flaskmodel.deploy.gunicorn_hooks import post_worker_init
 from flaskmodel.settings import Settings
 
 __all__ = ["post_worker_init"]  # a gunicorn server hook: SIGTERM turns /readyz 503 at once

@@ -1,0 +1,194 @@
+"""FlaskModel's one typed configuration object.
+
+Every setting comes from ``Settings``: environment variables prefixed ``FLASKMODEL_`` with nested
+sections joined by ``__`` (``FLASKMODEL_REDIS__URL``, ``FLASKMODEL_JOBS__TTL_SECONDS``). Tests build
+``Settings(...)`` directly. The README's configuration table is generated from these fields
+(``flaskmodel check --markdown``); a test fails when it is stale.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flaskmodel.settings.dicom import DicomSettings
+from flaskmodel.settings.sections import (
+    BatchingSettings,
+    BrokerSettings,
+    JobSettings,
+    KvSettings,
+    LogSettings,
+    MetricsSettings,
+    RedisSettings,
+    RemoteModel,
+    RuntimeSettings,
+    Section,
+    SecuritySettings,
+    SeriesSettings,
+    WebSettings,
+    WorkerSettings,
+)
+
+__all__ = [
+    "BatchingSettings",
+    "BrokerSettings",
+    "DicomSettings",
+    "JobSettings",
+    "KvSettings",
+    "LogSettings",
+    "MetricsSettings",
+    "RedisSettings",
+    "RemoteModel",
+    "RuntimeSettings",
+    "Section",
+    "SecuritySettings",
+    "SeriesSettings",
+    "Settings",
+    "WebSettings",
+    "WorkerSettings",
+    "mask_url",
+    "settings_table",
+]
+
+
+class Settings(BaseSettings):
+    """All of FlaskModel's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLASKMODEL_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+    models_root: Path = Path("var/models")
+    """Model repository: `<models_root>/<model>/<version>/` holds a SavedModel."""
+    data_root: Path = Path("var/data")
+    """DICOM data root: a series job reads `<data_root>/<series_uid>/`."""
+    run_dir: Path = Path("var/run")
+    """Where `flaskmodel up` keeps its generated configs, sockets, logs and Redis data."""
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    series: SeriesSettings = Field(default_factory=SeriesSettings)
+    kv: KvSettings = Field(default_factory=KvSettings)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+
+    @model_validator(mode="after")
+    def _check_limits(self) -> Settings:
+        jobs = self.jobs
+        if jobs.soft_time_limit >= jobs.time_limit:
+            raise ValueError("jobs.soft_time_limit must be below jobs.time_limit")
+        # A lease shorter than the hard limit redelivers a job that is still running.
+        if jobs.visibility_timeout <= jobs.time_limit:
+            raise ValueError("jobs.visibility_timeout must exceed jobs.time_limit")
+        sentinel_url = (self.redis.url or "").startswith("sentinel://")
+        if sentinel_url != bool(self.redis.sentinel_master):
+            raise ValueError(
+                "redis.sentinel_master and a sentinel:// redis.url go together (one without the "
+                "other cannot find the primary)"
+            )
+        if self.batching.sync_timeout_seconds > self.batching.max_timeout_seconds:
+            raise ValueError("batching.sync_timeout_seconds must not exceed max_timeout_seconds")
+        return self
+
+    def redis_url(self) -> str:
+        """The Redis URL to connect to; raises when none is configured."""
+        if not self.redis.url:
+            raise ValueError(
+                "no Redis configured: set FLASKMODEL_REDIS__URL or use `flaskmodel up`"
+            )
+        return self.redis.url
+
+    def env(self) -> dict[str, str]:
+        """These settings as FLASKMODEL_* environment variables (for child processes)."""
+        out: dict[str, str] = {}
+        for key, value in _flatten(self.model_dump(mode="python"), Settings):
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                text = value.get_secret_value()
+            elif isinstance(value, list) and any(isinstance(v, SecretStr) for v in value):
+                text = json.dumps([_reveal(v) for v in value])
+            elif isinstance(value, list | dict):
+                text = json.dumps(value)  # pydantic-settings reads complex values as JSON
+            else:
+                text = str(value).lower() if isinstance(value, bool) else str(value)
+            out["FLASKMODEL_" + key.upper()] = text
+        return out
+
+    def masked(self) -> list[tuple[str, str]]:
+        """(env name, value) pairs with secrets and URL passwords masked, for display."""
+        rows = []
+        for key, value in _flatten(self.model_dump(mode="python"), Settings):
+            if isinstance(value, SecretStr) or (
+                isinstance(value, list) and any(isinstance(v, SecretStr) for v in value)
+            ):
+                shown = "**********"
+            elif isinstance(value, str) and "://" in value:
+                shown = mask_url(value)
+            else:
+                shown = "" if value is None else str(value)
+            rows.append(("FLASKMODEL_" + key.upper(), shown))
+        return rows
+
+
+def _reveal(value: Any) -> Any:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+def _flatten(
+    data: dict[str, Any], model: type[BaseModel], prefix: str = ""
+) -> list[tuple[str, Any]]:
+    """(name, value) per field; sections recurse, other dicts (e.g. mappings) stay whole."""
+    rows: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        annotation = model.model_fields[key].annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section):
+            rows.extend(_flatten(value, annotation, f"{prefix}{key}__"))
+        else:
+            rows.append((prefix + key, value))
+    return rows
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by asterisks."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":**********@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def settings_table() -> str:
+    """The README's configuration table (Markdown), generated from the fields above."""
+    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, default, doc in _field_rows(Settings, "FLASKMODEL_"):
+        lines.append(f"| `{name}` | {default} | {doc} |")
+    return "\n".join(lines) + "\n"
+
+
+def _field_rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section):
+            rows.extend(_field_rows(annotation, f"{prefix}{name.upper()}__"))
+            continue
+        default = field.get_default(call_default_factory=True)
+        shown = "(empty)" if default is None else f"`{default}`"
+        doc = " ".join((field.description or "").split()).replace("|", "\\|")
+        rows.append((prefix + name.upper(), shown, doc))
+    return rows

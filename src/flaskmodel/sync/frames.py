@@ -1,0 +1,57 @@
+"""The lean Redis protocol of synchronous calls: its keys and its binary frames.
+
+A web process ``LPUSH``es request frames to ``flaskmodel:sync:<model>``, each header naming the
+process's reply list ``flaskmodel:replies:<channel>`` (``reply_to``); a worker process ``BRPOP``s
+the requests, computes them (through the model's dynamic batcher) and ``LPUSH``es the reply
+frames to those lists, refreshing their short TTL (see ``flaskmodel.sync.channel``). Both pushes
+go through ``PUSH_SCRIPT``, which keeps frames out of the AOF and the replicas.
+
+The frames themselves are ``flaskmodel.codecs.raw``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from redis.client import Pipeline
+from redis.commands.core import Script
+
+from flaskmodel.storage.pipelines import queue_script
+from flaskmodel.storage.redis import key
+
+logger = logging.getLogger(__name__)
+
+
+def sync_queue_key(model: str) -> str:
+    """The list a model's synchronous requests wait in: ``flaskmodel:sync:<model>``."""
+    return key("sync", model)
+
+
+def reply_list_key(channel: str) -> str:
+    """Where one web process's replies go: ``flaskmodel:replies:<channel>``."""
+    return key("replies", channel)
+
+
+# LPUSH of frames and EXPIRE of their list, kept out of the AOF and the replicas (REPL_NONE): a
+# synchronous call is at-most-once and dead after its deadline, so replaying it after a restart is
+# worthless, while logging it was most of Redis's work per call (a CT slice: a 256 KiB AOF write
+# per request). The pops are still logged; replayed, they pop nothing.
+PUSH_SCRIPT = """
+redis.set_repl(redis.REPL_NONE)
+for i = 2, #ARGV, 1000 do
+  redis.call('LPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+"""
+
+
+def register_push(client: redis.Redis) -> Script:
+    """``PUSH_SCRIPT`` registered on ``client`` (queue it with ``queue_push``)."""
+    return client.register_script(PUSH_SCRIPT)
+
+
+def queue_push(pipe: Pipeline, push: Script, list_key: str, items: list[bytes], ttl: int) -> None:
+    """Queue on ``pipe`` the push of ``items`` to ``list_key`` (as ``LPUSH``, oldest first) and
+    its TTL, neither logged; run it with ``storage.pipelines.execute(pipe, push)``."""
+    queue_script(pipe, push, [list_key], [ttl, *items])
