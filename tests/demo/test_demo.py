@@ -98,6 +98,7 @@ def test_ct_classifier_config(models_root: Path) -> None:
             "input_size": [CT_SIZE, CT_SIZE],
             "window": "soft_tissue",
             "normalise": "unit",
+            "resize": "tf_bilinear",
         },
         "postprocess": "monotonic",
         "batch_size": 16,

@@ -1,4 +1,7 @@
-"""HU reading (flaskmodel.dicom.pixels.load_hu/file_window) and flaskmodel.dicom.preprocess."""
+"""HU reading (flaskmodel.dicom.pixels.load_hu/file_window) and flaskmodel.dicom.preprocess.
+
+Resizing has its own module, test_resize.py.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,6 @@ from flaskmodel.dicom.preprocess import (
     WindowSpec,
     apply_window,
     preprocess_slice,
-    resize,
     resolve_window,
 )
 from flaskmodel.dicom.series import scan_series
@@ -241,67 +243,6 @@ def test_config_validation() -> None:
         PreprocessConfig.model_validate({"normalise": "minmax"})
     with pytest.raises(ValidationError):
         WINDOW_PRESETS["brain"].center = 0  # type: ignore[misc]  # presets are frozen
-
-
-# --- resize -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("shape", "size"), [((512, 512), (256, 256)), ((3, 5), (7, 2)), ((100, 40), (224, 224))]
-)
-def test_resize_shapes(shape: tuple[int, int], size: tuple[int, int]) -> None:
-    out = resize(np.random.default_rng(0).random(shape), size)
-    assert out.shape == size
-    assert out.dtype == np.float32
-
-
-@pytest.mark.parametrize("size", [(256, 256), (512, 700), (37, 91), (5, 5)])
-def test_resize_keeps_a_constant_image_constant(size: tuple[int, int]) -> None:
-    out = resize(np.full((512, 512), 0.3712, dtype=np.float32), size)
-    # float32 arithmetic: constant to a few units in the last place, no drift or ringing.
-    np.testing.assert_allclose(out, 0.3712, rtol=0, atol=1e-6)
-
-
-def test_resize_upscale_is_bilinear_with_half_pixel_centres() -> None:
-    out = resize(np.array([[0.0, 1.0]]), (1, 4))
-    np.testing.assert_allclose(out, [[0, 0.25, 0.75, 1]])
-
-
-@pytest.mark.parametrize("size", [(64, 128), (64, 1000), (64, 333), (64, 500), (64, 77)])
-def test_resize_keeps_a_linear_ramp_a_ramp(size: tuple[int, int]) -> None:
-    # Windowed pixels lie in [0, 1]: a ramp across that range.
-    ramp = np.tile(np.arange(512, dtype=np.float64) / 511, (32, 1))
-    out = resize(ramp, size)
-
-    assert np.all(np.diff(out, axis=1) > 0)  # still strictly increasing along the ramp
-    assert np.allclose(out, out[:1])  # and constant across it
-    interior = out[0, 4:-4].astype(np.float64)
-    steps = np.diff(interior)
-    np.testing.assert_allclose(steps, 512 / size[1] / 511, rtol=1e-3)  # linear off the edges
-
-
-def test_resize_downscale_averages_instead_of_aliasing() -> None:
-    # Stripes 1,0,0 shrunk 3x: point-sampling bilinear would hit only the 0s (pure aliasing);
-    # averaging keeps their mean.
-    stripes = np.tile(np.array([1.0, 0.0, 0.0], dtype=np.float32), (30, 170))
-    out = resize(stripes, (10, 170))
-    np.testing.assert_allclose(out[:, 1:-1], 1 / 3, atol=1e-6)
-    np.testing.assert_allclose(out, 1 / 3, atol=0.1)  # edge pixels see the clamped border
-
-
-def test_resize_same_size_is_identity_copy() -> None:
-    image = np.random.default_rng(1).random((20, 30)).astype(np.float32)
-    out = resize(image, (20, 30))
-    np.testing.assert_array_equal(out, image)
-    assert out is not image
-
-
-def test_resize_keeps_trailing_channels() -> None:
-    image = np.stack([np.zeros((8, 8)), np.ones((8, 8))], axis=-1)
-    out = resize(image, (4, 16))
-    assert out.shape == (4, 16, 2)
-    np.testing.assert_allclose(out[..., 0], 0)
-    np.testing.assert_allclose(out[..., 1], 1)
 
 
 # --- preprocess_slice -------------------------------------------------------------------------

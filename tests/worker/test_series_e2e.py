@@ -22,7 +22,8 @@ def submit(stack: Stack, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def reference_scores(models_root: Path, files: list[Path]) -> np.ndarray:
-    """The classifier applied directly: pydicom HU, soft-tissue window, resize in TensorFlow."""
+    """The classifier applied directly: pydicom HU, soft-tissue window, and the TensorFlow resize
+    its flaskmodel.json names (``tf_bilinear``, what it was trained with)."""
     import tensorflow as tf  # noqa: PLC0415
 
     images = []
@@ -31,7 +32,7 @@ def reference_scores(models_root: Path, files: list[Path]) -> np.ndarray:
         hu = pydicom.pixels.apply_modality_lut(ds.pixel_array, ds).astype(np.float32)
         windowed = np.clip((hu - (40 - 200)) / 400, 0, 1)
         images.append(windowed[..., None])
-    batch = tf.image.resize(np.stack(images), (64, 64), method="area").numpy()
+    batch = tf.image.resize(np.stack(images), (64, 64), "bilinear", antialias=False).numpy()
     fn = tf.saved_model.load(str(models_root / "ct_classifier" / "1")).signatures["serving_default"]
     return np.asarray(fn(image=tf.constant(batch))["scores"].numpy())
 
@@ -58,13 +59,15 @@ def test_real_chest_series_is_geometrically_ordered(stack: Stack, models_root: P
     for row in rows:
         assert len(row["scores"]) == 12 and abs(sum(row["scores"]) - 1) < 1e-3
         assert row["label_raw"] == result["class_names"][int(np.argmax(row["scores"]))]
-    # Scores agree with the model applied to pydicom's own HU values (resize method differs).
+    # Scores agree with the model applied to pydicom's own HU values and TensorFlow's resize (the
+    # worker's numpy resize equals it to float32 rounding: 2e-6 apart in scores; TF's area resize,
+    # the wrong method, is 0.65 apart).
     by_uid = {
         pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p
         for p in (SAMPLES / CHEST).iterdir()
     }
     expected = reference_scores(models_root, [by_uid[r["sop_instance_uid"]] for r in rows])
-    np.testing.assert_allclose([r["scores"] for r in rows], expected, atol=0.05)
+    np.testing.assert_allclose([r["scores"] for r in rows], expected, atol=1e-3)
     assert set(result["timings"]) >= {
         "scan_seconds",
         "decode_seconds",

@@ -7,7 +7,9 @@ generator, exported with ``tf.saved_model.save`` and one ``serving_default`` sig
   [0, 1]) → ``scores`` float32 ``[None, 12]`` (softmax over ``REGION_NAMES``). Four 3×3 conv +
   ReLU + 2×2 max-pool stages, global average and max pooling, one dense layer. The conv weights are
   random; the dense layer is fitted (seeded, closed loop, no data download) to renderings of the
-  demo phantom, so the demo series gets a sensible head-to-feet sequence of regions.
+  demo phantom, so the demo series gets a sensible head-to-feet sequence of regions. Its training
+  renderings go through the TensorFlow resize that its ``flaskmodel.json`` names
+  (``preprocess.resize``, ``DEFAULT_RESIZE``), the one the worker reproduces when serving.
 * ``tiny``: ``x`` float32 ``[None, 32]`` → ``probabilities`` float32 ``[None, 10]``.
 
 Every build goes into a hidden temporary folder renamed into ``<models_root>/<model>/<version>/``,
@@ -33,6 +35,7 @@ from flaskmodel.demo.series import (
     swap_into_place,
     window_unit,
 )
+from flaskmodel.dicom.preprocess import DEFAULT_RESIZE, TF_RESIZE_ARGS, ResizeMethod
 
 logger = logging.getLogger(__name__)
 
@@ -88,24 +91,25 @@ def _ct_features(tf: Any, convs: list[tuple[Any, Any]], image: Any) -> Any:
     return tf.concat([tf.reduce_mean(x, axis=[1, 2]), tf.reduce_max(x, axis=[1, 2])], axis=1)
 
 
-def _fit_images(tf: Any, size: int) -> tuple[_Array, npt.NDArray[np.int64]]:
-    """Windowed phantom slices resized to ``size``² with their region labels."""
-    images, labels = [], []
+def _fit_images(tf: Any, size: int, method: ResizeMethod) -> tuple[_Array, npt.NDArray[np.int64]]:
+    """Windowed phantom slices resized to ``size``² by ``method``'s TF call, with region labels.
+
+    Every rendering goes through ``tf.image.resize(**TF_RESIZE_ARGS[method])``, those already at
+    ``size`` too (the identity for every method), so training sees exactly what serving computes.
+    """
+    batches, labels = [], []
     n_regions = len(REGION_NAMES)
     for render_size in (*_FIT_RENDER_SIZES, size):
+        images = []
         for region in range(n_regions):
             for k in range(_FIT_SAMPLES_PER_REGION):
                 t = (region + (k + 0.5) / _FIT_SAMPLES_PER_REGION) / n_regions
                 seed = render_size * 1000 + region * _FIT_SAMPLES_PER_REGION + k
                 images.append(window_unit(render_phantom(t, render_size, noise_seed=seed)))
                 labels.append(region)
-    batch = []
-    for image in images:
-        if image.shape[0] == size:
-            batch.append(image[..., None])
-        else:
-            batch.append(tf.image.resize(image[..., None], (size, size), method="bilinear").numpy())
-    return np.stack(batch).astype(np.float32), np.asarray(labels, dtype=np.int64)
+        stacked = np.stack(images)[..., None]
+        batches.append(tf.image.resize(stacked, (size, size), **TF_RESIZE_ARGS[method]).numpy())
+    return np.concatenate(batches).astype(np.float32), np.asarray(labels, dtype=np.int64)
 
 
 def _fit_softmax(
@@ -157,7 +161,12 @@ def ct_config(size: int) -> dict[str, Any]:
     """The ``flaskmodel.json`` of ``ct_classifier`` at input size ``size``²."""
     return {
         "class_names": list(REGION_NAMES),
-        "preprocess": {"input_size": [size, size], "window": "soft_tissue", "normalise": "unit"},
+        "preprocess": {
+            "input_size": [size, size],
+            "window": "soft_tissue",
+            "normalise": "unit",
+            "resize": DEFAULT_RESIZE,
+        },
         "postprocess": "monotonic",
         "batch_size": 16,
     }
@@ -173,7 +182,8 @@ def build_ct_classifier(models_root: Path, size: int = 256, version: int = 1) ->
         raise ValueError(f"ct_classifier input size must be at least 16, got {size}")
     tf = import_tensorflow()
     convs = [(tf.constant(k), tf.constant(b)) for k, b in _ct_conv_weights(CT_SEED)]
-    images, labels = _fit_images(tf, size)
+    config = ct_config(size)
+    images, labels = _fit_images(tf, size, config["preprocess"]["resize"])
     features = np.concatenate(
         [_ct_features(tf, convs, images[i : i + 64]).numpy() for i in range(0, len(images), 64)]
     ).astype(np.float64)
@@ -196,7 +206,7 @@ def build_ct_classifier(models_root: Path, size: int = 256, version: int = 1) ->
     spec = tf.TensorSpec([None, size, size, 1], tf.float32, name="image")
     module.serve = tf.function(serve, input_signature=[spec])
     folder = models_root / CT_MODEL
-    _write_config(folder, ct_config(size))
+    _write_config(folder, config)
     target = folder / str(version)
     save_module(tf, module, module.serve.get_concrete_function(), target)
     logger.info("built %s (%dx%d input) at %s", CT_MODEL, size, size, target)

@@ -4,19 +4,34 @@ Windowing here is the linear clip used for model inputs, ``clip((HU - (L - W/2))
 not DICOM's VOI LUT (``pydicom.pixels.apply_voi_lut`` uses ``L - 0.5`` and ``W - 1`` and an output
 range taken from the bit depth); the two differ by a fraction of an HU step at the window edges.
 
-Resizing is separable and works on the image's linear interpolant with half-pixel centres (the
-convention of ``tf.image.resize(method="bilinear")``), edges clamped. Enlarging samples it at each
-output pixel centre: plain bilinear. Shrinking averages it over each output pixel's footprint
-(area averaging of the bilinear surface), so every source pixel contributes, large downscales do
-not alias, and a linear ramp stays exactly linear away from the edges. Order of operations:
-window, then resize, then normalise.
+Resizing reproduces, in numpy, the TensorFlow call a model was trained with, named by
+``PreprocessConfig.resize`` (``TF_RESIZE_ARGS`` spells each call out):
+
+* ``tf_bilinear`` (the default; the demo model trains with it): ``tf.image.resize(image, size,
+  "bilinear", antialias=False)``. Half-pixel centres, edges clamped, two taps: shrinking samples
+  the source, so a 2x shrink weights 8 → 4 pixels ``0, .5, .5, 0`` and larger shrinks alias.
+* ``tf_area``: ``tf.image.resize(image, size, "area")``. Each output pixel is the mean of the
+  source pixels its box covers, by covered fraction (8 → 4: ``0, .5, .5, 0``; 3 → 2:
+  ``2/3, 1/3, 0``); enlarging replicates pixels, blending only across box edges.
+* ``antialias``: ``tf.image.resize(image, size, "bilinear", antialias=True)``. A triangle filter
+  stretched by the shrink factor, truncated at the edges and renormalised (8 → 4: ``.125, .375,
+  .375, .125``); plain bilinear when enlarging.
+
+Each is separable: two matrix products with ``[target, source]`` weight matrices built once per
+(source, target, method) and cached. The sample positions are computed in float32 exactly as
+TensorFlow's kernels compute them (its float32 rounding of ``i * 512/224`` moves a sample by up to
+~3e-5 pixels, which would otherwise show), the weights from them in float64, the products in
+float32; the result equals TensorFlow's to float32 rounding (tests/dicom/test_preprocess.py).
+TensorFlow itself is never imported here: the worker runs no TF ops per slice outside the model.
+Order of operations: window, then resize, then normalise.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -57,6 +72,17 @@ WINDOW_PRESETS: dict[str, WindowSpec] = {
 
 Side = Annotated[int, Field(gt=0, le=MAX_INPUT_SIDE)]
 
+ResizeMethod = Literal["tf_bilinear", "tf_area", "antialias"]
+RESIZE_METHODS: tuple[ResizeMethod, ...] = get_args(ResizeMethod)
+#: The method the demo model is trained with (``flaskmodel.demo.models``), and so the default.
+DEFAULT_RESIZE: ResizeMethod = "tf_bilinear"
+TF_RESIZE_ARGS: dict[ResizeMethod, dict[str, str | bool]] = {
+    "tf_bilinear": {"method": "bilinear", "antialias": False},
+    "tf_area": {"method": "area"},
+    "antialias": {"method": "bilinear", "antialias": True},
+}
+"""The ``tf.image.resize(images, size, **args)`` keyword arguments each method reproduces."""
+
 
 class PreprocessConfig(BaseModel):
     """How a slice becomes model input."""
@@ -70,6 +96,18 @@ class PreprocessConfig(BaseModel):
     WindowCenter/WindowWidth), or an explicit ``{center, width}``."""
     normalise: Literal["unit", "zscore"] = "unit"
     """``unit``: the windowed value in [0, 1]; ``zscore``: that value standardised per slice."""
+    resize: ResizeMethod = DEFAULT_RESIZE
+    """The TensorFlow resize the model was trained with, reproduced in numpy: ``tf_bilinear``
+    (``tf.image.resize(..., "bilinear", antialias=False)``, the default), ``tf_area``
+    (``"area"``) or ``antialias`` (``"bilinear", antialias=True``)."""
+
+    @field_validator("resize", mode="before")
+    @classmethod
+    def _known_resize(cls, value: object) -> object:
+        if value not in RESIZE_METHODS:
+            names = ", ".join(RESIZE_METHODS)
+            raise ValueError(f"unknown resize method {value!r}; use one of {names}")
+        return value
 
     @field_validator("window")
     @classmethod
@@ -108,24 +146,34 @@ def apply_window(hu: np.ndarray, window: WindowSpec) -> np.ndarray:
     return np.clip(scaled, 0.0, 1.0, out=scaled)
 
 
-def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize(
+    image: np.ndarray, size: tuple[int, int], method: ResizeMethod = DEFAULT_RESIZE
+) -> np.ndarray:
     """Resize the first two axes of ``image`` to ``size = (height, width)``; float32.
 
-    Linear interpolation with half-pixel centres; antialiased when shrinking (see module doc).
-    Returns a float32 copy unchanged when the size already matches.
+    ``method`` names the TensorFlow resize reproduced (see the module doc). Returns a float32 copy
+    unchanged when the size already matches (every method is the identity then).
     """
     if image.ndim < 2:
         raise ValueError(f"resize needs at least 2 dimensions, got shape {image.shape}")
     height, width = size
     if height <= 0 or width <= 0:
         raise ValueError(f"resize target must be positive, got {size}")
-    if image.shape[:2] == (height, width):
-        return np.array(image, dtype=np.float32)
-    rows = _weights32(image.shape[0], height)
-    cols = _weights32(image.shape[1], width)
-    # Separable: rows first ([h, W, ...]), then columns ([w, h, ...] moved back to [h, w, ...]).
-    # In float32 (half the time of float64; windowed pixels in [0, 1] lose nothing that shows).
-    out = np.tensordot(rows, np.asarray(image, dtype=np.float32), axes=(1, 0))
+    pixels = np.asarray(image, dtype=np.float32)
+    if pixels.shape[:2] == (height, width):
+        return np.array(pixels, dtype=np.float32)
+    rows = resize_weights(pixels.shape[0], height, method)
+    cols = resize_weights(pixels.shape[1], width, method)
+    if pixels.ndim == 2:
+        source_h, source_w = pixels.shape
+        # Same result either way round; take the order with fewer multiply-adds.
+        if height * source_w * (source_h + width) <= source_h * width * (source_w + height):
+            out = (rows @ pixels) @ cols.T
+        else:
+            out = rows @ (pixels @ cols.T)
+        return np.ascontiguousarray(out, dtype=np.float32)
+    # Trailing axes (channels): rows first ([h, W, ...]), then columns ([w, h, ...] moved back).
+    out = np.tensordot(rows, pixels, axes=(1, 0))
     return np.ascontiguousarray(np.moveaxis(np.tensordot(cols, out, axes=(1, 1)), 0, 1))
 
 
@@ -136,7 +184,7 @@ def preprocess_slice(
     if hu.ndim != 2:
         raise SeriesError(f"expected a 2-D slice, got shape {hu.shape}")
     windowed = apply_window(hu, resolve_window(config, file_window))
-    image = resize(windowed, config.input_size)
+    image = resize(windowed, config.input_size, config.resize)
     if config.normalise == "zscore":
         mean = image.mean(dtype=np.float64)
         std = image.std(dtype=np.float64)
@@ -146,44 +194,85 @@ def preprocess_slice(
     return image[..., np.newaxis]
 
 
-@lru_cache(maxsize=64)
-def _weights(source: int, target: int) -> np.ndarray:
-    """``[target, source]`` resampling matrix whose rows sum to 1 (cached, read-only).
+@lru_cache(maxsize=128)
+def resize_weights(source: int, target: int, method: ResizeMethod) -> np.ndarray:
+    """``[target, source]`` float32 weights of ``method`` (cached, read-only).
 
-    Output pixel ``i`` is centred on source coordinate ``c = (i + 0.5) * scale - 0.5`` (pixel
-    centres at integers, the image extended by its edge values). Enlarging: the linear
-    interpolant at ``c``. Shrinking: its mean over ``[c - scale/2, c + scale/2]``.
+    ``resize`` is ``rows @ image @ cols.T`` with these; row ``i`` holds the weights of the source
+    pixels in output pixel ``i``. Rows sum to 1 (``tf_area``'s, like TensorFlow's, to within the
+    float32 rounding of its box ends: 1e-5 at 512 pixels).
     """
-    scale = source / target
-    last = source - 1
-    centres = (np.arange(target, dtype=np.float64) + 0.5) * scale - 0.5
-    pixels = np.arange(source, dtype=np.float64)[np.newaxis, :]
-    if scale <= 1.0:
-        at = np.clip(centres, 0, last)[:, np.newaxis]
-        weights = np.clip(1.0 - np.abs(pixels - at), 0.0, None)
-    else:
-        start, stop = centres - scale / 2, centres + scale / 2
-        inside_start = np.clip(start, 0, last)[:, np.newaxis]
-        inside_stop = np.clip(stop, 0, last)[:, np.newaxis]
-        # Integral of each pixel's hat function over the part of the footprint inside the image.
-        weights = _hat_integral(inside_stop - pixels) - _hat_integral(inside_start - pixels)
-        # Beyond the edges the image is constant at the edge pixel's value.
-        weights[:, 0] += np.clip(np.minimum(stop, 0.0) - start, 0.0, None)
-        weights[:, -1] += np.clip(stop - np.maximum(start, last), 0.0, None)
+    if source <= 0 or target <= 0:
+        raise ValueError(f"resize sizes must be positive, got {source} -> {target}")
+    try:
+        build = _WEIGHTS[method]
+    except KeyError:
+        names = ", ".join(RESIZE_METHODS)
+        raise ValueError(f"unknown resize method {method!r}; use one of {names}") from None
+    weights = build(source, target).astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+# TensorFlow's kernels compute positions in float32: ``_F`` keeps each step of ours in float32 too
+# (numpy rounds every float32 operation), so the samples land where TensorFlow's do.
+_F = np.float32
+
+
+def _bilinear_weights(source: int, target: int) -> np.ndarray:
+    """TF ``ResizeBilinear`` (half-pixel centres): output ``i`` samples ``(i + .5) * s - .5``
+    between its two neighbours, indices clamped to the image."""
+    scale = _F(source) / _F(target)
+    at = (np.arange(target, dtype=np.float32) + _F(0.5)) * scale - _F(0.5)
+    below = np.floor(at)
+    lerp = (at - below).astype(np.float64)
+    lower = np.clip(below.astype(np.int64), 0, source - 1)
+    upper = np.clip(np.ceil(at).astype(np.int64), 0, source - 1)
+    weights = np.zeros((target, source))
+    out = np.arange(target)
+    np.add.at(weights, (out, lower), 1.0 - lerp)
+    np.add.at(weights, (out, upper), lerp)
+    return weights
+
+
+def _area_weights(source: int, target: int) -> np.ndarray:
+    """TF ``ResizeArea``: output ``i`` averages source cells ``[j, j + 1)`` over its box
+    ``[i * s, (i + 1) * s)`` by covered length, divided by ``s``; cells past the edge (float
+    rounding of the last box end) count as the edge cell."""
+    scale = _F(source) / _F(target)
+    edges = (np.arange(target + 1, dtype=np.float32) * scale).astype(np.float64)
+    start, stop = edges[:-1, np.newaxis], edges[1:, np.newaxis]
+    cell = np.arange(source + 1, dtype=np.float64)[np.newaxis, :]
+    # TF's case analysis, kept as is: a box inside one cell weighs exactly ``s`` (not the
+    # difference of its rounded ends), a fully covered cell exactly 1.
+    covered = np.where(
+        cell < start,
+        np.where(cell + 1 > stop, float(scale), cell + 1 - start),
+        np.where(cell + 1 > stop, stop - cell, 1.0),
+    )
+    inside = (cell >= np.floor(start)) & (cell < np.ceil(stop))
+    weights = np.where(inside, covered, 0.0) / float(scale)
+    weights[:, source - 1] += weights[:, source]
+    return np.ascontiguousarray(weights[:, :source])
+
+
+def _antialias_weights(source: int, target: int) -> np.ndarray:
+    """TF ``ScaleAndTranslate`` with the triangle kernel and ``antialias``: output ``i`` centred
+    at ``(i + .5) / k`` (``k = target/source``), the triangle widened by ``max(1/k, 1)``, pixels
+    beyond the image dropped and the rest renormalised."""
+    scale = _F(target) / _F(source)
+    inverse = _F(1.0 / float(scale))
+    widen = max(inverse, _F(1.0))
+    centre = (np.arange(target, dtype=np.float32) + _F(0.5)) * inverse
+    offset = (np.arange(source, dtype=np.float32) + _F(0.5))[np.newaxis, :] - centre[:, np.newaxis]
+    distance = np.abs(offset * (_F(1.0) / widen)).astype(np.float64)
+    weights = np.clip(1.0 - distance, 0.0, None)
     weights /= weights.sum(axis=1, keepdims=True)
-    weights.setflags(write=False)
     return weights
 
 
-@lru_cache(maxsize=64)
-def _weights32(source: int, target: int) -> np.ndarray:
-    """``_weights`` in float32 (cached, read-only)."""
-    weights = _weights(source, target).astype(np.float32)
-    weights.setflags(write=False)
-    return weights
-
-
-def _hat_integral(t: np.ndarray) -> np.ndarray:
-    """Integral of the unit hat ``max(0, 1 - |x|)`` from -inf to ``t``."""
-    t = np.clip(t, -1.0, 1.0)
-    return np.where(t <= 0, (t + 1) ** 2 / 2, 1 - (1 - t) ** 2 / 2)
+_WEIGHTS: dict[str, Callable[[int, int], np.ndarray]] = {
+    "tf_bilinear": _bilinear_weights,
+    "tf_area": _area_weights,
+    "antialias": _antialias_weights,
+}

@@ -46,5 +46,7 @@ def render_thumbnail(hu: np.ndarray, window: WindowSpec, side: int = THUMBNAIL_S
     rows, columns = hu.shape
     scale = side / max(rows, columns)
     size = (max(1, round(rows * scale)), max(1, round(columns * scale)))
-    image = resize(apply_window(hu, window), size)
+    # A display, not model input: the antialiased filter keeps a 512 → 160 shrink free of
+    # aliasing whatever the model's own resize is.
+    image = resize(apply_window(hu, window), size, "antialias")
     return encode_png(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8))

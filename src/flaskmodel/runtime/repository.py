@@ -55,6 +55,10 @@ class ModelConfig(BaseModel):
 
     class_names: list[str] | None = None
     preprocess: PreprocessConfig = PreprocessConfig()
+    """How series jobs turn a slice into this model's input (``PreprocessConfig``): ``window``,
+    ``normalise``, ``input_size`` (series jobs take it from the signature) and ``resize``, the
+    TensorFlow resize the model was trained with (``tf_bilinear``, the default, ``tf_area`` or
+    ``antialias``), reproduced in numpy. An unknown value makes the file bad."""
     postprocess: str = "monotonic"
     batch_size: int | None = None
     max_batch_size: int | None = Field(default=None, ge=0)
