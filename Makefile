@@ -3,13 +3,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test browser bench bench-quick setup system-deps demo lint audit readme clean
+.PHONY: run test browser dicom-peers bench bench-quick setup system-deps demo lint audit docs clean
 
 run: setup
 	$(VENV)/bin/flaskmodel demo
 	$(VENV)/bin/flaskmodel up
 
-test: setup browser lint
+test: setup browser dicom-peers lint
 	$(PY) -m pytest
 
 # Debian's chromium and chromedriver for the results viewer's browser test.
@@ -18,12 +18,23 @@ browser:
 		$(SUDO) apt-get update -qq && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
+# The DICOM peers of the tests: Orthanc with its DICOMweb plugin as the hospital PACS, dcmtk's
+# storescu/echoscu as the modality.
+dicom-peers:
+	@{ command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ]; } && \
+		[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] && \
+		command -v storescu >/dev/null 2>&1 && command -v echoscu >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb dcmtk; }
+
 setup: system-deps $(VENV)/.installed
 
-# redis-server and nginx from Debian/Ubuntu packages, and venv support, when missing.
+# redis-server, nginx and dcmtk (storescu: how `make run` suggests sending a study) from
+# Debian/Ubuntu packages, and venv support, when missing.
 system-deps:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v storescu >/dev/null 2>&1 || missing="$$missing dcmtk"; \
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
@@ -61,7 +72,7 @@ lint: setup
 # Known vulnerabilities in the installed packages (pip-audit; needs the package index's
 # vulnerability data or OSV online, so it is not part of `make test`). --strict fails when any
 # package could not be checked, rather than report a clean audit of nothing. Each waiver is an
-# `--ignore-vuln <id>` here and a row in README.md's "Dependency audit" table.
+# `--ignore-vuln <id>` here and a row in docs/security.md's "Dependency audit" table.
 AUDIT_WAIVERS :=
 audit: setup
 	$(VENV)/bin/pip-audit --strict --skip-editable --progress-spinner off $(AUDIT_WAIVERS)
@@ -69,6 +80,6 @@ audit: setup
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
 
-# Regenerate the README's configuration table from Settings.
-readme: setup
-	$(PY) -c 'import re, pathlib; from flaskmodel.settings import settings_table; p = pathlib.Path("README.md"); s = p.read_text(); p.write_text(re.sub(r"(<!-- settings-table -->\n).*?(<!-- /settings-table -->)", lambda m: m.group(1) + settings_table() + m.group(2), s, flags=re.S))'
+# Regenerate the configuration table of docs/configuration.md from Settings.
+docs: setup
+	$(PY) -c 'import re, pathlib; from flaskmodel.settings import settings_table; p = pathlib.Path("docs/configuration.md"); s = p.read_text(); p.write_text(re.sub(r"(<!-- settings-table -->\n).*?(<!-- /settings-table -->)", lambda m: m.group(1) + settings_table() + m.group(2), s, flags=re.S))'

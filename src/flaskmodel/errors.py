@@ -19,11 +19,18 @@ status codes once (``flaskmodel.web.errors``) and the worker records ``error_typ
     ├── Conflict                  409  e.g. cancelling a finished job
     │   └── JobCancelled          409  a running job found itself cancelled (stops it)
     ├── PayloadTooLarge           413
+    ├── UnsupportedMediaType      415  a body of a content type the endpoint does not take (STOW-RS)
     ├── SeriesError               422  DICOM that cannot be used (unreadable file, empty range, ...)
-    │   └── DicomReadError        422  one file that does not read or decode (names the file)
+    │   ├── DicomReadError        422  one file that does not read or decode (names the file)
+    │   └── InstanceRefused       422  a received instance not stored; carries its DICOM status
     ├── Overloaded                429  admission control
     │   └── RateLimited           429  a caller past its rate limit
+    ├── RemoteRejected            502  a DICOM peer (PACS source, export destination) refused a
+    │   │                              request: 4xx, rejected association, failure status; final
+    │   └── RemoteAuthFailed      502  the peer refused our credentials (HTTP 401/403)
     ├── ServiceUnavailable        503  Redis down, no worker serving a model, model not ready
+    │   └── RemoteUnavailable     503  a DICOM peer is unreachable, timed out or failed (5xx);
+    │                                  retrying later may help
     ├── JobTimeout                504  a job or call ran past its time limit
     │   └── DeadlineExceeded      504  a synchronous call's deadline passed before its answer
     └── InternalError             500  a bug; never raised for bad input
@@ -104,6 +111,11 @@ class PayloadTooLarge(FlaskModelError):
     status = 413
 
 
+class UnsupportedMediaType(FlaskModelError):
+    type = "unsupported_media_type"
+    status = 415
+
+
 class SeriesError(FlaskModelError):
     type = "series_error"
     status = 422
@@ -111,6 +123,28 @@ class SeriesError(FlaskModelError):
 
 class DicomReadError(SeriesError):
     type = "dicom_read_error"
+
+
+class InstanceRefused(SeriesError):
+    """A received DICOM instance (C-STORE or STOW-RS) that is not stored. ``dicom_status`` is
+    the C-STORE status and the STOW-RS FailureReason (table in ``flaskmodel.dicom.network.store``);
+    the UIDs are the instance's when they were read and valid, else ``""``.
+    """
+
+    type = "instance_refused"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        dicom_status: int,
+        sop_class_uid: str = "",
+        sop_instance_uid: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.dicom_status = dicom_status
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
 
 
 class Overloaded(FlaskModelError):
@@ -122,9 +156,26 @@ class RateLimited(Overloaded):
     type = "rate_limited"
 
 
+class RemoteRejected(FlaskModelError):
+    """A DICOM peer refused what we asked; sending the same again will not help."""
+
+    type = "remote_rejected"
+    status = 502
+
+
+class RemoteAuthFailed(RemoteRejected):
+    type = "remote_auth_failed"
+
+
 class ServiceUnavailable(FlaskModelError):
     type = "service_unavailable"
     status = 503
+
+
+class RemoteUnavailable(ServiceUnavailable):
+    """A DICOM peer could not be reached or failed on its side; a later try may succeed."""
+
+    type = "remote_unavailable"
 
 
 class JobTimeout(FlaskModelError):
