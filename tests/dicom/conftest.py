@@ -1,18 +1,28 @@
-"""Fixtures for the DICOM tests: the in-repo real samples and a writer of small synthetic slices."""
+"""Fixtures for the DICOM tests: the in-repo real samples, a writer of small synthetic slices and
+writers of multi-frame CT (Legacy Converted Enhanced with highdicom, Enhanced with pydicom) made
+from the samples."""
 
 from __future__ import annotations
 
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import highdicom
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import (
+    CTImageStorage,
+    EnhancedCTImageStorage,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data" / "dicom"
 
@@ -154,3 +164,127 @@ def opened_files(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     monkeypatch.setattr(pydicom, "dcmread", recording)
     return opened
+
+
+# --- multi-frame CT made from the samples -------------------------------------------------------
+
+
+def decoded(files: Sequence[Path]) -> list[Dataset]:
+    """The files read and decompressed (the highdicom converter and our writer need raw pixels)."""
+    datasets = []
+    for file in files:
+        ds = pydicom.dcmread(file)
+        if ds.file_meta.TransferSyntaxUID.is_compressed:
+            ds.decompress()
+        datasets.append(ds)
+    return datasets
+
+
+def write_legacy_enhanced(
+    files: Sequence[Path], path: Path, *, transfer_syntax: str = ExplicitVRLittleEndian
+) -> Dataset:
+    """One Legacy Converted Enhanced CT file holding ``files`` as frames, in the given order."""
+    with warnings.catch_warnings():
+        # highdicom warns about the samples' one-component PatientName; not what is tested.
+        warnings.simplefilter("ignore", UserWarning)
+        image = highdicom.legacy.LegacyConvertedEnhancedCTImage(
+            decoded(files),
+            series_instance_uid=generate_uid(),
+            series_number=90,
+            sop_instance_uid=generate_uid(),
+            instance_number=1,
+            transfer_syntax_uid=transfer_syntax,
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save_as(path, enforce_file_format=True)
+    return image
+
+
+def _item(**attributes: Any) -> DicomSequence:
+    item = Dataset()
+    for keyword, value in attributes.items():
+        setattr(item, keyword, value)
+    return DicomSequence([item])
+
+
+def write_enhanced_ct(
+    files: Sequence[Path],
+    path: Path,
+    *,
+    shift_per_frame: int = 0,
+    extra: dict[str, Any] | None = None,
+) -> Dataset:
+    """One Enhanced CT Image Storage file holding ``files`` as frames, in the given order.
+
+    Orientation, pixel measures and (when the sources share it) the window go into the shared
+    functional groups; position, rescale and differing windows into each frame's.
+    ``shift_per_frame`` adds ``k * frame index`` to the stored values and subtracts it from that
+    frame's RescaleIntercept: the same HU, readable only through the per-frame rescale. A
+    GantryDetectorTilt of the sources goes into CTAcquisitionDetailsSequence.
+    """
+    sources = decoded(files)
+    first = sources[0]
+    sop_uid = generate_uid()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = EnhancedCTImageStorage
+    ds.SOPInstanceUID = sop_uid
+    for keyword in ("StudyInstanceUID", "FrameOfReferenceUID", "PatientID", "PixelPaddingValue"):
+        if keyword in first:
+            setattr(ds, keyword, first.data_element(keyword).value)
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "CT"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL", "NONE"]
+    ds.InstanceNumber = 1
+    ds.NumberOfFrames = len(sources)
+    ds.Rows, ds.Columns = first.Rows, first.Columns
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = first.PixelRepresentation
+    shared = Dataset()
+    shared.PlaneOrientationSequence = _item(ImageOrientationPatient=first.ImageOrientationPatient)
+    shared.PixelMeasuresSequence = _item(
+        PixelSpacing=first.PixelSpacing, SliceThickness=first.SliceThickness
+    )
+    windows = {(str(s.WindowCenter), str(s.WindowWidth)) for s in sources}
+    if len(windows) == 1:
+        shared.FrameVOILUTSequence = _item(
+            WindowCenter=first.WindowCenter, WindowWidth=first.WindowWidth
+        )
+    if "GantryDetectorTilt" in first:
+        shared.CTAcquisitionDetailsSequence = _item(GantryDetectorTilt=first.GantryDetectorTilt)
+    ds.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    frames = []
+    pixels = []
+    for index, source in enumerate(sources):
+        shift = shift_per_frame * index
+        frame = Dataset()
+        frame.PlanePositionSequence = _item(ImagePositionPatient=source.ImagePositionPatient)
+        frame.PixelValueTransformationSequence = _item(
+            RescaleSlope=source.RescaleSlope,
+            RescaleIntercept=float(source.RescaleIntercept) - shift,
+            RescaleType="HU",
+        )
+        frame.FrameContentSequence = _item(InStackPositionNumber=index + 1)
+        if len(windows) > 1:
+            frame.FrameVOILUTSequence = _item(
+                WindowCenter=source.WindowCenter, WindowWidth=source.WindowWidth
+            )
+        frames.append(frame)
+        stored = source.pixel_array.astype(np.int32) + shift
+        pixels.append(stored.astype(source.pixel_array.dtype))
+    ds.PerFrameFunctionalGroupsSequence = DicomSequence(frames)
+    for keyword, value in (extra or {}).items():
+        setattr(ds, keyword, value)
+    volume = np.stack(pixels)
+    ds.PixelData = volume.astype(volume.dtype.newbyteorder("<")).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return ds

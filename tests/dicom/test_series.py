@@ -99,6 +99,15 @@ def test_tilted_ge_pair_projects_positions_on_the_oblique_normal(samples: Sample
     assert any("thickness varies" in w for w in series.warnings)
 
 
+def test_tilted_ge_pair_reports_the_gantry_tilt(samples: Samples) -> None:
+    series = scan_series(samples.root, samples.ge)
+
+    assert series.warnings == (
+        "gantry tilt 18.5° (GantryDetectorTilt); slices stack 18.5° off their normal",
+        "slice thickness varies: 4, 7 mm",
+    )
+
+
 def test_mixed_folder_splits_by_series_instance_uid(
     samples: Samples, data_root: Path, copy_samples: Copier
 ) -> None:
@@ -177,6 +186,69 @@ def test_regular_synthetic_series_has_no_warnings(
     assert series.warnings == ()
     assert series.spacing == pytest.approx(2.5)
     assert [s.instance_number for s in series.slices] == [4, 3, 2, 1, 0]
+
+
+@pytest.mark.parametrize(
+    ("orientation", "step", "warning"),
+    [
+        ((0, 1, 0, 0, 0, -1), (2.0, 0, 0), "slices are sagittal (90.0° from axial)"),
+        ((1, 0, 0, 0, 0, -1), (0, 2.0, 0), "slices are coronal (90.0° from axial)"),
+        # Axial planes rotated 30° about the left-right axis, stacked along their normal.
+        ((1, 0, 0, 0, 0.866025, -0.5), (0, 1.0, 1.732051), "slices are oblique (30.0° from axial)"),
+    ],
+)
+def test_non_axial_stacks_are_reported_with_their_angle(
+    data_root: Path,
+    write_slice: SliceWriter,
+    orientation: tuple[float, ...],
+    step: tuple[float, float, float],
+    warning: str,
+) -> None:
+    for number in range(4):
+        position = [number * v for v in step]
+        write_slice(
+            data_root / "plane" / f"{number}.dcm",
+            position=position,
+            orientation=orientation,
+            instance_number=number + 1,
+        )
+
+    series = scan_series(data_root, "plane")
+
+    assert series.sort_method == "geometry"
+    assert series.spacing == pytest.approx(2.0)
+    assert series.warnings == (warning,)
+
+
+def test_a_stack_stepping_off_its_normal_is_reported_without_gantry_tag(
+    data_root: Path, write_slice: SliceWriter
+) -> None:
+    # Axial planes whose positions move 1 mm forward per 3 mm up: a sheared (tilted) stack.
+    for number in range(4):
+        write_slice(
+            data_root / "sheared" / f"{number}.dcm",
+            position=(0.0, -1.0 * number, 3.0 * number),
+            instance_number=number + 1,
+        )
+
+    series = scan_series(data_root, "sheared")
+
+    assert series.warnings == ("slices stack 18.4° off their normal",)
+    assert series.spacing == pytest.approx(3.0)
+
+
+def test_small_or_zero_gantry_tilt_is_not_reported(
+    data_root: Path, write_slice: SliceWriter
+) -> None:
+    for number, tilt in enumerate(["0", "-0.0", "0.3"]):
+        write_slice(
+            data_root / "flat" / f"{number}.dcm",
+            z=float(number),
+            instance_number=number + 1,
+            extra={"GantryDetectorTilt": tilt},
+        )
+
+    assert scan_series(data_root, "flat").warnings == ()
 
 
 def test_localizers_non_images_dicomdir_and_hidden_files_are_left_out(
@@ -329,16 +401,34 @@ def test_missing_or_empty_series_folder_is_not_found(data_root: Path) -> None:
         scan_series(data_root, "empty")
 
 
-def test_a_non_dicom_file_is_an_error_naming_the_file(
+def test_a_non_dicom_file_is_skipped_and_named_in_the_warnings(
     samples: Samples, data_root: Path, copy_samples: Copier
 ) -> None:
+    # Issue 14 changed this: a file that is not DICOM at all used to fail the scan.
     folder = copy_samples(samples.files(samples.ge), data_root / "broken")
     (folder / "sub").mkdir()
     (folder / "sub" / "notes.txt").write_text("this is not DICOM\n" * 20)
 
+    series = scan_series(data_root, "broken")
+
+    assert len(series.slices) == 2
+    assert "skipped 1 non-DICOM file(s), e.g. broken/sub/notes.txt" in series.warnings
+
+
+def test_a_corrupt_header_after_the_preamble_is_an_error_naming_the_file(
+    samples: Samples, data_root: Path, copy_samples: Copier
+) -> None:
+    folder = copy_samples(samples.files(samples.ge), data_root / "broken")
+    data = bytearray(samples.files(samples.ge)[1].read_bytes())
+    # Keep the preamble and the file meta, then claim an element far longer than the file.
+    start = data.index(b"\x08\x00\x05\x00")  # (0008,0005) SpecificCharacterSet
+    data[start : start + 8] = b"\x08\x00\x08\x00UN\x00\x00"
+    data[start + 8 : start + 12] = (0x7FFFFFF0).to_bytes(4, "little")
+    (folder / "15.dcm").write_bytes(bytes(data))
+
     with pytest.raises(DicomReadError) as raised:
         scan_series(data_root, "broken")
-    assert "broken/sub/notes.txt" in raised.value.message
+    assert "broken/15.dcm" in raised.value.message
 
 
 @pytest.mark.parametrize("keep", [300, 1000])

@@ -2,7 +2,8 @@
 
 A series id names a folder directly under the data root (usually its SeriesInstanceUID, but any
 allow-listed name works). ``scan_series`` walks that folder recursively, reads headers only, keeps
-the image slices of one SeriesInstanceUID and sorts them geometrically. This module owns
+the image slices of one SeriesInstanceUID and sorts them geometrically; each frame of a multi-frame
+image (Enhanced / Legacy Converted Enhanced CT) is a slice like any other. This module owns
 ``scan_series`` (grouping and sorting), ``Series`` and ``resolve_series_dir``; the folder walk,
 header parsing and ``SliceRef`` live in ``flaskmodel.dicom.headers``, reading a slice as HU in
 ``flaskmodel.dicom.pixels`` and the shared file helpers in ``flaskmodel.dicom.files``.
@@ -15,9 +16,10 @@ slice lacks geometry, or orientations differ between slices, the sort falls back
 (then ``z`` is the slice's rank in that order) and says so in ``Series.warnings``.
 
 Anything odd but usable (duplicate positions, gaps, mixed orientation, varying slice thickness,
-dropped localizers, other series in the folder) is reported in ``Series.warnings``; anything
-unusable (a file that does not read as DICOM, an ambiguous folder) raises from ``flaskmodel.errors``
-with the file named relative to the data root.
+gantry tilt or a stack stepping off its normal, non-axial slices, dropped localizers, other series
+in the folder, files that are not DICOM such as the catalogues and viewer programs of CD exports)
+is reported in ``Series.warnings``; anything unusable (a DICOM file that does not read, an
+ambiguous folder) raises from ``flaskmodel.errors`` with the file named relative to the data root.
 """
 
 from __future__ import annotations
@@ -32,14 +34,16 @@ from typing import Literal
 import numpy as np
 
 from flaskmodel.dicom.files import relative_name
-from flaskmodel.dicom.headers import Header, SliceRef, read_header, walk_files
+from flaskmodel.dicom.headers import Header, SliceRef, read_headers, walk_files
 from flaskmodel.errors import InvalidSeriesId, SeriesError, SeriesNotFound
 
 __all__ = [
+    "AXIAL_TOLERANCE_DEG",
     "DUPLICATE_TOLERANCE_MM",
     "GAP_FACTOR",
     "ORIENTATION_TOLERANCE",
     "SERIES_ID_PATTERN",
+    "TILT_TOLERANCE_DEG",
     "Series",
     "SortMethod",
     "resolve_series_dir",
@@ -59,6 +63,10 @@ ORIENTATION_TOLERANCE = 1e-3
 DUPLICATE_TOLERANCE_MM = 0.01
 #: A spacing larger than this multiple of the median spacing is reported as a gap.
 GAP_FACTOR = 1.5
+#: A gantry tilt, or a stack stepping off its slice normal, beyond this (degrees) is reported.
+TILT_TOLERANCE_DEG = 0.5
+#: A slice normal further than this (degrees) from the feet-head axis is reported as non-axial.
+AXIAL_TOLERANCE_DEG = 10.0
 
 # How many individual gaps/duplicates a warning spells out before it only counts them.
 _MAX_LISTED = 5
@@ -129,9 +137,18 @@ def scan_series(data_root: Path, series_uid: str) -> Series:
     root = data_root.resolve()
     folder = resolve_series_dir(data_root, series_uid)
     notes: list[str] = []
-    headers = [
-        read_header(path, relative_name(path, root)) for path in walk_files(folder, root, notes)
-    ]
+    headers: list[Header] = []
+    not_dicom: list[str] = []  # catalogues, viewer programs, text: named in the warning
+    for path in walk_files(folder, root, notes):
+        rel = relative_name(path, root)
+        read = read_headers(path, rel)
+        if read is None:
+            not_dicom.append(rel)
+        else:
+            headers.extend(read)
+    if not_dicom:
+        examples = ", ".join(not_dicom[:3])
+        notes.append(f"skipped {len(not_dicom)} non-DICOM file(s), e.g. {examples}")
 
     groups: dict[str, list[Header]] = {}
     localizers: Counter[str] = Counter()
@@ -145,7 +162,10 @@ def scan_series(data_root: Path, series_uid: str) -> Series:
             non_image += 1
 
     if not groups:
-        raise SeriesNotFound(f"series '{series_uid}' has no image slices under the data root")
+        skipped = f" (skipped {len(not_dicom)} non-DICOM file(s))" if not_dicom else ""
+        raise SeriesNotFound(
+            f"series '{series_uid}' has no image slices under the data root{skipped}"
+        )
     if series_uid in groups:
         uid = series_uid
     elif len(groups) == 1:
@@ -165,13 +185,14 @@ def scan_series(data_root: Path, series_uid: str) -> Series:
     if others:
         notes.append(f"ignored {len(others)} other series in the folder: {', '.join(others)}")
     # The same instance stored twice (copied exports) would count one slice twice.
-    unique = list({h.sop_uid: h for h in reversed(groups[uid])}.values())[::-1]
+    unique = list({(h.sop_uid, h.frame_number): h for h in reversed(groups[uid])}.values())[::-1]
     if len(unique) < len(groups[uid]):
         copies = len(groups[uid]) - len(unique)
         notes.append(f"dropped {copies} repeated copy(ies) of the same SOPInstanceUID")
 
     slices, method, normal, spacing, sort_notes = _sort(unique)
     notes.extend(sort_notes)
+    notes.extend(_tilt_notes(unique, slices, normal))
     notes.extend(_consistency_notes(unique))
     logger.info(
         "scanned series %s: %d slices, sorted by %s, %d warning(s)",
@@ -207,10 +228,7 @@ def _sort(
 
     positions = np.array([h.position for h in headers], dtype=np.float64)
     z = positions @ normal
-    order = sorted(
-        range(len(headers)),
-        key=lambda i: (z[i], _instance_key(headers[i]), headers[i].sop_uid),
-    )
+    order = sorted(range(len(headers)), key=lambda i: (z[i], _instance_key(headers[i])))
     slices = tuple(_ref(headers[i], float(z[i])) for i in order)
     spacing = _spacing_notes(np.array([s.z for s in slices]), slices, notes)
     n = (float(normal[0]), float(normal[1]), float(normal[2]))
@@ -246,12 +264,14 @@ def _common_normal(headers: list[Header], notes: list[str]) -> np.ndarray | None
 def _sort_by_instance_number(
     headers: list[Header], notes: list[str]
 ) -> tuple[tuple[SliceRef, ...], SortMethod, None, None]:
-    """Fallback order: InstanceNumber, then SOPInstanceUID; ``z`` is the rank."""
-    ordered = sorted(headers, key=lambda h: (_instance_key(h), h.sop_uid))
+    """Fallback order: InstanceNumber, then SOPInstanceUID and frame; ``z`` is the rank."""
+    ordered = sorted(headers, key=_instance_key)
     no_number = sum(1 for h in headers if h.instance_number is None)
     if no_number:
         notes.append(f"{no_number} slice(s) have no InstanceNumber; placed last")
-    counts = Counter(h.instance_number for h in headers if h.instance_number is not None)
+    # The frames of one multi-frame file share its InstanceNumber; only files can repeat one.
+    files = {(h.instance_number, h.sop_uid) for h in headers if h.instance_number is not None}
+    counts = Counter(number for number, _ in files)
     repeated = sorted(k for k, v in counts.items() if v > 1)
     if repeated:
         listed = ", ".join(str(k) for k in repeated[:_MAX_LISTED])
@@ -267,7 +287,7 @@ def _spacing_notes(z: np.ndarray, slices: tuple[SliceRef, ...], notes: list[str]
     duplicate = steps <= DUPLICATE_TOLERANCE_MM
     if duplicate.any():
         where = [
-            f"z={slices[i].z:.2f} (#{slices[i].instance_number}, #{slices[i + 1].instance_number})"
+            f"z={slices[i].z:.2f} ({_label(slices[i])}, {_label(slices[i + 1])})"
             for i in np.flatnonzero(duplicate)[:_MAX_LISTED]
         ]
         notes.append(f"{int(duplicate.sum())} duplicate position(s): {'; '.join(where)}")
@@ -286,6 +306,40 @@ def _spacing_notes(z: np.ndarray, slices: tuple[SliceRef, ...], notes: list[str]
             f"{spacing:.3f} mm: {'; '.join(where)}"
         )
     return spacing
+
+
+def _tilt_notes(
+    headers: list[Header], slices: tuple[SliceRef, ...], normal: tuple[float, float, float] | None
+) -> list[str]:
+    """Gantry tilt (GantryDetectorTilt, and the angle between the slice normal and the direction
+    the positions step along), and slice planes that are not axial."""
+    parts: list[str] = []
+    tilts = sorted({h.gantry_tilt for h in headers if h.gantry_tilt is not None})
+    tilted = [t for t in tilts if abs(t) > TILT_TOLERANCE_DEG]
+    if tilted:
+        values = f"{tilts[0]:.1f}°" if len(tilts) == 1 else f"{tilts[0]:.1f}° to {tilts[-1]:.1f}°"
+        parts.append(f"gantry tilt {values} (GantryDetectorTilt)")
+    if normal is None:
+        return ["; ".join(parts)] if parts else []
+    n = np.array(normal)
+    step = np.array(slices[-1].position or (0, 0, 0)) - np.array(slices[0].position or (0, 0, 0))
+    along = abs(float(step @ n))
+    angles = [abs(t) for t in tilted]
+    if along > DUPLICATE_TOLERANCE_MM:
+        shear = float(np.degrees(np.arccos(min(1.0, along / float(np.linalg.norm(step))))))
+        if shear > TILT_TOLERANCE_DEG:
+            parts.append(f"slices stack {shear:.1f}° off their normal")
+            angles.append(shear)
+    notes = ["; ".join(parts)] if parts else []
+    axial = float(np.degrees(np.arccos(min(1.0, abs(n[2])))))
+    # A tilted gantry tilts the slice planes by the same angle; the tilt note already says so.
+    explained = any(abs(axial - angle) < 1.0 for angle in angles)
+    if axial > AXIAL_TOLERANCE_DEG and not explained:
+        axis = int(np.argmax(np.abs(n)))
+        off = float(np.degrees(np.arccos(min(1.0, abs(n[axis])))))
+        plane = ("sagittal", "coronal", "axial")[axis] if off <= AXIAL_TOLERANCE_DEG else "oblique"
+        notes.append(f"slices are {plane} ({axial:.1f}° from axial)")
+    return notes
 
 
 def _consistency_notes(headers: list[Header]) -> list[str]:
@@ -308,10 +362,17 @@ def _ref(header: Header, z: float) -> SliceRef:
         position=header.position,
         z=z,
         series_instance_uid=header.series_uid,
+        frame_number=header.frame_number,
     )
 
 
-def _instance_key(header: Header) -> tuple[bool, int]:
-    # Slices without an InstanceNumber sort after those with one.
+def _instance_key(header: Header) -> tuple[bool, int, str, int]:
+    # Slices without an InstanceNumber sort after those with one; frames in frame order.
     number = header.instance_number
-    return (number is None, 0 if number is None else number)
+    frame = header.frame_number or 0
+    return (number is None, 0 if number is None else number, header.sop_uid, frame)
+
+
+def _label(ref: SliceRef) -> str:
+    number = f"#{ref.instance_number}"
+    return number if ref.frame_number is None else f"{number} frame {ref.frame_number}"
