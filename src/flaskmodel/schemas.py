@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -12,6 +13,15 @@ logger = logging.getLogger(__name__)
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 SERIES_UID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
+#: A DICOM UID (PS3.5 §9): digits in dot-separated components (at most 64 characters: checked
+#: with ``max_length`` where a field holds one).
+DICOM_UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+#: A name of a DICOMweb source or an export destination in settings.
+ENDPOINT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+
+def _is_dicom_uid(text: str) -> bool:
+    return len(text) <= 64 and re.match(DICOM_UID_PATTERN, text) is not None
 
 
 class Strict(BaseModel):
@@ -54,6 +64,13 @@ class JobRequest(Strict):
     postprocess: str | None = None
     priority: int | None = Field(default=None, ge=1, le=10)
     """1 (highest) … 10 (lowest), Triton's convention; orders work within the model's queue."""
+    source: str | None = Field(default=None, pattern=ENDPOINT_NAME_PATTERN)
+    """Series jobs: the DICOMweb source (``dicom.sources``) the series is pulled from."""
+    study_uid: str | None = Field(default=None, pattern=DICOM_UID_PATTERN, max_length=64)
+    """Series jobs with a ``source``: the series' StudyInstanceUID (WADO-RS addresses series
+    within their study)."""
+    exports: list[str] | None = Field(default=None, max_length=16)
+    """Series jobs: destinations (``dicom.destinations``) the result goes to as DICOM SR."""
 
     @model_validator(mode="after")
     def _one_kind(self) -> JobRequest:
@@ -65,6 +82,13 @@ class JobRequest(Strict):
             raise ValueError("'slices' and 'postprocess' apply to series jobs only")
         if isinstance(self.inputs, list) and not self.inputs:
             raise ValueError("'inputs' must hold at least one example")
+        if self.inputs is not None and (self.source or self.study_uid or self.exports):
+            raise ValueError("'source', 'study_uid' and 'exports' apply to series jobs only")
+        if (self.source is None) != (self.study_uid is None):
+            raise ValueError("'source' and 'study_uid' go together (WADO-RS needs the study)")
+        pulled = self.source is not None and self.series_uid is not None
+        if pulled and not _is_dicom_uid(str(self.series_uid)):
+            raise ValueError("a series pulled from a source is named by its DICOM UID")
         return self
 
     @property
@@ -80,6 +104,17 @@ class Progress(BaseModel):
 class JobError(BaseModel):
     type: str
     message: str
+
+
+class ExportState(BaseModel):
+    """Where a series job's DICOM SR went: ``PENDING`` → ``SENT`` | ``FAILED``."""
+
+    destination: str
+    state: Literal["PENDING", "SENT", "FAILED"] = "PENDING"
+    attempts: int = 0
+    error: str | None = None
+    sop_instance_uid: str | None = None
+    sent_at: str | None = None
 
 
 class JobView(BaseModel):
@@ -98,6 +133,7 @@ class JobView(BaseModel):
     finished_at: str | None = None
     result: dict[str, Any] | None = None
     error: JobError | None = None
+    exports: list[ExportState] | None = None
 
 
 class SubmitResponse(BaseModel):
@@ -172,3 +208,39 @@ class WorkerHeartbeat(BaseModel):
     draining: bool = False  # its worker is shutting down: finishing in-flight jobs, not ready
     models: dict[str, ModelAdvert] = Field(default_factory=dict)
     errors: dict[str, str] = Field(default_factory=dict)
+
+
+class SeriesJobRun(BaseModel):
+    """One job a received series started (a late instance starts another that supersedes it)."""
+
+    job_id: str
+    model: str
+    instances: int
+    submitted_at: str
+    superseded_by: str | None = None
+
+
+class ReceivedSeries(BaseModel):
+    """A series the DICOM front door received (``GET /v1/series/<uid>``).
+
+    ``RECEIVING``: instances arrive (or arrived less than ``dicom.stable_seconds`` ago);
+    ``ROUTED``: complete, a job runs or ran (``job_id``); ``STORED``: complete, no routing rule
+    matched (kept under the data root); ``ERROR``: a rule matched but the job could not be
+    submitted for a reason retrying cannot fix (``error``)."""
+
+    series_uid: str
+    study_uid: str | None = None
+    state: Literal["RECEIVING", "ROUTED", "STORED", "ERROR"] = "RECEIVING"
+    received: int = 0
+    duplicates: int = 0
+    first_received_at: str
+    last_received_at: str
+    modality: str | None = None
+    body_part_examined: str | None = None
+    series_description: str | None = None
+    calling_ae_title: str | None = None
+    model: str | None = None
+    job_id: str | None = None
+    jobs: list[SeriesJobRun] = Field(default_factory=list)
+    error: str | None = None
+    job: JobView | None = None

@@ -6,7 +6,8 @@ Keys (all with the job TTL):
   created_at/started_at/finished_at, delivered_at and worker (the current delivery and the
   ``host:pid`` running it), done/total,
   attempts (deliveries of the current chunk), chunk/handover (series jobs run as a sequence of
-  chunk tasks), error_type/error_message.
+  chunk tasks), error_type/error_message, and ``export:<destination>`` (JSON ``ExportState``)
+  per destination a series job's DICOM SR goes to.
 - ``flaskmodel:result:<id>`` string: the result document (JSON).
 - ``flaskmodel:idem:<key>`` string: the job id an ``Idempotency-Key`` made.
 - ``flaskmodel:jobs`` sorted set: the newest job ids by creation time (at most ``RECENT_KEEP``).
@@ -37,7 +38,8 @@ from redis.client import Pipeline
 
 from flaskmodel.errors import Conflict, InvalidRequest, JobNotFound, Overloaded
 from flaskmodel.jobs.admission import Admission
-from flaskmodel.schemas import JobError, JobRequest, JobState, JobView, Progress
+from flaskmodel.jobs.scripts import ADVANCE, START_CHUNK, TRANSITION
+from flaskmodel.schemas import ExportState, JobError, JobRequest, JobState, JobView, Progress
 from flaskmodel.storage.pipelines import execute, queue_script
 from flaskmodel.storage.redis import key
 
@@ -46,65 +48,10 @@ logger = logging.getLogger(__name__)
 # A waiter arrives within its request's lifetime; the notice need not outlive that by much.
 DONE_TTL = 600
 
-# KEYS: job hash, result key (may be unused), done list. ARGV: allowed states (comma list), new
-# state, ttl, result JSON ("" for none), done-list ttl, then field/value pairs to set. Returns the
-# state found. A move into a terminal state also pushes that state onto the done list.
-# A result write counts itself in the record (``result_writes``: the ledger's proof that a job's
-# result was written once).
-_TRANSITION = """
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return false end
-local allowed = ',' .. ARGV[1] .. ','
-if not string.find(allowed, ',' .. cur .. ',', 1, true) then return cur end
-redis.call('HSET', KEYS[1], 'state', ARGV[2])
-for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-if ARGV[4] ~= '' then
-  redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'result_writes', 1)
-end
-if ARGV[2] == 'SUCCEEDED' or ARGV[2] == 'FAILED' or ARGV[2] == 'CANCELLED' then
-  redis.call('RPUSH', KEYS[3], ARGV[2])
-  redis.call('EXPIRE', KEYS[3], ARGV[5])
-end
-return cur
-"""
-
 ACTIVE = f"{JobState.QUEUED},{JobState.RUNNING}"
 
-# A delivery of chunk ARGV[1] of a job. KEYS: job hash. ARGV: chunk, now, ttl, worker. Returns
-# {verdict, state, attempt}: 'run' (the chunk the record expects: RUNNING, attempt counted),
-# 'republish' (this chunk already handed over but the next message may never have been
-# published: a crash between ``advance`` and the publish), 'stale' (a duplicate of a chunk
-# that was handed over), 'ended' (terminal state) or 'missing'.
-_START_CHUNK = """
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {'missing', '', 0} end
-if cur == 'SUCCEEDED' or cur == 'FAILED' or cur == 'CANCELLED' then return {'ended', cur, 0} end
-local expected = tonumber(redis.call('HGET', KEYS[1], 'chunk') or '0')
-local chunk = tonumber(ARGV[1])
-if chunk ~= expected then
-  if chunk + 1 == expected and redis.call('HEXISTS', KEYS[1], 'handover') == 1 then
-    return {'republish', cur, 0}
-  end
-  return {'stale', cur, 0}
-end
-redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'delivered_at', ARGV[2], 'worker', ARGV[4])
-redis.call('HSETNX', KEYS[1], 'started_at', ARGV[2])
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {'run', cur, attempt}
-"""
-
-# Hand a running job over from chunk ARGV[1] to the next: only the delivery of the expected
-# chunk wins. Marks the hand-over pending until the next message is published (``handed_over``)
-# and resets the per-chunk delivery count. KEYS: job hash. Returns 1 when this call advanced it.
-_ADVANCE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'RUNNING' then return 0 end
-if tonumber(redis.call('HGET', KEYS[1], 'chunk') or '0') ~= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'chunk', tonumber(ARGV[1]) + 1, 'handover', 1, 'attempts', 0)
-return 1
-"""
+#: Prefix of the job hash fields holding one export's state each.
+EXPORT_FIELD = "export:"
 
 # Sorted set of job ids by creation time (the jobs listing and the results viewer).
 RECENT = key("jobs")
@@ -146,9 +93,9 @@ class JobStore:
     def __init__(self, client: redis.Redis, *, ttl: int) -> None:
         self._redis = client
         self._ttl = ttl
-        self._transition = client.register_script(_TRANSITION)
-        self._start_chunk = client.register_script(_START_CHUNK)
-        self._advance = client.register_script(_ADVANCE)
+        self._transition = client.register_script(TRANSITION)
+        self._start_chunk = client.register_script(START_CHUNK)
+        self._advance = client.register_script(ADVANCE)
 
     def create(
         self,
@@ -286,6 +233,7 @@ class JobStore:
             finished_at=record.get("finished_at"),
             result=json.loads(result) if result else None,
             error=error,
+            exports=_exports(record),
         )
 
     def request(self, job_id: str) -> JobRequest:
@@ -319,7 +267,7 @@ class JobStore:
         self, job_id: str, chunk: int, worker: str = ""
     ) -> tuple[str, JobState | None, int]:
         """A delivery of ``chunk`` to ``worker`` (``host:pid``, kept in the record): (verdict,
-        state found, attempt); see ``_START_CHUNK``."""
+        state found, attempt); see ``scripts.START_CHUNK``."""
         return start_reply(
             self._start_chunk(keys=[key("job", job_id)], args=self._start_args(chunk, worker))
         )
@@ -346,6 +294,18 @@ class JobStore:
 
     def set_progress(self, job_id: str, done: int, total: int) -> None:
         self._redis.hset(key("job", job_id), mapping={"done": done, "total": total})
+
+    def exports(self, job_id: str) -> list[ExportState]:
+        """Where the job's DICOM SR goes and how far each export got (request order)."""
+        record = self._redis.hgetall(key("job", job_id))
+        return _exports({str(k): str(v) for k, v in record.items()}) or []
+
+    def set_export(self, job_id: str, export: ExportState) -> None:
+        """Record one export's state (one field per destination: concurrent writers of other
+        destinations never lose each other's updates)."""
+        self._redis.hset(
+            key("job", job_id), f"{EXPORT_FIELD}{export.destination}", export.model_dump_json()
+        )
 
     def set_version(self, job_id: str, version: int) -> None:
         self._redis.hset(key("job", job_id), "version", version)
@@ -403,3 +363,17 @@ class JobStore:
         for name, value in fields.items():
             args.extend([name, value])
         return [key("job", job_id), key("result", job_id), done_key(job_id)], args
+
+
+def _exports(record: dict[str, str]) -> list[ExportState] | None:
+    """The export states in a job record, in the order the request named the destinations."""
+    found = {
+        name.removeprefix(EXPORT_FIELD): ExportState.model_validate_json(value)
+        for name, value in record.items()
+        if name.startswith(EXPORT_FIELD)
+    }
+    if not found:
+        return None
+    order = JobRequest.model_validate_json(record["request"]).exports or []
+    ranked = {name: i for i, name in enumerate(order)}
+    return sorted(found.values(), key=lambda e: ranked.get(e.destination, len(ranked)))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 from redis import RedisError
 
 from flaskmodel.codecs.tfserving_json import decode_inputs
-from flaskmodel.errors import ModelNotFound, ServiceUnavailable
+from flaskmodel.errors import InvalidRequest, ModelNotFound, ServiceUnavailable
 from flaskmodel.jobs.admission import Admission
 from flaskmodel.jobs.broker import publish_job, publish_jobs
 from flaskmodel.jobs.publisher import JobPublisher
@@ -26,6 +27,7 @@ from flaskmodel.logs import set_job_id
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.schemas import JobRequest, JobView, ModelAdvert
+from flaskmodel.settings import DicomSettings, Settings
 from flaskmodel.storage.workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
@@ -49,8 +51,10 @@ class JobSubmitter:
         default_priority: int = 5,
         max_jobs_per_message: int = 1,
         publish_window: float = 0.0,
+        dicom: DicomSettings | None = None,
     ) -> None:
         self._jobs = jobs
+        self._dicom = dicom or DicomSettings()
         self._workers = workers
         self._celery = celery
         self._queue = queue
@@ -92,6 +96,7 @@ class JobSubmitter:
     ) -> tuple[str, bool]:
         """The job id, and True when it was created now (False: an idempotent repeat).
         ``owner``: the API key id the job is recorded under (None: authentication off)."""
+        self._check_endpoints(request)
         advert = self.model(request.model, request.version)
         version = request.version or advert.latest
         if version not in advert.specs:
@@ -131,6 +136,20 @@ class JobSubmitter:
         RECORDER.inc(catalogue.JOBS_SUBMITTED, (request.model, request.kind))
         return job_id, True
 
+    def _check_endpoints(self, request: JobRequest) -> None:
+        """A series job's DICOMweb source and export destinations are configured ones."""
+        if request.source is not None and request.source not in self._dicom.sources:
+            known = ", ".join(sorted(self._dicom.sources)) or "none"
+            raise InvalidRequest(
+                f"unknown DICOMweb source '{request.source}' (dicom.sources: {known})"
+            )
+        unknown = [n for n in request.exports or [] if n not in self._dicom.destinations]
+        if unknown:
+            known = ", ".join(sorted(self._dicom.destinations)) or "none"
+            raise InvalidRequest(
+                f"unknown export destination '{unknown[0]}' (dicom.destinations: {known})"
+            )
+
     def cancel(self, job_id: str, owner: str | None = None) -> JobView:
         """Cancel a queued or running job; it stops counting against its model's bound.
         With ``owner``, another owner's job is not found."""
@@ -150,3 +169,21 @@ class JobSubmitter:
             self._jobs.delete(job_id)
         except RedisError:
             logger.warning("could not remove unpublished job %s", job_id)
+
+
+def build_submitter(settings: Settings, client: redis.Redis, celery: Celery) -> JobSubmitter:
+    """The submitter a process that takes jobs uses (the web tier, the DICOM front door), wired
+    from settings: the model's worker adverts, admission bound and tensor-job publisher."""
+    return JobSubmitter(
+        JobStore(client, ttl=settings.jobs.ttl_seconds),
+        WorkerRegistry(client, ttl=settings.worker.heartbeat_seconds * 3),
+        celery,
+        queue=settings.worker.queue,
+        admission=Admission(
+            client, max_pending=settings.jobs.max_pending, ttl=settings.jobs.ttl_seconds
+        ),
+        default_priority=settings.jobs.default_priority,
+        max_jobs_per_message=settings.jobs.max_jobs_per_message,
+        publish_window=settings.jobs.publish_window_ms / 1000,
+        dicom=settings.dicom,
+    )

@@ -8,12 +8,11 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from flaskmodel.schemas import ENDPOINT_NAME_PATTERN
 from flaskmodel.settings.sections import Section
 
 #: An AE title: 1–16 characters of the default character repertoire, no backslash.
 AE_TITLE_PATTERN = r"^[ -\[\]-~]{1,16}$"
-#: A name of a source or destination (used in job requests and routing rules).
-ENDPOINT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
 
 class DicomRoute(Section):
@@ -56,6 +55,7 @@ class DicomWebSource(Section):
     username: str | None = None
     """HTTP basic auth user (with `password`)."""
     password: SecretStr | None = None
+    """HTTP basic auth password."""
     token: SecretStr | None = None
     """Bearer token (instead of basic auth)."""
     timeout_seconds: float = Field(default=60.0, gt=0)
@@ -66,6 +66,7 @@ class DicomDestination(Section):
     """Where a job's DICOM SR goes: a DICOM AE by C-STORE, or a DICOMweb server by STOW-RS."""
 
     kind: Literal["dimse", "dicomweb"]
+    """`dimse`: C-STORE to a DICOM AE; `dicomweb`: STOW-RS to a DICOMweb server."""
     host: str | None = None
     """C-STORE: the AE's host."""
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -75,9 +76,13 @@ class DicomDestination(Section):
     url: str | None = None
     """STOW-RS: base URL of the DICOMweb API."""
     username: str | None = None
+    """STOW-RS: HTTP basic auth user (with `password`)."""
     password: SecretStr | None = None
+    """STOW-RS: HTTP basic auth password."""
     token: SecretStr | None = None
+    """STOW-RS: bearer token (instead of basic auth)."""
     timeout_seconds: float = Field(default=60.0, gt=0)
+    """Timeout of an association or HTTP request to the destination."""
 
     @model_validator(mode="after")
     def _complete(self) -> DicomDestination:

@@ -36,7 +36,7 @@ from flaskmodel.jobs.store import JobStore
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.repository import ModelRepository
-from flaskmodel.schemas import JobRequest
+from flaskmodel.schemas import JobRequest, JobState
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
 from flaskmodel.worker.job_batch import TensorJobBatch
@@ -104,6 +104,8 @@ class JobRunner:
         if verdict == "ended":
             assert found is not None
             logger.info("job %s is %s; skipped", job_id, found.value)
+            if found is JobState.SUCCEEDED:
+                self._export(job_id)  # a worker died while exporting: the rest go now
             return None
         if verdict == "stale":
             logger.info(
@@ -155,7 +157,17 @@ class JobRunner:
             logger.info("job %s already ended (cancelled or finished); result dropped", job_id)
             return None
         self.finished(job_id, "SUCCEEDED", seconds=float(timings["total_seconds"]))
+        self._export(job_id)
         return None
+
+    def _export(self, job_id: str) -> None:
+        """Send a finished series job's DICOM SR where its request says (if anywhere)."""
+        request = self._jobs.request(job_id)
+        if not request.exports:
+            return
+        from flaskmodel.worker.exports import SeriesExports  # noqa: PLC0415 - pydicom only here
+
+        SeriesExports(self._settings, self._jobs).run(job_id)
 
     def _queue_wait(self, job_id: str, attempt: int, chunk: int) -> float | None:
         """Seconds between submit and the job's first start (recorded for the first delivery of

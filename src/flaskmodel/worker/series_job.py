@@ -3,11 +3,11 @@ redelivery and interleave with other jobs.
 
 One call runs one chunk: up to ``series.chunk_batches`` batches of the slices not yet scored.
 Each finished batch's scores are stored per slice (``flaskmodel:job:<id>:slices``, a hash keyed
-by SOPInstanceUID) before progress moves, so a redelivered chunk (its worker died) and every
-later chunk skip the slices already scored and never count one twice. Cancellation is checked
-before every batch. The chunk that scores the last slice post-processes the whole series once;
-the finished result is also merged into ``flaskmodel:series:<uid>:<model>`` for other systems.
-"""
+by ``SliceRef.key``: the SOPInstanceUID, plus ``:<frame>`` for a frame of a multi-frame file)
+before progress moves, so a redelivered chunk (its worker died) and every later chunk skip the
+slices already scored and never count one twice. Cancellation is checked before every batch. The
+chunk that scores the last slice post-processes the whole series once; the finished result is
+also merged into ``flaskmodel:series:<uid>:<model>`` (fields ``slice:<key>``) for other systems."""
 
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ from flaskmodel.runtime.repository import ModelConfig, ModelRepository
 from flaskmodel.schemas import JobRequest, JobState, ModelSpec
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
+from flaskmodel.worker.series_source import fetch_series
 
 logger = logging.getLogger(__name__)
 
@@ -78,12 +79,12 @@ def run_series(
 
     scores_key = key("job", job_id, "slices")
     done = {str(uid) for uid in client.hkeys(scores_key)}
-    jobs.set_progress(job_id, sum(s.sop_instance_uid in done for s in slices), len(slices))
-    todo = [s for s in slices if s.sop_instance_uid not in done]
+    jobs.set_progress(job_id, sum(s.key in done for s in slices), len(slices))
+    todo = [s for s in slices if s.key not in done]
     if done and todo:
         logger.info("job %s goes on with %d of %d slices scored", job_id, len(done), len(slices))
     offset = series.slices.index(slices[0])
-    index_of = {s.sop_instance_uid: offset + i for i, s in enumerate(slices)}
+    index_of = {s.key: offset + i for i, s in enumerate(slices)}
     chunk = todo[: batch_size * settings.series.chunk_batches]
     with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="dicom") as pool:
         for first in range(0, len(chunk), batch_size):
@@ -102,8 +103,8 @@ def run_series(
             timings["inference"] += time.perf_counter() - tick2
             scores = np.asarray(outputs[score_output], dtype=np.float64).reshape(len(batch), -1)
             _store_batch(client, settings, job_id, batch, scores, prepared, index_of)
-            done.update(ref.sop_instance_uid for ref in batch)
-            jobs.set_progress(job_id, sum(s.sop_instance_uid in done for s in slices), len(slices))
+            done.update(ref.key for ref in batch)
+            jobs.set_progress(job_id, sum(s.key in done for s in slices), len(slices))
             logger.debug(
                 "job %s: batch of %d in %.3fs", job_id, len(batch), time.perf_counter() - tick
             )
@@ -136,7 +137,7 @@ def _finish(
 
     tick = time.perf_counter()
     name = request.postprocess or config.postprocess
-    matrix = np.stack([stored[s.sop_instance_uid] for s in slices])
+    matrix = np.stack([stored[s.key] for s in slices])
     post = postprocess(name, _log_probs(matrix))
     timings["postprocess"] = time.perf_counter() - tick
     result = _result(
@@ -164,7 +165,7 @@ def _scanned(
     if job_id in _SCANS:
         _SCANS.move_to_end(job_id)
         return _SCANS[job_id]
-    series = scan_series(settings.data_root, request.series_uid)
+    series = scan_series(fetch_series(request, settings), request.series_uid)
     slices = series.select(
         request.slices.start if request.slices else None,
         request.slices.stop if request.slices else None,
@@ -203,14 +204,11 @@ def _store_batch(
     pipe = client.pipeline(transaction=True)
     pipe.hset(
         scores_key,
-        mapping={
-            ref.sop_instance_uid: json.dumps(row.tolist())
-            for ref, row in zip(batch, scores, strict=True)
-        },
+        mapping={ref.key: json.dumps(row.tolist()) for ref, row in zip(batch, scores, strict=True)},
     )
     pipe.expire(scores_key, settings.jobs.ttl_seconds)
     thumbnails = {
-        index_of[ref.sop_instance_uid]: base64.b64encode(p.thumbnail).decode()
+        index_of[ref.key]: base64.b64encode(p.thumbnail).decode()
         for ref, p in zip(batch, prepared, strict=True)
         if p.thumbnail is not None
     }
@@ -320,6 +318,7 @@ def _result(
         {
             "index": offset + i,
             "sop_instance_uid": ref.sop_instance_uid,
+            "frame_number": ref.frame_number,  # None for a single-frame file
             "instance_number": ref.instance_number,
             "z": round(ref.z, 4),
             "position": list(ref.position) if ref.position else None,
@@ -353,8 +352,18 @@ def _result(
                 resolve_window(preprocess, None).model_dump() if window != "file" else "file"
             ),
             "normalise": preprocess.normalise,
+            "resize": preprocess.resize,
         },
     }
+
+
+_SERIES_FIELDS = ("index", "sop_instance_uid", "frame_number", "instance_number", "z", "label",
+                  "label_index", "label_raw", "scores")  # fmt: skip
+
+
+def _series_field(row: dict[str, Any]) -> str:
+    frame = row["frame_number"]
+    return f"slice:{row['sop_instance_uid']}" + ("" if frame is None else f":{frame}")
 
 
 def _store_series(
@@ -364,23 +373,11 @@ def _store_series(
     job_id: str,
     result: dict[str, Any],
 ) -> None:
-    """Merge per-slice labels into ``flaskmodel:series:<uid>:<model>`` (documented TTL)."""
+    """Merge per-slice labels into ``flaskmodel:series:<uid>:<model>`` (documented TTL), one
+    field per slice: ``slice:<SOPInstanceUID>``, plus ``:<frame>`` for a frame."""
     target = series_key(result["series_uid"], request.model)
     fields: dict[Any, Any] = {
-        f"slice:{row['sop_instance_uid']}": json.dumps(
-            {
-                k: row[k]
-                for k in (
-                    "index",
-                    "instance_number",
-                    "z",
-                    "label",
-                    "label_index",
-                    "label_raw",
-                    "scores",
-                )
-            }
-        )
+        _series_field(row): json.dumps({k: row[k] for k in _SERIES_FIELDS})
         for row in result["slices"]
     }
     fields["meta"] = json.dumps(
