@@ -18,6 +18,7 @@ from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import connect
 from flaskmodel.storage.workers import WorkerRegistry
 from tests import procs
+from tests.orthanc import Orthanc, start_orthanc, stop_orthanc
 
 SAMPLES = Path(__file__).parent / "data" / "dicom"
 CHEST = "tcia-lung-pet-ct-dx-A0002-chest-B40f-j2k"
@@ -42,6 +43,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc, url = procs.start_redis(tmp_path_factory.mktemp("redis"))
     yield url
     procs.stop(proc)
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    """A real Orthanc (AE ``PACS``, basic auth, DICOMweb) on free ports for the session: the
+    hospital's PACS of the DICOM tests."""
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield server
+    stop_orthanc(server)
 
 
 @pytest.fixture

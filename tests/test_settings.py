@@ -1,9 +1,7 @@
-"""Settings: env parsing, validation, masking, and the README's generated table."""
+"""Settings: env parsing, validation, masking, and the generated table's completeness (its
+freshness in docs/configuration.md is ``tests/test_docs.py``'s)."""
 
 from __future__ import annotations
-
-import re
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -11,8 +9,6 @@ from pydantic import ValidationError
 
 from flaskmodel.cli import main
 from flaskmodel.settings import Settings, mask_url, settings_table
-
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_env_prefix_and_nesting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,12 +86,3 @@ def test_check_command_masks_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_field_is_documented() -> None:
     for line in settings_table().splitlines()[2:]:
         assert not line.rstrip().endswith("|  |"), f"undocumented setting: {line}"
-
-
-def test_readme_configuration_table_is_current() -> None:
-    text = README.read_text()
-    match = re.search(r"<!-- settings-table -->\n(.*?)<!-- /settings-table -->", text, re.S)
-    assert match, "README lacks the generated settings table markers"
-    assert match.group(1) == settings_table(), (
-        "README configuration table is stale: regenerate with `flaskmodel check --markdown`"
-    )

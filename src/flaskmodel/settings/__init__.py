@@ -2,8 +2,8 @@
 
 Every setting comes from ``Settings``: environment variables prefixed ``FLASKMODEL_`` with nested
 sections joined by ``__`` (``FLASKMODEL_REDIS__URL``, ``FLASKMODEL_JOBS__TTL_SECONDS``). Tests build
-``Settings(...)`` directly. The README's configuration table is generated from these fields
-(``flaskmodel check --markdown``); a test fails when it is stale.
+``Settings(...)`` directly. The configuration table of docs/configuration.md is generated from
+these fields (``make docs``, ``flaskmodel check --markdown``); a test fails when it is stale.
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def mask_url(url: str) -> str:
 
 
 def settings_table() -> str:
-    """The README's configuration table (Markdown), generated from the fields above."""
+    """The configuration table of docs/configuration.md (Markdown), generated from the fields."""
     lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, default, doc in _field_rows(Settings, "FLASKMODEL_"):
         lines.append(f"| `{name}` | {default} | {doc} |")

@@ -1,24 +1,15 @@
-"""Fixtures for the DICOM networking tests: a real Orthanc for the session, holding the 20-slice
-JPEG 2000 chest series."""
+"""Fixtures for the DICOM networking tests: the session's real Orthanc (``tests/conftest.py``)
+holding the 20-slice JPEG 2000 chest series."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pydicom
 import pytest
 
 from tests.dicom.conftest import Samples
-from tests.orthanc import Orthanc, start_orthanc, stop_orthanc
-
-
-@pytest.fixture(scope="session")
-def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
-    """A real Orthanc (AE ``PACS``, basic auth, DICOMweb) on free ports for the session."""
-    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    yield server
-    stop_orthanc(server)
+from tests.orthanc import Orthanc
 
 
 @dataclass(frozen=True)

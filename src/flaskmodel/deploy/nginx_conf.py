@@ -1,0 +1,149 @@
+"""nginx's configs: the foreground stack's nginx.conf with its site, and the deploy set's site.
+
+The site (template ``flaskmodel.conf``) proxies to gunicorn — one, or several web hosts balanced
+by least connections — with the request limits of the ``web`` settings, answers nginx's own
+errors as JSON, restricts ``/metrics`` to ``metrics.allow``, and, when ``dicom.enabled``, streams
+``/dicomweb/`` (STOW-RS uploads) to the DICOM front door (``flaskmodel dicom``).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+from flaskmodel.deploy.files import fill, write
+from flaskmodel.deploy.gunicorn_launch import KEEPALIVE_SECONDS
+from flaskmodel.deploy.paths import address, user_name
+from flaskmodel.settings import Settings
+
+UPSTREAM_KEEPALIVE_SECONDS = 60
+"""How long nginx keeps an idle upstream connection; below gunicorn's keep-alive."""
+DICOMWEB_TIMEOUT_SECONDS = 600
+"""nginx's send/read timeouts towards the DICOM front door: a STOW-RS upload of a whole study
+may stall while the front door writes it, and the answer comes only after every instance is
+stored."""
+
+
+def write_stack_nginx(
+    nginx: Path,
+    settings: Settings,
+    *,
+    conf: Path,
+    prefix: Path,
+    gunicorn_sock: Path,
+    dicom_sock: Path | None,
+) -> list[str]:
+    """Write the stack's nginx.conf and site (listening on web.host:web.port, proxying to the
+    unix sockets); returns the command that runs nginx in the foreground on them."""
+    prefix.mkdir(exist_ok=True)
+    site = prefix / "flaskmodel.conf"
+    listen = address(settings.web.host, settings.web.port)
+    dicom = f"unix:{dicom_sock}" if dicom_sock is not None else None
+    write(site, _site(settings, upstreams=[f"unix:{gunicorn_sock}"], listen=listen, dicom=dicom))
+    write(conf, _nginx_main(prefix, site))
+    return [str(nginx), "-e", "stderr", "-p", str(prefix), "-c", str(conf)]
+
+
+def deploy_site(settings: Settings, *, upstreams: list[str], dicom: str | None) -> str:
+    """The deploy set's site (for /etc/nginx/sites-available): listens on port 80, balances over
+    ``upstreams``; ``dicom`` is the DICOM front door's HTTP address (None: no ``/dicomweb/``)."""
+    return _site(settings, upstreams=upstreams, listen="80", dicom=dicom)
+
+
+def _site(settings: Settings, *, upstreams: list[str], listen: str, dicom: str | None) -> str:
+    upstream, location = _dicom_blocks(settings, dicom)
+    return fill(
+        "flaskmodel.conf",
+        servers=_upstream_servers(upstreams),
+        gunicorn_keepalive=str(KEEPALIVE_SECONDS),
+        upstream_keepalive=f"{UPSTREAM_KEEPALIVE_SECONDS}s",
+        listen=listen,
+        max_body=str(settings.web.max_request_bytes),
+        header_timeout=_nginx_seconds(settings.web.client_header_timeout),
+        body_timeout=_nginx_seconds(settings.web.client_body_timeout),
+        read_timeout=f"{settings.jobs.time_limit + 30}s",
+        metrics_location=_metrics_location(settings.metrics.allow),
+        dicom_upstream=upstream,
+        dicom_location=location,
+    )
+
+
+def _dicom_blocks(settings: Settings, server: str | None) -> tuple[str, str]:
+    """The upstream block and the ``/dicomweb/`` location of the DICOM front door (empty when
+    it is off). The path reaches the front door unchanged (``/dicomweb/studies``)."""
+    if server is None:
+        return "", ""
+    limit = settings.dicom.max_stow_bytes
+    timeout = f"{DICOMWEB_TIMEOUT_SECONDS}s"
+    upstream = f"\nupstream flaskmodel_dicom {{\n    server {server};\n}}\n"
+    # error_page inside a location replaces the server's list, so 502/504 are named again.
+    location = (
+        "\n    # DICOMweb STOW-RS (`flaskmodel dicom`): a study upload may be far larger than any\n"
+        "    # API body; it streams through to the front door as it arrives instead of being\n"
+        "    # spooled to nginx's disk first, and may take long.\n"
+        "    location /dicomweb/ {\n"
+        f"        client_max_body_size {limit};\n"
+        "        proxy_request_buffering off;\n"
+        f"        proxy_send_timeout {timeout};\n"
+        f"        proxy_read_timeout {timeout};\n"
+        "        error_page 413 @dicom_too_large;\n"
+        "        error_page 502 @bad_gateway;\n"
+        "        error_page 504 @gateway_timeout;\n"
+        "        proxy_pass http://flaskmodel_dicom;\n"
+        "    }\n"
+        "    location @dicom_too_large {\n"
+        "        default_type application/json;\n"
+        f'        return 413 \'{{"error": "STOW-RS body is larger than the limit of {limit} '
+        'bytes", "type": "request_entity_too_large"}\\n\';\n'
+        "    }\n"
+    )
+    return upstream, location
+
+
+def _metrics_location(allow: list[str]) -> str:
+    """``/metrics`` for the ``metrics.allow`` addresses only; nothing (public) when empty."""
+    if not allow:
+        return ""
+    rules = "".join(f"        allow {entry};\n" for entry in allow)
+    return (
+        "\n    # metrics.allow: only these addresses may scrape /metrics.\n"
+        "    location = /metrics {\n"
+        f"{rules}"
+        "        deny all;\n"
+        "        proxy_pass http://flaskmodel_web;\n"
+        "    }\n"
+    )
+
+
+def _nginx_seconds(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def _upstream_servers(servers: list[str]) -> str:
+    """The upstream block's server lines: one gunicorn, or several web hosts balanced by least
+    connections; a host that fails 3 times within 5 s is skipped for 5 s (a request that
+    cannot connect goes to the next host at once)."""
+    if len(servers) == 1:
+        return f"    server {servers[0]} fail_timeout=0;"
+    lines = ["    least_conn;"]
+    lines += [f"    server {server} max_fails=3 fail_timeout=5s;" for server in servers]
+    return "\n".join(lines)
+
+
+def _nginx_main(prefix: Path, site: Path) -> str:
+    # A root master would start its workers as "nobody", who cannot reach the gunicorn socket
+    # in this user's 0700 run directory: keep the workers as the invoking user.
+    user_line = f"user {user_name()};" if os.geteuid() == 0 else ""
+    soft_nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft_nofile == resource.RLIM_INFINITY:
+        soft_nofile = 65536
+    return fill(
+        "nginx.conf",
+        prefix=str(prefix),
+        site=str(site),
+        user_line=user_line,
+        worker_processes=str(min(os.cpu_count() or 1, 4)),
+        # Each proxied request holds two descriptors; stay inside the open-file limit.
+        worker_connections=str(max(512, min(8192, soft_nofile - 64))),
+    )
