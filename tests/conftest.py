@@ -17,7 +17,7 @@ from flaskmodel.schemas import BatchStatsView
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import connect
 from flaskmodel.storage.workers import WorkerRegistry
-from tests import procs
+from tests import databases, procs
 from tests.orthanc import Orthanc, start_orthanc, stop_orthanc
 
 SAMPLES = Path(__file__).parent / "data" / "dicom"
@@ -242,7 +242,7 @@ def fake_stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iter
         models_root=root,
         data_root=logs,
         run_dir=logs,
-        redis={"url": redis_db(redis_url, 1)},
+        redis={"url": redis_db(redis_url, databases.FAKE_STACK)},
         worker={"heartbeat_seconds": 1.0, "concurrency": 1},
         runtime={"backend": "fake"},
     )

@@ -1,4 +1,5 @@
-"""Starting and stopping the real processes tests talk to (redis-server, worker, gunicorn)."""
+"""Starting and stopping the real processes tests talk to (redis-server, worker, and gunicorn by
+`flaskmodel serve`)."""
 
 from __future__ import annotations
 
@@ -127,20 +128,31 @@ def start_worker(settings: Settings, log: Path, timeout: float = 120) -> subproc
 
 
 def start_gunicorn(
-    settings: Settings, log: Path, port: int, workers: int = 1
+    settings: Settings,
+    log: Path,
+    port: int,
+    workers: int = 1,
+    *,
+    graceful_timeout: int = 5,
+    access_log: bool = False,
 ) -> subprocess.Popen[bytes]:
+    """The web tier as users start it, ``flaskmodel serve`` (which becomes gunicorn, same pid),
+    on 127.0.0.1:``port``; returns once ``/healthz`` answers.
+
+    ``graceful_timeout`` replaces web.graceful_timeout: a test stopping gunicorn while a client
+    holds an idle kept-alive connection waits that long."""
     import requests  # noqa: PLC0415
 
+    web = settings.web.model_copy(update={"graceful_timeout": graceful_timeout})
     args = [
-        str(VENV_BIN / "gunicorn"),
-        "--worker-class=gevent",
+        str(VENV_BIN / "flaskmodel"),
+        "serve",
+        "--host=127.0.0.1",
+        f"--port={port}",
         f"--workers={workers}",
-        f"--bind=127.0.0.1:{port}",
-        "--graceful-timeout=5",
-        "--config=python:flaskmodel.deploy.gunicorn_hooks",  # the shipped config's hook
-        "flaskmodel.web:create_app()",
+        "--access-log" if access_log else "--no-access-log",
     ]
-    proc = spawn(args, settings, log)
+    proc = spawn(args, settings.model_copy(update={"web": web}), log)
     url = f"http://127.0.0.1:{port}/healthz"
     try:
         wait_for(lambda: requests.get(url, timeout=1).ok, 30, "gunicorn", proc)
@@ -155,3 +167,28 @@ def queued(client: redis.Redis, queue: str) -> int:
     from flaskmodel.jobs.broker import redis_queue_keys  # noqa: PLC0415
 
     return sum(int(client.llen(name)) for name in redis_queue_keys(queue))
+
+
+def start_dicom(settings: Settings, log: Path, timeout: float = 30) -> subprocess.Popen[bytes]:
+    """The DICOM front door as users start it, ``flaskmodel dicom``, on ``dicom.port`` (DICOM)
+    and ``dicom.http_host:http_port`` (STOW-RS); returns once both answer."""
+    import requests  # noqa: PLC0415
+
+    proc = spawn([str(VENV_BIN / "flaskmodel"), "dicom"], settings, log)
+    dicom = settings.dicom
+    url = f"http://{dicom.http_host}:{dicom.http_port}/dicomweb/healthz"
+
+    def answers() -> bool:
+        echo = subprocess.run(
+            ["echoscu", "-aec", dicom.ae_title, "127.0.0.1", str(dicom.port)],
+            capture_output=True,
+            check=False,
+        )
+        return echo.returncode == 0 and requests.get(url, timeout=1).ok
+
+    try:
+        wait_for(answers, timeout, "flaskmodel dicom", proc)
+    except (RuntimeError, TimeoutError):
+        stop(proc)
+        raise RuntimeError(f"flaskmodel dicom did not start:\n{log.read_text()[-3000:]}") from None
+    return proc

@@ -30,7 +30,7 @@ ALLOWED["sync"] = {"jobs", *ALLOWED["jobs"]}
 for _top in ("web", "worker", "deploy", "demo", "gateway"):
     ALLOWED[_top] = {"sync", *ALLOWED["sync"]}
 ALLOWED["bench"] = {"web", "worker", "deploy", "demo", *ALLOWED["sync"]}
-ALLOWED["cli"] = {*ALLOWED["bench"], "bench"}
+ALLOWED["cli"] = {*ALLOWED["bench"], "bench", "gateway"}
 ALLOWED["__main__"] = {"cli"}
 #: Inside the foundation: logging is configured from Settings, which shares a few patterns with
 #: the request schemas.

@@ -14,7 +14,7 @@ from pathlib import Path
 import requests
 
 from flaskmodel.logs import SafeText, escape_controls
-from tests import procs
+from tests import databases, procs
 from tests.conftest import redis_db
 
 FORGED = "2026-01-01 00:00:00,000 CRITICAL 1 flaskmodel.auth: admin logged in"
@@ -32,7 +32,7 @@ def test_crlf_in_a_request_path_cannot_forge_a_gunicorn_log_line(
         models_root=tmp_path,
         data_root=tmp_path,
         run_dir=tmp_path,
-        redis={"url": redis_db(redis_url, 15)},
+        redis={"url": redis_db(redis_url, databases.LOGS)},
     )
     port = procs.free_port()
     log = tmp_path / "gunicorn.log"

@@ -39,7 +39,7 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--markdown", is_flag=True, help="Print the README's configuration table instead.")
+@click.option("--markdown", is_flag=True, help="Print docs/configuration.md's table instead.")
 def check(markdown: bool) -> None:
     """Print the resolved settings (secrets masked)."""
     if markdown:
@@ -93,28 +93,66 @@ def worker(models: str | None, name: str | None) -> None:
 
 
 @main.command()
-@click.option("--port", type=int, default=None, help="Port to bind (default: web.port).")
-def serve(port: int | None) -> None:
-    """Run the web tier under gunicorn with gevent workers."""
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=None, help="DICOM port (default: dicom.port)."
+)
+@click.option("--ae-title", default=None, help="AE title of the SCP (default: dicom.ae_title).")
+@click.option(
+    "--http-socket",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Serve STOW-RS on this unix socket (default: dicom.http_host:dicom.http_port).",
+)
+def dicom(port: int | None, ae_title: str | None, http_socket: Path | None) -> None:
+    """Run the DICOM front door: Storage SCP, STOW-RS, complete series routed to jobs."""
+    settings = load_settings()
+    chosen = {"port": port, "ae_title": ae_title}
+    update = {k: v for k, v in chosen.items() if v is not None}
+    if update:
+        try:
+            section = settings.dicom.model_validate({**settings.dicom.model_dump(), **update})
+        except ValidationError as exc:
+            raise click.ClickException(f"invalid option: {exc}") from exc
+        settings = settings.model_copy(update={"dicom": section})
+    try:
+        settings.redis_url()
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    configure(settings)
+    from flaskmodel.gateway.main import run_gateway  # noqa: PLC0415 - pydicom, pynetdicom
+
+    sys.exit(run_gateway(settings, http_socket=http_socket))
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to bind (default: web.host).")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="Port to bind (default: web.port)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Gunicorn worker processes (default: web.workers).",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    help="A line per request on stdout; off behind an nginx that logs every request itself.",
+)
+def serve(host: str | None, port: int | None, workers: int | None, access_log: bool) -> None:
+    """Run the web tier: gunicorn, gevent workers, the packaged gunicorn config."""
     settings = load_settings()
     try:
         settings.redis_url()
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    bind = f"{settings.web.host}:{port or settings.web.port}"
-    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
-    env = {**os.environ, **settings.env()}
-    args = [
-        gunicorn,
-        "--worker-class=gevent",
-        f"--workers={settings.web.workers}",
-        f"--worker-connections={settings.web.worker_connections}",
-        f"--graceful-timeout={settings.web.graceful_timeout}",
-        f"--bind={bind}",
-        "--access-logfile=-",
-        "flaskmodel.web:create_app()",
-    ]
-    os.execve(gunicorn, args, env)
+    chosen = {"host": host, "port": port, "workers": workers}
+    web = settings.web.model_copy(update={k: v for k, v in chosen.items() if v is not None})
+    from flaskmodel.deploy.gunicorn_launch import exec_gunicorn  # noqa: PLC0415
+
+    exec_gunicorn(settings.model_copy(update={"web": web}), access_log=access_log)
 
 
 @main.command()
@@ -126,7 +164,8 @@ def up(port: int | None) -> None:
     from flaskmodel.demo.series import sample_requests  # noqa: PLC0415
     from flaskmodel.deploy.stack import run_stack  # noqa: PLC0415
 
-    sys.exit(run_stack(settings, port=port, announce=click.echo, samples=sample_requests()))
+    samples = sample_requests(settings)
+    sys.exit(run_stack(settings, port=port, announce=click.echo, samples=samples))
 
 
 @main.command()
@@ -236,8 +275,8 @@ def deploy() -> None:
 @deploy.command("render")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 def deploy_render(out_dir: Path) -> None:
-    """Write gunicorn, supervisor and nginx files for this host's settings."""
-    from flaskmodel.deploy.render import render_deploy  # noqa: PLC0415
+    """Write the supervisor program file and nginx site for this host's settings."""
+    from flaskmodel.deploy.supervisor_conf import render_deploy  # noqa: PLC0415
 
     for path in render_deploy(load_settings(), out_dir):
         click.echo(str(path))

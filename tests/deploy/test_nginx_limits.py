@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from flaskmodel.deploy.render import nginx_binary, render_stack
+from flaskmodel.deploy.gunicorn_launch import gunicorn_command
+from flaskmodel.deploy.paths import nginx_binary
+from flaskmodel.deploy.supervisor_conf import render_stack
 from flaskmodel.settings import Settings
-from tests import procs
+from tests import databases, procs
 from tests.conftest import redis_db
 
 NGINX = nginx_binary()
@@ -48,7 +50,7 @@ def front(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         run_dir=tmp / "run",
         models_root=tmp,
         data_root=tmp,
-        redis={"url": redis_db(redis_url, 20)},
+        redis={"url": redis_db(redis_url, databases.NGINX_LIMITS)},
         web={
             "port": port,
             "max_request_bytes": MAX_BODY,
@@ -61,21 +63,10 @@ def front(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
     paths, effective = render_stack(settings, use_nginx=True)
     assert paths.gunicorn_sock and paths.nginx_conf and paths.nginx_prefix and NGINX
     log = tmp / "gunicorn.log"
-    gunicorn = procs.spawn(
-        [
-            str(procs.VENV_BIN / "gunicorn"),
-            "-c",
-            str(paths.gunicorn_conf),
-            "--bind",
-            f"unix:{paths.gunicorn_sock}",
-            # Behind nginx the shipped stack leaves gunicorn's access log off; here it is the
-            # witness of which requests reached gunicorn.
-            "--access-logfile=-",
-            "flaskmodel.web:create_app()",
-        ],
-        effective,
-        log,
-    )
+    # Behind nginx the shipped stack leaves gunicorn's access log off; here it is the witness of
+    # which requests reached gunicorn.
+    command = gunicorn_command(effective, bind=f"unix:{paths.gunicorn_sock}", access_log=True)
+    gunicorn = procs.spawn(command, effective, log)
     conf = str(paths.nginx_conf)
     with (tmp / "nginx.log").open("ab") as nginx_log:  # the child keeps its own descriptor
         nginx = subprocess.Popen(

@@ -20,7 +20,10 @@ import pytest
 import redis
 from supervisor.datatypes import dict_of_key_value_pairs
 
-from flaskmodel.deploy.render import StackPaths, nginx_binary, render_deploy, render_stack
+from flaskmodel.deploy.gunicorn_launch import KEEPALIVE_SECONDS
+from flaskmodel.deploy.nginx_conf import UPSTREAM_KEEPALIVE_SECONDS
+from flaskmodel.deploy.paths import StackPaths, nginx_binary
+from flaskmodel.deploy.supervisor_conf import render_deploy, render_stack
 from flaskmodel.settings import Settings
 
 NGINX = nginx_binary()
@@ -81,7 +84,7 @@ def test_stack_supervisord_conf(run_dir: Path) -> None:
     for key in ("logfile", "pidfile", "childlogdir"):
         assert conf["supervisord"][key].startswith(str(run_dir))
 
-    names = ["redis", "worker", "web"] + (["nginx"] if NGINX else [])
+    names = ["redis", "worker", "dicom", "web"] + (["nginx"] if NGINX else [])
     assert list(paths.programs) == names
     assert [s.removeprefix("program:") for s in conf.sections() if s.startswith("program:")] == (
         names
@@ -101,7 +104,7 @@ def test_stack_supervisord_conf(run_dir: Path) -> None:
     url = f"unix://{run_dir}/redis.sock"
     assert effective.redis.url == url
     assert effective.run_dir == run_dir
-    for name in ("worker", "web"):
+    for name in ("worker", "dicom", "web"):
         env = _env(programs[name])
         assert env["FLASKMODEL_REDIS__URL"] == url
         assert env["FLASKMODEL_RUN_DIR"] == str(run_dir)
@@ -110,10 +113,10 @@ def test_stack_supervisord_conf(run_dir: Path) -> None:
     assert programs["redis"]["command"] == f"{REDIS_SERVER} {run_dir}/redis.conf"
     assert programs["worker"]["command"].endswith("-m flaskmodel worker")
     web = programs["web"]["command"]
-    assert f"-c {run_dir}/gunicorn.conf.py" in web
+    assert "--config=python:flaskmodel.deploy.gunicorn_config" in web
     assert web.endswith("'flaskmodel.web:create_app()'")
     if NGINX:
-        assert f"--bind unix:{run_dir}/gunicorn.sock" in web
+        assert f"--bind=unix:{run_dir}/gunicorn.sock" in web
         assert programs["nginx"]["stopsignal"] == "QUIT"
     view = _supervisor_view(paths.supervisord_conf)
     assert list(view) == names
@@ -126,7 +129,10 @@ def test_stack_without_nginx_binds_gunicorn_itself(run_dir: Path) -> None:
     assert not conf.has_section("program:nginx")
     assert paths.nginx_conf is None
     assert paths.gunicorn_sock is None
-    assert "--bind" not in conf["program:web"]["command"]
+    assert paths.dicom_sock is None
+    assert "--bind=127.0.0.1:8000 " in conf["program:web"]["command"]
+    # Without nginx the front door's HTTP listener binds dicom.http_host:http_port itself.
+    assert conf["program:dicom"]["command"].endswith(" dicom")
 
 
 def test_stack_with_external_redis_has_no_redis_program(run_dir: Path) -> None:
@@ -134,7 +140,7 @@ def test_stack_with_external_redis_has_no_redis_program(run_dir: Path) -> None:
     paths, effective = render_stack(Settings(run_dir=run_dir, redis={"url": url}), use_nginx=False)
     conf = _conf(paths.supervisord_conf)
     assert not conf.has_section("program:redis")
-    assert paths.programs == ("worker", "web")
+    assert paths.programs == ("worker", "dicom", "web")
     assert paths.redis_conf is None
     assert not (run_dir / "redis.conf").exists()
     assert effective.redis.url == url
@@ -199,6 +205,54 @@ def test_stack_nginx_conf_passes_nginx_t(run_dir: Path) -> None:
     assert "proxy_request_buffering on;" in site
     assert "proxy_http_version 1.1;" in site
     assert f"proxy_read_timeout {settings.jobs.time_limit + 30}s;" in site
+
+
+@pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+def test_dicom_front_door_is_rendered_when_enabled(run_dir: Path) -> None:
+    settings = Settings(
+        run_dir=run_dir,
+        web={"max_request_bytes": 1000},
+        dicom={"enabled": True, "max_stow_bytes": 5_000_000},
+    )
+    paths, _ = render_stack(settings, use_nginx=True)
+    assert paths.dicom_sock == run_dir / "dicom.sock"
+    assert paths.nginx_conf is not None and paths.nginx_prefix is not None
+    conf = _conf(paths.supervisord_conf)
+    dicom = conf["program:dicom"]
+    console_script = Path(sys.executable).parent / "flaskmodel"
+    assert dicom["command"] == f"{console_script} dicom --http-socket {run_dir}/dicom.sock"
+    assert _env(dicom) == _env(conf["program:worker"]) == _env(conf["program:web"])
+    # After Redis and the worker (it routes received series to jobs), before the public nginx.
+    order = [int(conf[f"program:{name}"]["priority"]) for name in paths.programs]
+    assert order == sorted(order)
+    assert paths.programs.index("dicom") < paths.programs.index("nginx")
+    assert int(dicom["stopwaitsecs"]) > settings.web.graceful_timeout
+    view = _supervisor_view(paths.supervisord_conf)
+    assert view["dicom"]["environment"] == view["worker"]["environment"]
+
+    _nginx_t(paths.nginx_conf, paths.nginx_prefix)
+    site = (paths.nginx_prefix / "flaskmodel.conf").read_text()
+    assert f"server unix:{run_dir}/dicom.sock;" in site
+    block = site[site.index("location /dicomweb/ {") :]
+    block = block[: block.index("}")]
+    assert "client_max_body_size 5000000;" in block
+    assert "proxy_request_buffering off;" in block
+    assert "proxy_send_timeout 600s;" in block and "proxy_read_timeout 600s;" in block
+    assert "proxy_pass http://flaskmodel_dicom;" in block
+    assert "client_max_body_size 1000;" in site  # the API's own limit is unchanged
+
+
+def test_dicom_front_door_is_not_rendered_when_disabled(run_dir: Path, tmp_path: Path) -> None:
+    settings = Settings(run_dir=run_dir, dicom={"enabled": False})
+    paths, _ = render_stack(settings, use_nginx=NGINX is not None)
+    assert "dicom" not in paths.programs
+    assert paths.dicom_sock is None
+    assert "[program:dicom]" not in paths.supervisord_conf.read_text()
+    files = render_deploy(settings, tmp_path / "deploy")
+    assert _conf(files[0]).sections() == ["program:flaskmodel-worker", "program:flaskmodel-web"]
+    sites = [files[1]] + ([paths.nginx_prefix / "flaskmodel.conf"] if paths.nginx_prefix else [])
+    for site in sites:
+        assert "/dicomweb/" not in site.read_text() and "flaskmodel_dicom" not in site.read_text()
 
 
 def _nginx_t(conf: Path, prefix: Path) -> None:
@@ -319,29 +373,33 @@ def test_redis_runs_with_rendered_conf(run_dir: Path) -> None:
         proc.wait(timeout=10)
 
 
-def test_gunicorn_conf_reads_env(run_dir: Path) -> None:
+def test_gunicorn_config_reads_env(run_dir: Path) -> None:
+    """The packaged config as gunicorn loads it (``--config python:``), in a fresh interpreter."""
     settings = Settings(run_dir=run_dir, web={"workers": 3, "worker_connections": 77, "port": 9123})
     paths, effective = render_stack(settings, use_nginx=False)
     code = (
-        "import json, runpy, sys, types\n"
+        "import importlib, json, sys, types\n"
         "from gunicorn.config import Config\n"
-        "ns = runpy.run_path(sys.argv[1])\n"
+        "ns = vars(importlib.import_module('flaskmodel.deploy.gunicorn_config'))\n"
         "cfg = Config()\n"
         "public = {k: v for k, v in ns.items() if not k.startswith('_') and k != 'annotations'\n"
         "          and not callable(v) and not isinstance(v, types.ModuleType)}\n"
         "unknown = sorted(k for k in public if k not in cfg.settings)\n"
-        "for k, v in public.items():\n"
+        "for k, v in ns.items():\n"
         "    if k in cfg.settings: cfg.set(k, v)\n"  # gunicorn's own validators
-        "print(json.dumps({'unknown': unknown, 'gevent': 'gevent' in sys.modules,\n"
+        "patched = ['gevent', 'flask', 'redis', 'kombu', 'celery', 'requests']\n"
+        "imported = [m for m in patched if m in sys.modules]\n"
+        "print(json.dumps({'unknown': unknown, 'patched': imported,\n"
         "    'bind': cfg.bind, 'workers': cfg.workers, 'worker_class': cfg.worker_class_str,\n"
         "    'worker_connections': cfg.worker_connections, 'graceful': cfg.graceful_timeout,\n"
+        "    'keepalive': cfg.keepalive, 'hook': cfg.post_worker_init.__module__,\n"
         "    'accesslog': cfg.accesslog, 'errorlog': cfg.errorlog,\n"
         "    'control_socket_disable': cfg.control_socket_disable}))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASKMODEL_")}
     env.update(effective.env())
     done = subprocess.run(
-        [sys.executable, "-c", code, str(paths.gunicorn_conf)],
+        [sys.executable, "-c", code],
         env=env,
         capture_output=True,
         text=True,
@@ -352,16 +410,22 @@ def test_gunicorn_conf_reads_env(run_dir: Path) -> None:
     got = json.loads(done.stdout)
     assert got == {
         "unknown": [],
-        "gevent": False,  # gunicorn's gevent worker patches after fork, not the config
+        # gunicorn's gevent worker patches after fork; what the master imported before that
+        # would keep blocking sockets and locks.
+        "patched": [],
         "bind": ["127.0.0.1:9123"],
         "workers": 3,
         "worker_class": "gevent",
         "worker_connections": 77,
         "graceful": settings.web.graceful_timeout,
+        "keepalive": KEEPALIVE_SECONDS,
+        "hook": "flaskmodel.deploy.gunicorn_hooks",
         "accesslog": None,  # nginx logs access; without it the command line turns it on
         "errorlog": "-",
         "control_socket_disable": True,
     }
+    # nginx closes idle upstream connections before gunicorn would: never a 502 on reuse.
+    assert UPSTREAM_KEEPALIVE_SECONDS < KEEPALIVE_SECONDS
     # use_nginx=False: gunicorn faces clients, so its command line turns its access log on.
     assert "--access-logfile=-" in paths.supervisord_conf.read_text()
 
@@ -382,15 +446,18 @@ def test_render_deploy(tmp_path: Path) -> None:
     out = tmp_path / "deploy"
     files = render_deploy(settings, out)
     names = [p.name for p in files]
-    assert names == ["gunicorn.conf.py", "supervisord-flaskmodel.conf", "nginx-flaskmodel.conf"]
+    assert names == ["supervisord-flaskmodel.conf", "nginx-flaskmodel.conf"]
     assert all(p.parent == out and p.is_file() for p in files)
-    gunicorn_conf, supervisor_conf, site = files
+    supervisor_conf, site = files
 
     conf = _conf(supervisor_conf)
-    assert conf.sections() == ["program:flaskmodel-worker", "program:flaskmodel-web"]
+    programs = ["flaskmodel-worker", "flaskmodel-dicom", "flaskmodel-web"]
+    assert conf.sections() == [f"program:{name}" for name in programs]
     worker, web = conf["program:flaskmodel-worker"], conf["program:flaskmodel-web"]
     assert int(worker["stopwaitsecs"]) > settings.jobs.time_limit
-    assert f"-c {gunicorn_conf} --bind 127.0.0.1:8100 " in web["command"]
+    config = "--config=python:flaskmodel.deploy.gunicorn_config"
+    assert f"{config} --bind=127.0.0.1:8100 'flaskmodel.web:create_app()'" in web["command"]
+    assert conf["program:flaskmodel-dicom"]["command"].endswith(" dicom")
     env = _env(worker)
     assert env["FLASKMODEL_REDIS__URL"] == "redis://10.0.0.5:6379/0"
     assert env["FLASKMODEL_MODELS_ROOT"] == "/srv/models"
@@ -404,12 +471,13 @@ def test_render_deploy(tmp_path: Path) -> None:
         f"logfile={tmp_path}/sv.log\npidfile={tmp_path}/sv.pid\nchildlogdir={tmp_path}\n"
         f"[include]\nfiles={supervisor_conf}\n"
     )
-    assert set(_supervisor_view(main)) == {"flaskmodel-worker", "flaskmodel-web"}
+    assert set(_supervisor_view(main)) == set(programs)
 
     text = site.read_text()
     assert "listen 80;" in text
     assert "server 127.0.0.1:8100 fail_timeout=0;" in text
     assert "client_max_body_size 1000;" in text
+    assert "server 127.0.0.1:8104;" in text  # the front door's HTTP listener
     if NGINX is not None:
         prefix = tmp_path / "nginx"
         prefix.mkdir()

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 import redis
 
+from flaskmodel.deploy.paths import StackPaths
 from flaskmodel.deploy.processes import descendants
-from flaskmodel.deploy.render import StackPaths, render_stack
 from flaskmodel.deploy.stack import (
     diagnose,
     run_stack,
@@ -37,9 +37,10 @@ from flaskmodel.deploy.stack import (
     stop_supervisor,
     supervisor_alive,
 )
+from flaskmodel.deploy.supervisor_conf import render_stack
 from flaskmodel.settings import Settings
 from tests import procs
-from tests.conftest import write_fake_model
+from tests.conftest import CHEST, SAMPLES, write_fake_model
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -139,11 +140,14 @@ def render_with_stand_ins(settings, *, use_nginx):
 
 stack.render_stack = render_with_stand_ins
 settings = Settings(
-    run_dir=Path(spec["run_dir"]), web={"port": spec["port"]}, redis={"password": "pw-s3cret"}
+    run_dir=Path(spec["run_dir"]),
+    web={"port": spec["port"]},
+    redis={"password": "pw-s3cret"},
+    # The DICOM front door runs too, on a free DICOM port.
+    dicom={"port": 0},
 )
-sys.exit(
-    stack.run_stack(settings, ready_timeout=spec["ready_timeout"], samples=sample_requests())
-)
+samples = sample_requests(settings)
+sys.exit(stack.run_stack(settings, ready_timeout=spec["ready_timeout"], samples=samples))
 '''
 
 
@@ -454,7 +458,7 @@ def test_flaskmodel_up_end_to_end(tmp_path: Path) -> None:
         },
     )
     run_dir = tmp_path / "run"
-    port = procs.free_port()
+    port, dicom_port = procs.free_port(), procs.free_port()
     env = _env() | {
         "FLASKMODEL_RUN_DIR": str(run_dir),
         "FLASKMODEL_MODELS_ROOT": str(models),
@@ -462,6 +466,7 @@ def test_flaskmodel_up_end_to_end(tmp_path: Path) -> None:
         "FLASKMODEL_RUNTIME__BACKEND": "fake",
         "FLASKMODEL_WORKER__HEARTBEAT_SECONDS": "1",
         "FLASKMODEL_WEB__WORKERS": "1",
+        "FLASKMODEL_DICOM__PORT": str(dicom_port),
     }
     out = tmp_path / "up.log"
     with out.open("wb") as handle:
@@ -495,6 +500,24 @@ def test_flaskmodel_up_end_to_end(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, job
             time.sleep(0.2)
         assert job["state"] == "SUCCEEDED", job
+        # The DICOM front door: C-ECHO on its port, STOW-RS through nginx, a storescu hint.
+        echo = ["echoscu", "-aec", "FLASKMODEL", "127.0.0.1", str(dicom_port)]
+        assert subprocess.run(echo, capture_output=True, check=False).returncode == 0
+        assert f"storescu -xv -aec FLASKMODEL 127.0.0.1 {dicom_port}" in out.read_text()
+        sample = next((SAMPLES / CHEST).glob("*.dcm"))
+        boundary = "b0undary"
+        stow = urllib.request.Request(
+            base + "/dicomweb/studies",
+            data=f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + sample.read_bytes()
+            + f"\r\n--{boundary}--\r\n".encode(),
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'
+            },
+        )
+        with _opener.open(stow, timeout=30) as response:
+            assert response.status == 200
+        assert len(list((tmp_path / "data").glob("*/*.dcm"))) == 1
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, out.read_text()[-3000:]

@@ -1,11 +1,13 @@
-"""The web tier on several hosts: the rendered nginx site balances over every gunicorn named in
-``web.upstreams`` and keeps answering when one of them is down.
+"""The web tier on several hosts, each running the real `flaskmodel serve`: the packaged gunicorn
+config is in force through it (workers, keep-alive), and the rendered nginx site balances over
+every host named in ``web.upstreams`` and keeps answering when one of them is down.
 
-Two gunicorns on loopback stand in for two web hosts (each is what `flaskmodel serve` runs).
+Two `flaskmodel serve` processes on loopback stand in for two web hosts.
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -14,11 +16,61 @@ from pathlib import Path
 import pytest
 import requests
 
-from flaskmodel.deploy.render import nginx_binary, render_deploy
+from flaskmodel.deploy.gunicorn_launch import KEEPALIVE_SECONDS
+from flaskmodel.deploy.paths import nginx_binary
+from flaskmodel.deploy.processes import descendants
+from flaskmodel.deploy.supervisor_conf import render_deploy
 from flaskmodel.settings import Settings
 from tests import procs
 
 NGINX = nginx_binary()
+IDLE_SECONDS = 3.0  # longer than gunicorn's own keep-alive default (2 s)
+
+
+def _get_healthz(sock: socket.socket) -> bytes:
+    """One keep-alive ``GET /healthz`` on ``sock``; the whole response (b"" if it was closed)."""
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
+def test_serve_runs_the_packaged_config(
+    make_settings: Callable[..., Settings], fake_models_root: Path, tmp_path: Path
+) -> None:
+    """`flaskmodel serve --workers 2` runs two workers, and a connection left idle longer than
+    gunicorn's default keep-alive (2 s) still serves its next request (behind nginx, a closed
+    one would be a 502)."""
+    assert KEEPALIVE_SECONDS > IDLE_SECONDS
+    port = procs.free_port()
+    web = procs.start_gunicorn(
+        make_settings(models_root=fake_models_root), tmp_path / "web.log", port, workers=2
+    )
+    try:
+        procs.wait_for(lambda: len(descendants(web.pid)) == 2, 10, "two gunicorn workers", web)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            first = _get_healthz(sock)
+            assert first.startswith(b"HTTP/1.1 200"), first
+            time.sleep(IDLE_SECONDS)
+            again = _get_healthz(sock)
+            assert again.startswith(b"HTTP/1.1 200"), again
+    finally:
+        procs.stop(web)
 
 
 @pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
@@ -30,7 +82,7 @@ def test_nginx_site_balances_over_web_hosts_and_fails_over(
     settings = make_settings(
         models_root=fake_models_root, web={"upstreams": [f"127.0.0.1:{p}" for p in ports]}
     )
-    site = render_deploy(settings, tmp_path / "deploy")[2]
+    site = render_deploy(settings, tmp_path / "deploy")[1]
     text = site.read_text()
     assert "least_conn;" in text
     for port in ports:

@@ -24,7 +24,7 @@ from flaskmodel.jobs.broker import (
 from flaskmodel.jobs.publisher import JobPublisher
 from flaskmodel.settings import Settings
 from flaskmodel.worker.sweeper import message_ids
-from tests import procs
+from tests import databases, procs
 from tests.conftest import redis_db
 
 QUEUE = "flaskmodel"
@@ -32,7 +32,7 @@ QUEUE = "flaskmodel"
 
 @pytest.fixture
 def celery(redis_url: str) -> Iterator[tuple[Celery, redis.Redis]]:
-    settings = Settings(redis={"url": redis_db(redis_url, 24)})
+    settings = Settings(redis={"url": redis_db(redis_url, databases.PUBLISHER)})
     client = redis.Redis.from_url(settings.redis_url(), decode_responses=True)
     client.flushdb()
     yield make_celery(settings), client

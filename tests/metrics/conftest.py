@@ -11,6 +11,7 @@ import requests
 
 from flaskmodel.demo.build import DEMO_SERIES_UID
 from flaskmodel.settings import Settings
+from tests import databases
 from tests.conftest import Stack, populate_data_root, redis_db, running_stack
 
 TINY_ROW = [0.1] * 32
@@ -29,7 +30,7 @@ def observed_stack(
         models_root=models_root,
         data_root=data_root,
         run_dir=logs,
-        redis={"url": redis_db(redis_url, 9)},
+        redis={"url": redis_db(redis_url, databases.METRICS)},
         worker={"heartbeat_seconds": 1.0, "concurrency": 1, "send_events": True},
         metrics={"flush_seconds": 0.2},
         log={"json_lines": True},

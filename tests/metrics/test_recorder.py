@@ -12,12 +12,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import METRICS_KEY, MetricsRecorder
 from flaskmodel.web.exposition import recorded_families
+from tests import databases
 from tests.conftest import redis_db
 
 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
-    db = redis.Redis.from_url(redis_db(redis_url, 10), decode_responses=True)
+    db = redis.Redis.from_url(redis_db(redis_url, databases.RECORDER), decode_responses=True)
     db.delete(METRICS_KEY)
     yield db
     db.close()

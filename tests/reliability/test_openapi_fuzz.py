@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from flaskmodel.settings import Settings
-from tests import procs
+from tests import databases, procs
 from tests.conftest import redis_db
 from tests.reliability.harness import Harness, fake_models, open_harness
 
@@ -54,7 +54,7 @@ def fuzz(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[H
         models_root=root,
         data_root=logs,
         run_dir=logs,
-        redis={"url": redis_db(redis_url, 14)},
+        redis={"url": redis_db(redis_url, databases.OPENAPI_FUZZ)},
         worker={"heartbeat_seconds": 0.5, "concurrency": 1},
         runtime={"backend": "fake"},
         series={"default_model": "fuzz"},

@@ -18,6 +18,7 @@ import pytest
 import requests
 
 from flaskmodel.settings import Settings
+from tests import databases
 from tests.conftest import redis_db
 from tests.reliability.harness import Harness, children, fake_models, ledger, open_harness
 
@@ -36,7 +37,7 @@ def busy(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[H
         models_root=root,
         data_root=logs,
         run_dir=logs,
-        redis={"url": redis_db(redis_url, 6)},
+        redis={"url": redis_db(redis_url, databases.OVERLOAD)},
         worker={"heartbeat_seconds": 0.5, "concurrency": 1},
         runtime={"backend": "fake"},
         jobs={"max_pending": BOUND},

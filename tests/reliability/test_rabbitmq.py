@@ -23,7 +23,7 @@ from flaskmodel.demo.build import write_demo_series
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
 from flaskmodel.web import create_app
-from tests import procs
+from tests import databases, procs
 from tests.conftest import FAKE_SPEC, redis_db, write_fake_model
 from tests.reliability.harness import ledger
 
@@ -66,7 +66,7 @@ def rabbit(tmp_path: Path, redis_url: str) -> Iterator[tuple[Settings, redis.Red
             json.dumps({"max_batch_delay_ms": 0, "batch_size": 4})
         )
     write_demo_series(tmp_path / "data", n_slices=10, size=32, series_uid=SERIES_UID)
-    store_url = redis_db(redis_url, 17)
+    store_url = redis_db(redis_url, databases.RABBITMQ_STORE)
     queue = f"rmq-{time.monotonic_ns()}"
     settings = Settings(
         models_root=models,

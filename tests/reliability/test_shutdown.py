@@ -20,7 +20,7 @@ import requests
 
 from flaskmodel.settings import Settings
 from flaskmodel.storage.workers import WorkerRegistry
-from tests import procs
+from tests import databases, procs
 from tests.conftest import redis_db
 from tests.reliability.harness import Harness, fake_models, ledger, open_harness
 
@@ -33,7 +33,7 @@ def test_sigterm_drains_the_worker_and_loses_nothing(tmp_path: Path, redis_url: 
         models_root=root,
         data_root=tmp_path,
         run_dir=tmp_path,
-        redis={"url": redis_db(redis_url, 7)},
+        redis={"url": redis_db(redis_url, databases.SHUTDOWN)},
         worker={"heartbeat_seconds": 0.5, "concurrency": 2},
         runtime={"backend": "fake"},
     )
@@ -87,7 +87,7 @@ def test_model_that_fails_to_load_is_live_not_ready_and_refused(
         models_root=root,
         data_root=tmp_path,
         run_dir=tmp_path,
-        redis={"url": redis_db(redis_url, 8)},
+        redis={"url": redis_db(redis_url, databases.SHUTDOWN_DRAIN)},
         worker={"heartbeat_seconds": 0.5, "concurrency": 1},
         runtime={"backend": "fake"},
     )
@@ -130,7 +130,7 @@ def test_sigterm_to_gunicorn_finishes_in_flight_requests_and_stops_taking_new_on
         models_root=root,
         data_root=tmp_path,
         run_dir=tmp_path,
-        redis={"url": redis_db(redis_url, 13)},
+        redis={"url": redis_db(redis_url, databases.SHUTDOWN_SWEEP)},
         worker={"heartbeat_seconds": 0.5, "concurrency": 2},
         runtime={"backend": "fake"},
     )

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from flaskmodel.settings import Settings
-from tests import procs
+from tests import databases, procs
 from tests.conftest import redis_db
 from tests.reliability.harness import Harness, fake_models, open_harness
 
@@ -35,7 +35,7 @@ def limits(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
         models_root=root,
         data_root=logs,
         run_dir=logs,
-        redis={"url": redis_db(redis_url, 5)},
+        redis={"url": redis_db(redis_url, databases.TIME_LIMITS)},
         worker={"heartbeat_seconds": 0.5, "concurrency": 2},
         runtime={"backend": "fake"},
         jobs={"soft_time_limit": SOFT, "time_limit": HARD, "visibility_timeout": LEASE},

@@ -23,6 +23,7 @@ from flaskmodel.schemas import ModelSpec, TensorSpec
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
 from flaskmodel.storage.workers import WorkerRegistry
+from tests import databases
 from tests.conftest import FAKE_SPEC, redis_db
 from tests.reliability.harness import Harness, fake_models, ledger, open_harness
 
@@ -43,7 +44,7 @@ def crash(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[
         models_root=root,
         data_root=logs,
         run_dir=logs,
-        redis={"url": redis_db(redis_url, 3)},
+        redis={"url": redis_db(redis_url, databases.WORKER_CRASH)},
         worker={"heartbeat_seconds": 0.5, "concurrency": 2},
         runtime={"backend": "fake"},
         # A short lease: jobs held by a killed worker come back within seconds.
@@ -161,7 +162,7 @@ def test_slow_loading_replacement_worker_is_not_killed_in_a_loop(
         models_root=root,
         data_root=tmp_path,
         run_dir=tmp_path,
-        redis={"url": redis_db(redis_url, 4)},
+        redis={"url": redis_db(redis_url, databases.WORKER_CRASH_CHUNKS)},
         worker={"heartbeat_seconds": 0.5, "concurrency": 1},
         runtime={"backend": "fake"},
     )

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from flaskmodel.settings import Settings
+from tests import databases
 from tests.conftest import Stack, redis_db, running_stack
 from tests.runtime.conftest import SLOW_MODEL, TfServing
 from tests.web.test_predict_v1 import reference
@@ -29,7 +30,7 @@ def mixed_stack(
         models_root=models_root,
         data_root=logs,
         run_dir=logs,
-        redis={"url": redis_db(redis_url, 2)},
+        redis={"url": redis_db(redis_url, databases.REMOTE_MODELS)},
         worker={"heartbeat_seconds": 1.0},
         runtime={
             "remote_models": {

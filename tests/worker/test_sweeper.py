@@ -19,6 +19,7 @@ from flaskmodel.jobs.store import JobStore
 from flaskmodel.schemas import JobRequest
 from flaskmodel.settings import Settings
 from flaskmodel.worker.sweeper import LOCK, OrphanSweeper, message_ids
+from tests import databases
 from tests.conftest import redis_db
 
 MODEL = "swept"
@@ -26,7 +27,9 @@ MODEL = "swept"
 
 @pytest.fixture
 def settings(redis_url: str) -> Settings:
-    return Settings(redis={"url": redis_db(redis_url, 18)}, runtime={"backend": "fake"})
+    return Settings(
+        redis={"url": redis_db(redis_url, databases.SWEEPER)}, runtime={"backend": "fake"}
+    )
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import requests
 from flaskmodel.schemas import ModelAdvert, ModelSpec, TensorSpec, WorkerHeartbeat
 from flaskmodel.settings import Settings
 from flaskmodel.storage.workers import WorkerRegistry
+from tests import databases
 from tests.conftest import FAKE_SPEC, redis_db, running_stack, write_fake_model
 from tests.runtime.test_repository import drop_version
 
@@ -77,7 +78,7 @@ def test_hot_swap_under_load(redis_url: str, tmp_path_factory: pytest.TempPathFa
         models_root=root,
         data_root=logs,
         run_dir=logs,
-        redis={"url": redis_db(redis_url, 16)},
+        redis={"url": redis_db(redis_url, databases.VERSION_ROLLOUT)},
         worker={"heartbeat_seconds": 0.5},
         runtime={"backend": "fake"},
     )

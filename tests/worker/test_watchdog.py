@@ -10,6 +10,7 @@ import redis
 from flaskmodel.jobs.broker import redis_queue_keys
 from flaskmodel.settings import Settings
 from flaskmodel.worker.watchdog import ConsumerWatchdog
+from tests import databases
 from tests.conftest import redis_db
 
 QUEUE = "watchdog-test.tiny"
@@ -17,7 +18,7 @@ QUEUE = "watchdog-test.tiny"
 
 @pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
-    found = redis.Redis.from_url(redis_db(redis_url, 21))
+    found = redis.Redis.from_url(redis_db(redis_url, databases.WATCHDOG))
     found.flushdb()
     yield found
     found.flushdb()

@@ -1,11 +1,4 @@
-"""Process configs for FlaskModel: the foreground stack (`flaskmodel up`) and the deploy set."""
-
-from __future__ import annotations
-
-import logging
-
-from flaskmodel.deploy.render import StackPaths, render_deploy, render_stack
-
-logger = logging.getLogger(__name__)
-
-__all__ = ["StackPaths", "render_deploy", "render_stack"]
+"""How FlaskModel's processes start and are configured: the foreground stack (`flaskmodel up`,
+``stack``), the production deploy set, and the one launch path of gunicorn (``gunicorn_launch``,
+``gunicorn_config``, ``gunicorn_hooks``). ``supervisor_conf``, ``nginx_conf`` and ``redis_conf``
+render the configs of those programs; ``paths`` says where the stack keeps them."""

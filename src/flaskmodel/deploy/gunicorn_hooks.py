@@ -7,10 +7,10 @@ at import, and a Redis outage would stall every request of the worker.
 
 Gunicorn's gevent worker notices SIGTERM only on its next once-a-second loop, and until then
 keeps accepting connections; then it stops accepting and lets its in-flight requests finish
-(``web.graceful_timeout``). ``post_worker_init`` (imported by the shipped ``gunicorn.conf.py``;
-``--config python:flaskmodel.deploy.gunicorn_hooks`` on a command line) puts a handler in front of
-gunicorn's own that marks the app draining first, so a load balancer polling ``/readyz`` takes
-the worker out before its socket closes.
+(``web.graceful_timeout``). ``post_worker_init`` (a hook of the packaged config,
+``gunicorn_config``, which every start of gunicorn loads) puts a handler in front of gunicorn's
+own that marks the app draining first, so a load balancer polling ``/readyz`` takes the worker
+out before its socket closes.
 """
 
 from __future__ import annotations

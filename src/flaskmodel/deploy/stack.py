@@ -1,9 +1,9 @@
-"""``flaskmodel up``: the whole stack (redis, worker, gunicorn, nginx) under supervisord, in the
-foreground, until SIGTERM or Ctrl-C.
+"""``flaskmodel up``: the whole stack (redis, worker, DICOM front door, gunicorn, nginx) under
+supervisord, in the foreground, until SIGTERM or Ctrl-C.
 
-``run_stack`` renders the configs (``flaskmodel.deploy.render``), starts supervisord in its own
-process group (so a terminal's Ctrl-C reaches only us and we stop things in order), waits for
-``/readyz``, announces the URL, and on a signal stops supervisord, which stops its programs in
+``run_stack`` renders the configs (``flaskmodel.deploy.supervisor_conf``), starts supervisord in
+its own process group (so a terminal's Ctrl-C reaches only us and we stop things in order), waits
+for ``/readyz``, announces the URL, and on a signal stops supervisord, which stops its programs in
 reverse priority. Whatever is still alive after the stop deadline is killed, down to the last
 descendant, so no process outlives the stack.
 """
@@ -30,15 +30,10 @@ from typing import Any, cast
 import click
 from supervisor.xmlrpc import SupervisorTransport
 
+from flaskmodel.deploy.paths import StackPaths, nginx_binary, stack_paths, tool_path
 from flaskmodel.deploy.processes import descendants, kill_processes
-from flaskmodel.deploy.render import (
-    StackPaths,
-    nginx_binary,
-    render_stack,
-    split_secrets,
-    stack_paths,
-    tool_path,
-)
+from flaskmodel.deploy.programs import split_secrets
+from flaskmodel.deploy.supervisor_conf import render_stack
 from flaskmodel.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -24,10 +24,10 @@ import os
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Protocol
 
 from redis import RedisError
 
+from flaskmodel.dicom.network.store import StoredInstance
 from flaskmodel.errors import Conflict, FlaskModelError, JobNotFound, Overloaded, ServiceUnavailable
 from flaskmodel.gateway.routing import route_for
 from flaskmodel.jobs.submit import JobSubmitter
@@ -43,16 +43,10 @@ JOURNAL_DIR = ".gateway"
 RETRY_SECONDS = 5.0
 
 
-class Received(Protocol):
-    """What the receive path tells the tracker about one stored instance."""
-
-    series_instance_uid: str
-    study_instance_uid: str | None
-    modality: str | None
-    body_part_examined: str | None
-    series_description: str | None
-    calling_ae_title: str | None
-    duplicate: bool
+def run_key(record: ReceivedSeries) -> str:
+    """The idempotency key of the series' next job: one per reception (its first arrival, as
+    journalled) and run, so a repeated submit finds its job and a later reception starts anew."""
+    return f"dicom-series:{record.series_uid}:{record.first_received_at}:{len(record.jobs)}"
 
 
 def _stamp(epoch: float) -> str:
@@ -78,7 +72,7 @@ class SeriesTracker:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def on_stored(self, instance: Received) -> None:
+    def on_stored(self, instance: StoredInstance) -> None:
         """Count one stored instance (called by the SCP and STOW-RS threads)."""
         uid = instance.series_instance_uid
         now = time.time()
@@ -87,13 +81,13 @@ class SeriesTracker:
             if record is None:
                 record = ReceivedSeries(
                     series_uid=uid,
-                    study_uid=instance.study_instance_uid,
+                    study_uid=instance.study_instance_uid or None,
                     first_received_at=_stamp(now),
                     last_received_at=_stamp(now),
-                    modality=instance.modality,
-                    body_part_examined=instance.body_part_examined,
-                    series_description=instance.series_description,
-                    calling_ae_title=instance.calling_ae_title,
+                    modality=instance.modality or None,
+                    body_part_examined=instance.body_part_examined or None,
+                    series_description=instance.series_description or None,
+                    calling_ae_title=instance.calling_ae_title or None,
                 )
                 self._records[uid] = record
                 self._write_journal(record)
@@ -148,9 +142,7 @@ class SeriesTracker:
         try:
             if previous is not None:
                 self._supersede(previous.job_id)
-            job_id, _ = self._submitter.submit(
-                request, idempotency_key=f"dicom-series:{uid}:{len(record.jobs)}"
-            )
+            job_id, _ = self._submitter.submit(request, idempotency_key=run_key(record))
         except (ServiceUnavailable, Overloaded, RedisError, OSError) as exc:
             # No worker yet, the queue full or Redis away: the series waits and tries again.
             message = exc.message if isinstance(exc, FlaskModelError) else str(exc)

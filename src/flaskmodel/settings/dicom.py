@@ -116,8 +116,9 @@ class DicomSettings(Section):
     """Largest STOW-RS request body; larger ones are refused with 413."""
     stable_seconds: float = Field(default=10.0, gt=0)
     """A received series with no new instance for this long is complete and is routed."""
-    routes: list[DicomRoute] = Field(default_factory=list)
-    """Routing rules for received series (JSON list); none: received series are only stored."""
+    routes: list[DicomRoute] = Field(default_factory=lambda: [DicomRoute(model="ct_classifier")])
+    """Routing rules for received series (JSON list); the default sends every CT series to
+    `ct_classifier`; `[]`: received series are only stored."""
     sources: dict[str, DicomWebSource] = Field(default_factory=dict)
     """DICOMweb sources by name (JSON object); a series job names one in `source`."""
     destinations: dict[str, DicomDestination] = Field(default_factory=dict)
