@@ -15,6 +15,7 @@ import requests
 from flaskmodel.settings import SecuritySettings, Settings
 from flaskmodel.storage.redis import key
 from flaskmodel.web.apikeys import KeyRing, parse_lines
+from tests import databases
 from tests.conftest import FAKE_SPEC, Stack, redis_db, running_stack, write_fake_model
 
 ALICE = "alice-" + "a1" * 16
@@ -33,7 +34,7 @@ def auth_stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iter
         models_root=root,
         data_root=logs,
         run_dir=logs,
-        redis={"url": redis_db(redis_url, 12)},
+        redis={"url": redis_db(redis_url, databases.AUTH)},
         worker={"heartbeat_seconds": 1.0, "concurrency": 1},
         runtime={"backend": "fake"},
         security={"api_keys": [f"alice {ALICE}", UNNAMED], "api_keys_file": str(keys_file)},

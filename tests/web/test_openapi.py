@@ -87,7 +87,7 @@ def test_refs_resolve_and_path_params_are_typed(spec: dict[str, Any]) -> None:
             assert set(declared) == names, path
             assert {"4XX", "5XX"} <= set(operation["responses"]), path
     params = spec["paths"]["/inference/{series_uid}/{start}/{end}"]["get"]["parameters"]
-    types = {p["name"]: p["schema"]["type"] for p in params}
+    types = {p["name"]: p["schema"]["type"] for p in params if p["in"] == "path"}
     assert types == {"series_uid": "string", "start": "integer", "end": "integer"}
 
 
@@ -99,6 +99,8 @@ def test_error_schema_and_job_request_come_from_the_models(spec: dict[str, Any])
     post = spec["paths"]["/v1/jobs"]["post"]
     body = post["requestBody"]["content"]["application/json"]["schema"]
     assert body == {"$ref": "#/components/schemas/JobRequest"}
+    headers = {p["name"] for p in post["parameters"] if p["in"] == "header"}
+    assert headers == {"Idempotency-Key", "Prefer"}  # the route's own, from the route table
     accepted = post["responses"]["202"]["content"]["application/json"]["schema"]
     assert accepted == {"$ref": "#/components/schemas/SubmitResponse"}
     infer = spec["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]

@@ -18,7 +18,7 @@ import requests
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import connect
 from flaskmodel.web.ratelimit import RateLimiter
-from tests import procs
+from tests import databases, procs
 from tests.conftest import redis_db
 
 KEY_A = "key-a-" + "1" * 20
@@ -40,7 +40,7 @@ def settings_for(tmp_path: Path, redis_url: str, **security: Any) -> Settings:
         models_root=tmp_path,
         data_root=tmp_path,
         run_dir=tmp_path,
-        redis={"url": redis_db(redis_url, 19)},
+        redis={"url": redis_db(redis_url, databases.RATE_LIMIT)},
         security=security,
     )
 
@@ -141,7 +141,7 @@ def test_wrong_keys_are_rate_limited_per_address(tmp_path: Path, redis_url: str)
 
 
 def test_gcra_script_against_redis(redis_url: str) -> None:
-    client = connect(Settings(redis={"url": redis_db(redis_url, 19)}))
+    client = connect(Settings(redis={"url": redis_db(redis_url, databases.RATE_LIMIT)}))
     limiter = RateLimiter(client, per_second=10, burst=4)
     caller = f"test-{time.time_ns()}"
     results = [limiter.check(caller) for _ in range(6)]

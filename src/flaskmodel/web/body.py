@@ -7,7 +7,6 @@ import logging
 from typing import Any, TypeVar
 
 import orjson
-from flask import request
 from pydantic import BaseModel, ValidationError
 
 from flaskmodel.codecs.fast_json import has_long_int, lift_tensor
@@ -29,24 +28,13 @@ def _reject_constant(name: str) -> Any:
     raise InvalidRequest(f"malformed JSON body: {name} is not a valid JSON number")
 
 
-def json_body() -> Any:
-    """The request body as JSON (content type not required; NaN/Infinity refused)."""
-    raw = request.get_data(cache=False)  # 413 past MAX_CONTENT_LENGTH, raised by werkzeug
-    return parse_json(raw)
-
-
 # Bodies from this size on are worth reading a float tensor from the text (``lift_tensor``).
 LIFT_MIN_BYTES = 16_384
 
 
-def tensor_body(spec: ModelSpec, keys: tuple[str, ...]) -> Any:
-    """The request body as JSON, its big float tensor under one of ``keys`` (if any) read as a
-    ``FlatTensor`` without nested lists (``json_tensors``); errors as ``json_body``'s."""
-    return parse_tensor_body(request.get_data(cache=False), spec, keys)
-
-
 def parse_tensor_body(raw: bytes, spec: ModelSpec, keys: tuple[str, ...]) -> Any:
-    """``tensor_body`` of the body ``raw``."""
+    """The body ``raw`` as JSON, its big float tensor under one of ``keys`` (if any) read as a
+    ``FlatTensor`` without nested lists (``lift_tensor``); errors as ``parse_json``'s."""
     # A small body is parsed faster as it is than scanned for a tensor first.
     lifted = lift_tensor(raw, spec, keys) if len(raw) >= LIFT_MIN_BYTES else None
     return parse_json(raw) if lifted is None else lifted
@@ -99,24 +87,19 @@ def validation_message(exc: ValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def prefer() -> tuple[bool, float | None]:
-    """RFC 7240 ``Prefer``: respond-async, and wait=<seconds>; anything else is ignored."""
-    return read_prefer(request.headers.getlist("Prefer"))
-
-
-def read_prefer(values: list[str]) -> tuple[bool, float | None]:
-    """``prefer`` of the ``Prefer`` header values ``values``."""
+def read_prefer(value: str | None) -> tuple[bool, float | None]:
+    """RFC 7240 ``Prefer`` (the header's value, several comma-joined): respond-async, and
+    wait=<seconds>; anything else is ignored."""
     respond_async = False
     wait = None
-    for value in values:
-        for token in value.split(","):
-            name, _, argument = token.split(";")[0].strip().partition("=")
-            name = name.strip().lower()
-            if name == "respond-async":
-                respond_async = True
-            elif name == "wait":
-                try:
-                    wait = max(0.0, float(argument.strip().strip('"')))
-                except ValueError:
-                    logger.info("ignored Prefer: wait=%r", argument[:32])
+    for token in (value or "").split(","):
+        name, _, argument = token.split(";")[0].strip().partition("=")
+        name = name.strip().lower()
+        if name == "respond-async":
+            respond_async = True
+        elif name == "wait":
+            try:
+                wait = max(0.0, float(argument.strip().strip('"')))
+            except ValueError:
+                logger.info("ignored Prefer: wait=%r", argument[:32])
     return respond_async, wait

@@ -1,4 +1,6 @@
-"""Every error becomes a JSON body ``{"error": ...}`` with the right status, mapped once here."""
+"""Every error becomes a JSON body ``{"error": ..., "type": ...}`` with the right status, mapped
+once here for both adapters of the route table (the Flask app's error handlers and the fast
+WSGI layer answer with ``error_reply``)."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import logging
 import math
 from dataclasses import dataclass, field
 
-from flask import Flask, Response, jsonify
 from kombu.exceptions import OperationalError
 from redis import RedisError
 from werkzeug.exceptions import HTTPException
@@ -14,18 +15,9 @@ from werkzeug.exceptions import HTTPException
 from flaskmodel.errors import FlaskModelError
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
+from flaskmodel.web.call import Reply
 
 logger = logging.getLogger(__name__)
-
-
-def error_response(
-    status: int, message: str, *, type_: str, headers: dict[str, str] | None = None
-) -> Response:
-    RECORDER.inc(catalogue.ERRORS, (type_, "web"))
-    response = jsonify({"error": message, "type": type_})
-    response.status_code = status
-    response.headers.update(headers or {})
-    return response
 
 
 @dataclass(frozen=True)
@@ -37,14 +29,18 @@ class ErrorAnswer:
     type: str
     headers: dict[str, str] = field(default_factory=dict)
 
-    def body(self) -> dict[str, str]:
-        RECORDER.inc(catalogue.ERRORS, (self.type, "web"))
-        return {"error": self.message, "type": self.type}
+
+def error_reply(exc: Exception, limit: int) -> Reply:
+    """The reply to ``exc`` (``limit``: the body size past which a 413 was raised), counted in
+    ``flaskmodel_errors_total``."""
+    answer = error_answer(exc, limit)
+    RECORDER.inc(catalogue.ERRORS, (answer.type, "web"))
+    return answer.status, {"error": answer.message, "type": answer.type}, answer.headers
 
 
-def error_answer(exc: Exception) -> ErrorAnswer:
-    """The answer to ``exc`` (logged here): ours map to their status, Redis and broker errors to
-    503, anything else to 500. Both the Flask app and ``fast_predict`` answer with it."""
+def error_answer(exc: Exception, limit: int) -> ErrorAnswer:
+    """The answer to ``exc`` (logged here): ours map to their status, werkzeug's HTTP errors
+    (404, 405, 413) keep theirs, Redis and broker errors are 503, anything else is 500."""
     if isinstance(exc, FlaskModelError):
         if exc.status >= 500:
             logger.warning("%s: %s", exc.type, exc.message)
@@ -54,6 +50,16 @@ def error_answer(exc: Exception) -> ErrorAnswer:
         if exc.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="flaskmodel"'
         return ErrorAnswer(exc.status, exc.message, exc.type, headers)
+    if isinstance(exc, HTTPException):
+        status = exc.code or 500
+        message = exc.description or exc.name
+        if status == 413:
+            message = f"request body is larger than the limit of {limit} bytes"
+        headers = {}
+        allow = exc.get_response().headers.get("Allow") if status == 405 else None
+        if allow:
+            headers["Allow"] = allow
+        return ErrorAnswer(status, message, exc.name.lower().replace(" ", "_"), headers)
     if isinstance(exc, RedisError):
         logger.warning("redis unavailable: %s", exc)
         message = "the job store (Redis) is unavailable; try again shortly"
@@ -64,28 +70,3 @@ def error_answer(exc: Exception) -> ErrorAnswer:
         return ErrorAnswer(503, message, "service_unavailable", {"Retry-After": "2"})
     logger.error("unhandled error", exc_info=exc)
     return ErrorAnswer(500, "internal server error", "internal_error")
-
-
-def _respond(exc: Exception) -> Response:
-    answer = error_answer(exc)
-    return error_response(answer.status, answer.message, type_=answer.type, headers=answer.headers)
-
-
-def register_error_handlers(app: Flask) -> None:
-    app.register_error_handler(FlaskModelError, _respond)
-    app.register_error_handler(RedisError, _respond)
-    app.register_error_handler(OperationalError, _respond)
-
-    @app.errorhandler(HTTPException)
-    def _http(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        message = exc.description or exc.name
-        if status == 413:
-            limit = app.config.get("MAX_CONTENT_LENGTH")
-            message = f"request body is larger than the limit of {limit} bytes"
-        response = error_response(status, message, type_=exc.name.lower().replace(" ", "_"))
-        if status == 405 and exc.get_response().headers.get("Allow"):
-            response.headers["Allow"] = exc.get_response().headers["Allow"]
-        return response
-
-    app.register_error_handler(Exception, _respond)

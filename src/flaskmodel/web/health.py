@@ -6,33 +6,28 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint
 from redis import RedisError
 
-from flaskmodel.web.services import services
+from flaskmodel.web.call import Call, Reply
+from flaskmodel.web.services import Services
 
 logger = logging.getLogger(__name__)
 
-bp = Blueprint("health", __name__)
+
+def healthz(svc: Services, call: Call) -> Reply:
+    return 200, {"status": "ok"}, {}
 
 
-@bp.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@bp.get("/readyz")
-def readyz() -> tuple[dict[str, Any], int, dict[str, str]]:
-    svc = services()
+def readyz(svc: Services, call: Call) -> Reply:
     if svc.draining.is_set():
         draining = {"status": "draining", "redis": "unknown", "workers": [], "models": []}
-        return draining, 503, {"Retry-After": "5"}
+        return 503, draining, {"Retry-After": "5"}
     try:
         svc.redis.ping()
         workers = svc.workers.live()
     except RedisError as exc:
         down = {"status": "unavailable", "redis": f"unreachable: {exc}", "workers": []}
-        return down, 503, {"Retry-After": "2"}
+        return 503, down, {"Retry-After": "2"}
     ready = [w for w in workers if w.ready]
     models = sorted({name for w in ready for name in w.models})
     body: dict[str, Any] = {
@@ -51,5 +46,5 @@ def readyz() -> tuple[dict[str, Any], int, dict[str, str]]:
         "models": models,
     }
     if not ready:
-        return body, 503, {"Retry-After": "5"}
-    return body, 200, {}
+        return 503, body, {"Retry-After": "5"}
+    return 200, body, {}

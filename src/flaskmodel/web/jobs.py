@@ -1,86 +1,49 @@
-"""``/v1/jobs``: submit, read and cancel jobs."""
+"""``/v1/jobs``: submit, list, read and cancel jobs, and the slice thumbnails a series job's
+worker rendered (``/v1/jobs/<id>/slices/<index>/thumbnail.png``)."""
 
 from __future__ import annotations
 
+import base64
 import logging
-from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, request
-
-from flaskmodel.errors import InvalidRequest
+from flaskmodel.errors import InvalidRequest, NotFound
 from flaskmodel.schemas import JobRequest, JobState, JobView, SubmitResponse
-from flaskmodel.web.auth import owner
-from flaskmodel.web.body import is_whole_number, json_body, parse, prefer
-from flaskmodel.web.services import Services, services
+from flaskmodel.storage.redis import key
+from flaskmodel.web.body import is_whole_number, parse, parse_json, read_prefer
+from flaskmodel.web.call import Call, Raw, Reply
+from flaskmodel.web.services import Services
 
 logger = logging.getLogger(__name__)
 
-bp = Blueprint("jobs", __name__)
 
-
-@dataclass(frozen=True)
-class Caller:
-    """What a job route needs of its request besides the body (``fast_predict`` fills it in
-    without Flask)."""
-
-    owner: str | None  # the API key id (None: authentication off)
-    idempotency_key: str | None = None
-    script_root: str = ""  # where the app is mounted (status URLs start with it)
-
-
-def caller() -> Caller:
-    """This Flask request's ``Caller``."""
-    return Caller(owner(), request.headers.get("Idempotency-Key"), request.script_root)
-
-
-def submit(job_request: JobRequest) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """Admit a job; 202 + Location when new, 200 for an idempotent repeat."""
-    return submit_job(services(), job_request, caller())
-
-
-def submit_job(
-    svc: Services, job_request: JobRequest, who: Caller
-) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """``submit`` without a Flask request."""
+def submit_job(svc: Services, job_request: JobRequest, call: Call) -> Reply:
+    """Admit a job for ``call``'s caller (its ``Idempotency-Key`` header, if declared and sent,
+    makes a repeat return the first job); 202 + Location when new, 200 for an idempotent repeat."""
     job_id, created = svc.submitter.submit(
-        job_request, idempotency_key=who.idempotency_key, owner=who.owner
+        job_request, idempotency_key=call.headers.get("Idempotency-Key"), owner=call.owner
     )
     # A new job was accepted QUEUED (a worker may have started it already: its status URL says
     # so); an idempotent repeat answers with the first job's state now.
     state = JobState.QUEUED if created else svc.jobs.get(job_id).state
-    status_url = f"{who.script_root}/v1/jobs/{job_id}"
+    status_url = f"{call.script_root}/v1/jobs/{job_id}"
     body = SubmitResponse(job_id=job_id, state=state, status_url=status_url)
-    return body.model_dump(mode="json"), 202 if created else 200, {"Location": status_url}
+    return 202 if created else 200, body.model_dump(mode="json"), {"Location": status_url}
 
 
-@bp.post("/v1/jobs")
-def create_job() -> tuple[dict[str, Any], int, dict[str, str]]:
+def create_job(svc: Services, call: Call) -> Reply:
     """Submit; with ``Prefer: wait=N`` also wait up to N seconds for the job to finish, and
     answer it finished (200, the job as ``GET`` shows it) or as submitted (202)."""
-    _, wait = prefer()
-    return create_answer(services(), parse(JobRequest, json_body()), caller(), wait)
-
-
-def create_answer(
-    svc: Services, job_request: JobRequest, who: Caller, wait: float | None
-) -> tuple[dict[str, Any], int, dict[str, str]]:
-    """``create_job`` without a Flask request (``wait``: the ``Prefer: wait`` seconds)."""
-    body, status, headers = submit_job(svc, job_request, who)
+    _, wait = read_prefer(call.headers.get("Prefer"))
+    job_request = parse(JobRequest, parse_json(call.body()))
+    status, body, headers = submit_job(svc, job_request, call)
     if wait is None:
-        return body, status, headers
-    view = wait_view(svc, body["job_id"], wait, who.owner, just_created=status == 202)
+        return status, body, headers
+    view = wait_view(svc, body["job_id"], wait, call.owner, just_created=status == 202)
     if not view.state.terminal:
-        return body, status, headers
+        return status, body, headers
     finished = view.model_dump(mode="json", exclude_none=True)
-    return {**finished, "status_url": body["status_url"]}, 200, headers
-
-
-def finished_view(job_id: str, seconds: float, *, just_created: bool = False) -> JobView:
-    """The job, once finished or after ``seconds`` (capped at the longest wait) have passed;
-    blocks without polling. ``just_created``: it was submitted by this request, so it is not
-    read before the wait (it cannot have finished: a worker answers its wake-up at once)."""
-    return wait_view(services(), job_id, seconds, owner(), just_created=just_created)
+    return 200, {**finished, "status_url": body["status_url"]}, headers
 
 
 def wait_view(
@@ -91,7 +54,10 @@ def wait_view(
     *,
     just_created: bool = False,
 ) -> JobView:
-    """``finished_view`` without a Flask request (``who``: the caller's key id)."""
+    """The job as ``who`` (the caller's key id) may see it, once finished or after ``seconds``
+    (capped at the longest wait) have passed; blocks without polling. ``just_created``: it was
+    submitted by this request, so it is not read before the wait (it cannot have finished: a
+    worker answers its wake-up at once)."""
     if not just_created:
         view = svc.jobs.get(job_id, who)
         if view.state.terminal or seconds <= 0:
@@ -102,26 +68,20 @@ def wait_view(
     return svc.jobs.get(job_id, who, woken_by=notice)
 
 
-@bp.get("/v1/jobs")
-def list_jobs() -> dict[str, Any]:
+def list_jobs(svc: Services, call: Call) -> Reply:
     """The newest jobs, newest first (``?limit=``, 1-500, default 50), without results."""
-    raw = request.args.get("limit", "50")
+    raw = call.query.get("limit", "50")
     if not is_whole_number(raw) or not 1 <= int(raw) <= 500:
         raise InvalidRequest("limit must be a whole number from 1 to 500")
-    views = services().jobs.recent(int(raw), owner())
-    return {"jobs": [v.model_dump(mode="json", exclude_none=True) for v in views]}
+    views = svc.jobs.recent(int(raw), call.owner)
+    return 200, {"jobs": [v.model_dump(mode="json", exclude_none=True) for v in views]}, {}
 
 
-@bp.get("/v1/jobs/<job_id>")
-def get_job(job_id: str) -> dict[str, Any]:
+def get_job(svc: Services, call: Call) -> Reply:
     """The job; with ``?wait=N`` block up to N seconds (no polling) until it has finished."""
-    return get_answer(services(), job_id, request.args.get("wait"), owner())
-
-
-def get_answer(svc: Services, job_id: str, wait: str | None, who: str | None) -> dict[str, Any]:
-    """``get_job`` without a Flask request (``wait``: the query's text)."""
-    seconds = _wait_seconds(wait, svc.settings.batching.max_timeout_seconds)
-    return wait_view(svc, job_id, seconds, who).model_dump(mode="json", exclude_none=True)
+    seconds = _wait_seconds(call.query.get("wait"), svc.settings.batching.max_timeout_seconds)
+    view = wait_view(svc, call.params["job_id"], seconds, call.owner)
+    return 200, view.model_dump(mode="json", exclude_none=True), {}
 
 
 def _wait_seconds(raw: str | None, limit: float) -> float:
@@ -136,6 +96,16 @@ def _wait_seconds(raw: str | None, limit: float) -> float:
     return seconds
 
 
-@bp.delete("/v1/jobs/<job_id>")
-def cancel_job(job_id: str) -> dict[str, Any]:
-    return services().submitter.cancel(job_id, owner()).model_dump(mode="json", exclude_none=True)
+def cancel_job(svc: Services, call: Call) -> Reply:
+    view = svc.submitter.cancel(call.params["job_id"], call.owner)
+    return 200, view.model_dump(mode="json", exclude_none=True), {}
+
+
+def thumbnail(svc: Services, call: Call) -> Reply:
+    job_id, index = call.params["job_id"], call.params["index"]
+    svc.jobs.check_owner(job_id, call.owner)
+    encoded: Any = svc.redis.hget(key("thumbs", job_id), str(index))
+    if encoded is None:
+        raise NotFound(f"no thumbnail of slice {index} for job '{job_id}'")
+    png = Raw(base64.b64decode(str(encoded)), "image/png")
+    return 200, png, {"Cache-Control": "max-age=3600"}

@@ -9,16 +9,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint
 from pydantic import BaseModel, ConfigDict, Field
 
 from flaskmodel.storage.kv import MAX_TTL_SECONDS
-from flaskmodel.web.body import json_body, parse
-from flaskmodel.web.services import services
+from flaskmodel.web.body import parse, parse_json
+from flaskmodel.web.call import Call, Reply
+from flaskmodel.web.services import Services
 
 logger = logging.getLogger(__name__)
-
-bp = Blueprint("kv", __name__)
 
 
 class PutValue(BaseModel):
@@ -28,21 +26,20 @@ class PutValue(BaseModel):
     ttl: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
 
 
-@bp.get("/v1/kv/<path:name>")
-def get_value(name: str) -> dict[str, Any]:
-    value, ttl = services().kv.get(name)
-    return {"key": name, "value": value, "ttl": ttl}
+def get_value(svc: Services, call: Call) -> Reply:
+    name: str = call.params["name"]
+    value, ttl = svc.kv.get(name)
+    return 200, {"key": name, "value": value, "ttl": ttl}, {}
 
 
-@bp.put("/v1/kv/<path:name>")
-def put_value(name: str) -> tuple[dict[str, Any], int]:
-    body = parse(PutValue, json_body())
-    created = services().kv.put(name, body.value, body.ttl)
-    value, ttl = services().kv.get(name)
-    return {"key": name, "value": value, "ttl": ttl}, 201 if created else 200
+def put_value(svc: Services, call: Call) -> Reply:
+    name: str = call.params["name"]
+    body = parse(PutValue, parse_json(call.body()))
+    created = svc.kv.put(name, body.value, body.ttl)
+    value, ttl = svc.kv.get(name)
+    return 201 if created else 200, {"key": name, "value": value, "ttl": ttl}, {}
 
 
-@bp.delete("/v1/kv/<path:name>")
-def delete_value(name: str) -> tuple[str, int]:
-    services().kv.delete(name)
-    return "", 204
+def delete_value(svc: Services, call: Call) -> Reply:
+    svc.kv.delete(call.params["name"])
+    return 204, None, {}

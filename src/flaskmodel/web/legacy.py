@@ -10,38 +10,34 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint
-
 from flaskmodel.schemas import JobRequest, JobState
-from flaskmodel.web.auth import owner
 from flaskmodel.web.body import parse
-from flaskmodel.web.jobs import submit
-from flaskmodel.web.services import services
+from flaskmodel.web.call import Call, Reply
+from flaskmodel.web.jobs import submit_job
+from flaskmodel.web.services import Services
 
 logger = logging.getLogger(__name__)
 
-bp = Blueprint("legacy", __name__)
 
-
-@bp.get("/inference/<series_uid>/<int:start>/<int:end>")
-def inference(series_uid: str, start: int, end: int) -> tuple[dict[str, Any], int, dict[str, str]]:
+def inference(svc: Services, call: Call) -> Reply:
+    params = call.params
     job_request = parse(
         JobRequest,
         {
-            "model": services().settings.series.default_model,
-            "series_uid": series_uid,
-            "slices": {"start": start, "stop": end},
+            "model": svc.settings.series.default_model,
+            "series_uid": params["series_uid"],
+            "slices": {"start": params["start"], "stop": params["end"]},
         },
     )
-    body, status, headers = submit(job_request)
-    return {"task_id": body["job_id"], **body}, status, headers
+    status, body, headers = submit_job(svc, job_request, call)
+    return status, {"task_id": body["job_id"], **body}, headers
 
 
-@bp.get("/get_result/<task_id>")
-def get_result(task_id: str) -> tuple[dict[str, Any], int]:
-    view = services().jobs.get(task_id, owner())
+def get_result(svc: Services, call: Call) -> Reply:
+    task_id: str = call.params["task_id"]
+    view = svc.jobs.get(task_id, call.owner)
     if view.state is JobState.SUCCEEDED and view.result is not None:
-        return view.result, 200
+        return 200, view.result, {}
     body: dict[str, Any] = {
         "task_id": task_id,
         "state": view.state.value,
@@ -49,4 +45,4 @@ def get_result(task_id: str) -> tuple[dict[str, Any], int]:
     }
     if view.error is not None:
         body["error"] = view.error.model_dump()
-    return body, 200 if view.state.terminal else 202
+    return 200 if view.state.terminal else 202, body, {}

@@ -1,5 +1,6 @@
 """``/openapi.json``: OpenAPI 3.1 built from ``url_map`` (a new route shows up by itself, with a
-generic JSON answer until ``OPERATIONS`` names its pydantic schemas). ``/docs``: Swagger UI from
+generic JSON answer until ``OPERATIONS`` names its pydantic schemas; the headers a route of the
+table declares, and whether it is open, come from its ``Route``). ``/docs``: Swagger UI from
 the ``swagger-ui-bundle`` package, served here (no CDN). That Swagger UI (4.x) renders only
 OpenAPI 3.0, so it reads ``/docs/openapi-3.0.json``, the same document spelled the 3.0 way.
 """
@@ -23,6 +24,7 @@ from flaskmodel.codecs.v2 import InferRequest
 from flaskmodel.schemas import JobRequest, JobView, SubmitResponse
 from flaskmodel.web.auth import OPEN_ENDPOINTS
 from flaskmodel.web.kv import PutValue
+from flaskmodel.web.routes import route_of
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +105,6 @@ OPERATIONS: dict[str, Operation] = {
         " finished job when it finished in time)",
         {202: SubmitResponse, 200: SubmitResponse},
         JobRequest,
-        headers={"Idempotency-Key": {"type": "string"}, "Prefer": {"type": "string"}},
     ),
     "jobs.list_jobs": Operation(
         "Recent jobs, newest first", {200: JobList}, query={"limit": {**_INT, "maximum": 500}}
@@ -135,11 +136,11 @@ OPERATIONS: dict[str, Operation] = {
         "Inference (JSON or binary tensors; Prefer: respond-async|wait=N makes a job)",
         {200: InferResponse, 202: SubmitResponse},
         InferRequest,
-        headers={"Prefer": {"type": "string"}, "Inference-Header-Content-Length": _INT},
+        headers={"Inference-Header-Content-Length": _INT},
     ),
     "ui.ui_redirect": Operation("Redirect to /ui/", {308: None}),
     "ui.ui_index": Operation("The results viewer", {200: _HTML}),
-    "ui.thumbnail": Operation(
+    "jobs.thumbnail": Operation(
         "A slice thumbnail", {200: ("image/png", {"type": "string", "format": "binary"})}
     ),
     "metrics.metrics": Operation(
@@ -160,27 +161,33 @@ def build_spec(app: Flask) -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     paths: dict[str, dict[str, Any]] = {}
     used_ids: set[str] = set()
+    tags: set[str] = set()
     for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
         if HIDDEN.match(rule.endpoint):
             continue
+        route = route_of(rule)
+        is_open = route.open if route is not None else rule.endpoint in OPEN_ENDPOINTS
+        headers = {name: {"type": "string"} for name in (route.headers if route else ())}
         path = _CONVERTER.sub(r"{\g<name>}", rule.rule)
         params = [
             _param(m["name"], "path", {"type": _TYPES.get(m["converter"] or "", "string")})
             for m in _CONVERTER.finditer(rule.rule)
         ]
         op = OPERATIONS.get(rule.endpoint, _GENERIC)
+        headers.update(op.headers)
+        tags.add(rule.endpoint.partition(".")[0])
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             op_id = rule.endpoint.replace(".", "_")
             while op_id in used_ids:
                 op_id += "_"
             used_ids.add(op_id)
             paths.setdefault(path, {})[method.lower()] = _operation(
-                rule.endpoint, op_id, op, params, schemas
+                rule.endpoint, op_id, op, params, headers, is_open, schemas
             )
     return {
         "openapi": "3.1.0",
         "info": {"title": "FlaskModel", "version": _version()},
-        "tags": [{"name": name} for name in sorted(app.blueprints) if name != "openapi"],
+        "tags": [{"name": name} for name in sorted(tags)],
         "paths": paths,
         "components": {
             "schemas": dict(sorted(schemas.items())),
@@ -194,6 +201,8 @@ def _operation(
     op_id: str,
     op: Operation,
     params: list[dict[str, Any]],
+    headers: dict[str, dict[str, Any]],
+    is_open: bool,
     schemas: dict[str, Any],
 ) -> dict[str, Any]:
     error = {"application/json": {"schema": _ref(ErrorBody, schemas)}}
@@ -208,14 +217,14 @@ def _operation(
     for series in ("4XX", "5XX"):
         responses[series] = {"description": "error", "content": error}
     extra = [_param(n, "query", s) for n, s in op.query.items()]
-    extra += [_param(n, "header", s) for n, s in op.headers.items()]
+    extra += [_param(n, "header", s) for n, s in headers.items()]
     operation: dict[str, Any] = {
         "operationId": op_id,
         "tags": [endpoint.partition(".")[0]],
         "summary": op.summary or endpoint,
         "responses": responses,
     }
-    if endpoint not in OPEN_ENDPOINTS:
+    if not is_open:
         # API keys are optional (FLASKMODEL_SECURITY__*): either scheme, or none when off.
         operation["security"] = [{name: []} for name in SECURITY_SCHEMES] + [{}]
     if params or extra:

@@ -1,31 +1,27 @@
 """TensorFlow Serving's REST API: ``/v1/models/<m>[/versions/<v>|/labels/<l>]`` (status),
 ``.../metadata`` and ``POST ...:predict`` (row ``instances`` or columnar ``inputs``).
 
-The colon in ``<m>:predict`` is part of the last path segment, so one ``<path:...>`` route per
-method takes the rest of the path and ``_target`` splits it. Version labels come from the
-model's ``flaskmodel.json`` (``version_labels``); an unknown label is a 404. Predictions run on
-the workers through ``SyncPredictor`` (the batcher's path), never in this process.
+The colon in ``<m>:predict`` is part of the last path segment, so one ``<path:path>`` rule per
+method (``web.routes``) takes the rest of the path and ``_target`` splits it. Version labels
+come from the model's ``flaskmodel.json`` (``version_labels``); an unknown label is a 404.
+Predictions run on the workers through ``SyncPredictor`` (the batcher's path), never in this
+process.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
-from functools import partial
 from typing import Any
-
-from flask import Blueprint, request
 
 from flaskmodel.codecs.tfserving_json import TF_DTYPES, decode_inputs, encode_outputs
 from flaskmodel.errors import InvalidInput, InvalidRequest, ModelNotFound, NotFound
 from flaskmodel.schemas import MODEL_NAME_PATTERN, ModelSpec, TensorSpec
 from flaskmodel.web.body import is_whole_number, parse_tensor_body
-from flaskmodel.web.services import Services, services
+from flaskmodel.web.call import Call, Reply
+from flaskmodel.web.services import Services
 
 logger = logging.getLogger(__name__)
-
-bp = Blueprint("predict_v1", __name__)
 
 _PATH = re.compile(r"(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+)|/labels/(?P<label>[^/]+))?")
 METHOD_NAME = "tensorflow/serving/predict"
@@ -44,14 +40,14 @@ def _target(path: str) -> tuple[str, int | None, str | None]:
     return name, int(version) if version is not None else None, label
 
 
-@bp.get("/v1/models/<path:path>")
-def status_or_metadata(path: str) -> dict[str, Any]:
+def status_or_metadata(svc: Services, call: Call) -> Reply:
     """Model status, or with ``/metadata`` the signature in TF Serving's exact shape."""
+    path: str = call.params["path"]
     metadata = path.endswith("/metadata")
     name, version, label = _target(path.removesuffix("/metadata") if metadata else path)
-    sync = services().sync
+    sync = svc.sync
     if metadata:
-        return model_metadata(sync.model(name, version, label)[1])
+        return 200, model_metadata(sync.model(name, version, label)[1]), {}
     advert = sync.advert(name)
     if label is not None:
         version = sync.model(name, None, label)[1].version
@@ -61,7 +57,7 @@ def status_or_metadata(path: str) -> dict[str, Any]:
         if version not in states:
             raise ModelNotFound(f"model '{name}' has no version {version} (has {advert.versions})")
         states = {version: states[version]}
-    return {
+    status = {
         "model_version_status": [
             {
                 "version": str(v),
@@ -71,17 +67,12 @@ def status_or_metadata(path: str) -> dict[str, Any]:
             for v, state in sorted(states.items())
         ]
     }
+    return 200, status, {}
 
 
-@bp.post("/v1/models/<path:path>")
-def predict(path: str) -> dict[str, Any]:
+def predict(svc: Services, call: Call) -> Reply:
     """``:predict``; ``:classify`` and ``:regress`` are refused (no such signatures served)."""
-    return predict_answer(services(), path, partial(request.get_data, cache=False))
-
-
-def predict_answer(svc: Services, path: str, read_body: Callable[[], bytes]) -> dict[str, Any]:
-    """The answer to ``POST /v1/models/<path>`` (no Flask request needed: ``fast_predict``
-    serves the route beside Flask); raises the errors the app maps to statuses."""
+    path: str = call.params["path"]
     base, colon, verb = path.rpartition(":")
     if not colon:
         raise NotFound(f"no such resource: POST /v1/models/{path} (did you mean ':predict'?)")
@@ -93,7 +84,7 @@ def predict_answer(svc: Services, path: str, read_body: Callable[[], bytes]) -> 
     if verb != "predict":
         raise NotFound(f"no such method ':{verb[:32]}' (use ':predict')")
     _, spec = svc.sync.model(name, version, label)
-    body = parse_tensor_body(read_body(), spec, ("instances", "inputs"))
+    body = parse_tensor_body(call.body(), spec, ("instances", "inputs"))
     if not isinstance(body, dict):
         raise InvalidRequest("request body must be a JSON object with 'instances' or 'inputs'")
     rows, columns = "instances" in body, "inputs" in body
@@ -115,7 +106,7 @@ def predict_answer(svc: Services, path: str, read_body: Callable[[], bytes]) -> 
     del body
     outputs = svc.sync.predict(spec, arrays)
     ordered = {t.name: outputs[t.name] for t in spec.outputs if t.name in outputs}
-    return encode_outputs(ordered, row_format=rows)
+    return 200, encode_outputs(ordered, row_format=rows), {}
 
 
 def model_metadata(spec: ModelSpec) -> dict[str, Any]:

@@ -5,26 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Any
-
-from flask import Blueprint, request
 
 from flaskmodel.errors import InvalidRequest, InvalidSeriesId, NotFound
 from flaskmodel.schemas import MODEL_NAME_PATTERN, SERIES_UID_PATTERN
 from flaskmodel.storage.redis import key
-from flaskmodel.web.services import services
+from flaskmodel.web.call import Call, Reply
+from flaskmodel.web.services import Services
 
 logger = logging.getLogger(__name__)
 
-bp = Blueprint("series", __name__)
 
-
-@bp.get("/v1/series/<series_uid>/results")
-def series_results(series_uid: str) -> dict[str, Any]:
-    svc = services()
+def series_results(svc: Services, call: Call) -> Reply:
+    series_uid: str = call.params["series_uid"]
     if not re.match(SERIES_UID_PATTERN, series_uid):
         raise InvalidSeriesId(f"invalid series id {series_uid[:64]!r}")
-    model = request.args.get("model", svc.settings.series.default_model)
+    model = call.query.get("model", svc.settings.series.default_model)
     if not re.match(MODEL_NAME_PATTERN, model):
         raise InvalidRequest(f"invalid model name {model[:64]!r}")
     raw: dict[str, str] = svc.redis.hgetall(key("series", series_uid, model))  # type: ignore[assignment]
@@ -37,4 +32,4 @@ def series_results(series_uid: str) -> dict[str, Any]:
         if field.startswith("slice:")
     ]
     slices.sort(key=lambda row: row["index"])
-    return {"series_uid": series_uid, "model": model, **meta, "slices": slices}
+    return 200, {"series_uid": series_uid, "model": model, **meta, "slices": slices}, {}

@@ -1,4 +1,5 @@
-"""The web process's composition root: the collaborators views use, built once per app."""
+"""The web process's composition root: the collaborators route handlers use, built once per app
+(``create_app`` keeps them in ``app.extensions["flaskmodel"]``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from dataclasses import dataclass, field
 
 import redis
 from celery import Celery
-from flask import Flask, current_app
 
 from flaskmodel.jobs.admission import Admission
 from flaskmodel.jobs.broker import make_celery
@@ -50,7 +50,7 @@ def web_side(settings: Settings) -> Settings:
     return settings.model_copy(update={"redis": section})
 
 
-def init_services(app: Flask, settings: Settings) -> None:
+def build_services(settings: Settings) -> Services:
     client = connect(web_side(settings))
     celery = make_celery(web_side(settings))
     jobs = JobStore(client, ttl=settings.jobs.ttl_seconds)
@@ -71,7 +71,7 @@ def init_services(app: Flask, settings: Settings) -> None:
     # Synchronous calls share the process's sync channel (two connections); every job wait
     # (`?wait=`, `Prefer: wait`) holds one for its BLPOP: up to one per gevent connection.
     frames_client = connect_frames(settings, max_connections=settings.web.worker_connections + 8)
-    app.extensions["flaskmodel"] = Services(
+    return Services(
         settings=settings,
         redis=client,
         celery=celery,
@@ -96,8 +96,3 @@ def _rate_limiter(client: redis.Redis, settings: Settings) -> RateLimiter | None
     return RateLimiter(
         client, per_second=security.rate_limit_per_second, burst=security.rate_limit_burst
     )
-
-
-def services() -> Services:
-    found: Services = current_app.extensions["flaskmodel"]
-    return found
