@@ -237,6 +237,7 @@ TOUR: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/v1/kv/tour-{who}", {}),
     ("DELETE", "/v1/kv/tour-{who}", {}),
     ("GET", "/v1/kv/tour-{who}", {}),
+    ("GET", "/v1/series/1.2.3", {}),
     ("GET", "/v1/series/1.2.3/results", {}),
     ("GET", "/v1/series/bad%20id/results", {}),
     ("GET", f"/inference/{DEMO_SERIES_UID}/0/2", {}),

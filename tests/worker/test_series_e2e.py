@@ -123,7 +123,9 @@ def test_series_failures_are_clear(stack: Stack) -> None:
     )
 
 
-def test_corrupt_slice_fails_the_job_and_names_the_file(stack: Stack) -> None:
+def test_corrupt_slice_fails_the_job_and_names_the_file_a_non_dicom_file_is_skipped(
+    stack: Stack,
+) -> None:
     folder = stack.settings.data_root / "corrupt"
     shutil.copytree(SAMPLES / CHEST, folder)
     raw = (folder / "1-10.dcm").read_bytes()
@@ -134,9 +136,12 @@ def test_corrupt_slice_fails_the_job_and_names_the_file(stack: Stack) -> None:
     assert "1-10.dcm" in broken["error"]["message"]
     (folder / "notes.txt").write_text("not a DICOM file")
     (folder / "1-10.dcm").write_bytes(raw)
+    # A file that is not DICOM at all (a CD export's notes) is skipped and named, not fatal.
     junk = submit(stack, {"model": "ct_classifier", "series_uid": "corrupt"})
-    assert junk["state"] == "FAILED" and "notes.txt" in junk["error"]["message"]
-    # The worker survived both and still serves.
+    assert junk["state"] == "SUCCEEDED", junk
+    warnings = junk["result"]["series"]["warnings"]
+    assert "skipped 1 non-DICOM file(s), e.g. corrupt/notes.txt" in warnings
+    # The worker survived and still serves.
     ok = submit(stack, {"model": "ct_classifier", "series_uid": "chest", "slices": {"stop": 2}})
     assert ok["state"] == "SUCCEEDED"
 

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flaskmodel.settings.dicom import DicomSettings
@@ -120,10 +121,10 @@ class Settings(BaseSettings):
                 continue
             if isinstance(value, SecretStr):
                 text = value.get_secret_value()
-            elif isinstance(value, list) and any(isinstance(v, SecretStr) for v in value):
-                text = json.dumps([_reveal(v) for v in value])
             elif isinstance(value, list | dict):
-                text = json.dumps(value)  # pydantic-settings reads complex values as JSON
+                # pydantic-settings reads complex values as JSON; secrets inside them (API keys,
+                # a DICOMweb source's password) go as their values.
+                text = json.dumps(value, default=_json_value)
             else:
                 text = str(value).lower() if isinstance(value, bool) else str(value)
             out["FLASKMODEL_" + key.upper()] = text
@@ -145,8 +146,9 @@ class Settings(BaseSettings):
         return rows
 
 
-def _reveal(value: Any) -> Any:
-    return value.get_secret_value() if isinstance(value, SecretStr) else value
+def _json_value(value: Any) -> str:
+    """What JSON cannot write inside a complex setting: secrets as their value, paths as text."""
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
 
 
 def _flatten(
@@ -188,6 +190,8 @@ def _field_rows(model: type[BaseModel], prefix: str) -> list[tuple[str, str, str
             rows.extend(_field_rows(annotation, f"{prefix}{name.upper()}__"))
             continue
         default = field.get_default(call_default_factory=True)
+        if isinstance(default, list | dict):  # as it is written in the environment: JSON
+            default = json.dumps(to_jsonable_python(default, exclude_none=True))
         shown = "(empty)" if default is None else f"`{default}`"
         doc = " ".join((field.description or "").split()).replace("|", "\\|")
         rows.append((prefix + name.upper(), shown, doc))

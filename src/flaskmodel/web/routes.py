@@ -68,6 +68,7 @@ ROUTES: tuple[Route, ...] = (
     Route("/v1/kv/<path:name>", GET, kv.get_value),
     Route("/v1/kv/<path:name>", PUT, kv.put_value),
     Route("/v1/kv/<path:name>", DELETE, kv.delete_value),
+    Route("/v1/series/<series_uid>", GET, series.received_series),
     Route("/v1/series/<series_uid>/results", GET, series.series_results),
     Route(
         "/inference/<series_uid>/<int:start>/<int:end>",

@@ -12,10 +12,12 @@ from celery import Celery
 
 from flaskmodel.jobs.admission import Admission
 from flaskmodel.jobs.broker import make_celery
+from flaskmodel.jobs.series_results import SeriesResults
 from flaskmodel.jobs.store import JobStore
 from flaskmodel.jobs.submit import JobSubmitter
 from flaskmodel.settings import Settings
 from flaskmodel.storage.kv import KeyValueStore
+from flaskmodel.storage.received_series import ReceivedSeriesStore
 from flaskmodel.storage.redis import connect, connect_frames
 from flaskmodel.storage.workers import WorkerRegistry
 from flaskmodel.sync.predictor import SyncPredictor
@@ -37,6 +39,8 @@ class Services:
     sync: SyncPredictor
     keys: KeyRing
     rate_limiter: RateLimiter | None
+    series_results: SeriesResults
+    received: ReceivedSeriesStore
     # Set when this gunicorn worker got SIGTERM (``draining``): /readyz answers 503.
     draining: threading.Event = field(default_factory=threading.Event)
 
@@ -67,6 +71,7 @@ def build_services(settings: Settings) -> Services:
         default_priority=settings.jobs.default_priority,
         max_jobs_per_message=settings.jobs.max_jobs_per_message,
         publish_window=settings.jobs.publish_window_ms / 1000,
+        dicom=settings.dicom,
     )
     # Synchronous calls share the process's sync channel (two connections); every job wait
     # (`?wait=`, `Prefer: wait`) holds one for its BLPOP: up to one per gevent connection.
@@ -86,6 +91,8 @@ def build_services(settings: Settings) -> Services:
         sync=SyncPredictor(frames_client, submitter, settings.batching),
         keys=KeyRing(settings.security),
         rate_limiter=_rate_limiter(client, settings),
+        series_results=SeriesResults(client, ttl=settings.series.results_ttl_seconds),
+        received=ReceivedSeriesStore(client, ttl=settings.series.results_ttl_seconds),
     )
 
 

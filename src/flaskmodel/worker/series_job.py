@@ -18,7 +18,6 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -32,6 +31,7 @@ from flaskmodel.dicom.preprocess import PreprocessConfig, preprocess_slice, reso
 from flaskmodel.dicom.series import Series, scan_series
 from flaskmodel.dicom.thumbnail import render_thumbnail
 from flaskmodel.errors import InvalidRequest, JobCancelled
+from flaskmodel.jobs.series_results import SeriesResults
 from flaskmodel.jobs.store import JobStore
 from flaskmodel.logs import JOB_ID, job_context
 from flaskmodel.metrics.catalogue import SLICE_DECODE, SLICE_PREPROCESS
@@ -47,10 +47,6 @@ logger = logging.getLogger(__name__)
 
 # Decoding (JPEG 2000 ~30 ms a slice) runs in native code that releases the GIL.
 DECODE_THREADS = 2
-
-
-def series_key(series_uid: str, model: str) -> str:
-    return key("series", series_uid, model)
 
 
 def run_series(
@@ -144,7 +140,9 @@ def _finish(
         request, series, slices, runtime, config.class_names, matrix, post, preprocess, name
     )
     tick = time.perf_counter()
-    _store_series(client, settings, request, job_id, result)
+    SeriesResults(client, ttl=settings.series.results_ttl_seconds).merge(
+        request.model, job_id, result
+    )
     client.delete(scores_key)
     _SCANS.pop(job_id, None)
     timings["store"] = time.perf_counter() - tick
@@ -355,44 +353,3 @@ def _result(
             "resize": preprocess.resize,
         },
     }
-
-
-_SERIES_FIELDS = ("index", "sop_instance_uid", "frame_number", "instance_number", "z", "label",
-                  "label_index", "label_raw", "scores")  # fmt: skip
-
-
-def _series_field(row: dict[str, Any]) -> str:
-    frame = row["frame_number"]
-    return f"slice:{row['sop_instance_uid']}" + ("" if frame is None else f":{frame}")
-
-
-def _store_series(
-    client: redis.Redis,
-    settings: Settings,
-    request: JobRequest,
-    job_id: str,
-    result: dict[str, Any],
-) -> None:
-    """Merge per-slice labels into ``flaskmodel:series:<uid>:<model>`` (documented TTL), one
-    field per slice: ``slice:<SOPInstanceUID>``, plus ``:<frame>`` for a frame."""
-    target = series_key(result["series_uid"], request.model)
-    fields: dict[Any, Any] = {
-        _series_field(row): json.dumps({k: row[k] for k in _SERIES_FIELDS})
-        for row in result["slices"]
-    }
-    fields["meta"] = json.dumps(
-        {
-            "job_id": job_id,
-            "model_name": result["model_name"],
-            "model_version": result["model_version"],
-            "direction": result["direction"],
-            "postprocess": result["postprocess"],
-            "class_names": result["class_names"],
-            "series_slices": result["series"]["slices"],
-            "updated_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        }
-    )
-    pipe = client.pipeline(transaction=True)
-    pipe.hset(target, mapping=fields)
-    pipe.expire(target, settings.series.results_ttl_seconds)
-    pipe.execute()
