@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test browser dicom-peers bench bench-quick setup system-deps demo lint audit docs clean
+.PHONY: run test browser dicom-peers bench bench-quick setup system-deps demo lint audit docs lock clean
 
 run: setup
 	$(VENV)/bin/flaskmodel demo
@@ -43,15 +43,21 @@ system-deps:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
 
-$(VENV)/.installed: pyproject.toml
+# The whole stack and the dev tools, at the versions in constraints.txt (the tested set).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[tf,dicom,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[stack,dev]'
 	# The gRPC runtime's TF Serving protos; the package pins the full `tensorflow`, which would
 	# replace tensorflow-cpu, so it goes in without its dependencies (grpcio and protobuf come
 	# with tensorflow-cpu).
-	$(PY) -m pip install -q --no-deps 'tensorflow-serving-api==2.21.0'
+	$(PY) -m pip install -q -c constraints.txt --no-deps tensorflow-serving-api
 	touch $@
+
+# Pin what is installed now (after the tests passed with it) as the tested set.
+lock: setup
+	{ sed -n '1,2p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 # The benchmark (wrk from Debian/Ubuntu packages); writes var/bench/report.md.
 bench: setup
