@@ -161,7 +161,7 @@ def up(port: int | None) -> None:
     """Start the whole stack (redis, worker, gunicorn, nginx) in the foreground."""
     settings = load_settings()
     configure(settings)
-    from flaskmodel.demo.series import sample_requests  # noqa: PLC0415
+    from flaskmodel.demo.samples import sample_requests  # noqa: PLC0415
     from flaskmodel.deploy.stack import run_stack  # noqa: PLC0415
 
     samples = sample_requests(settings)

@@ -116,7 +116,7 @@ DRIVER = r'''
 import configparser, json, shlex, sys
 from pathlib import Path
 import flaskmodel.deploy.stack as stack
-from flaskmodel.demo.series import sample_requests
+from flaskmodel.demo.samples import sample_requests
 from flaskmodel.settings import Settings
 
 spec = json.loads(sys.argv[1])
