@@ -52,11 +52,13 @@ SERVED_ELSEWHERE = (
 #: ``flaskmodel.…`` names that are not Python modules.
 NOT_MODULES = {
     "flaskmodel.json": "a model's configuration file beside its versions",
+    "flaskmodel.toml": "the settings file",
     TASK_RUN_JOB: "the Celery task of one job (chunk)",
     TASK_RUN_JOBS: "the Celery task of several tensor jobs in one message",
 }
-#: ``FLASKMODEL_…`` variables that are not settings: read by the command line's HTTP client.
-NOT_SETTINGS = {"FLASKMODEL_API_KEY"}
+#: ``FLASKMODEL_…`` variables that are not settings: read by the command line's HTTP client, and
+#: the name of the settings file.
+NOT_SETTINGS = {"FLASKMODEL_API_KEY", "FLASKMODEL_CONFIG"}
 
 
 def _split(text: str) -> tuple[str, list[tuple[str, str]]]:

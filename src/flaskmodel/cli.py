@@ -1,22 +1,21 @@
-"""The ``flaskmodel`` command: up, serve, worker, demo, check, deploy, submit."""
+"""The ``flaskmodel`` command: up, serve, worker, dicom, demo, check, deploy, bench, and the job
+API's client commands (submit, jobs, show, cancel; ``--json`` prints the API's answers)."""
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 from pydantic import ValidationError
 
-from flaskmodel.client import Client, ClientError
+from flaskmodel.client import Client, ClientError, jobs_table, load_inputs, result_table
 from flaskmodel.logs import configure
-from flaskmodel.settings import Settings, settings_table
-
-logger = logging.getLogger(__name__)
-
+from flaskmodel.settings import Settings, setting_origins, settings_table
 
 API_KEY_OPTION = click.option(
     "--api-key",
@@ -24,30 +23,72 @@ API_KEY_OPTION = click.option(
     default=None,
     help="API key to send (when the server requires one); env FLASKMODEL_API_KEY.",
 )
+URL_OPTION = click.option(
+    "--url", default=None, help="Server URL (default: http://web.host:web.port)."
+)
+JSON_OPTION = click.option(
+    "--json", "as_json", is_flag=True, help="Print the answer as JSON instead of a table."
+)
+
+
+def API_OPTIONS(command: Callable[..., None]) -> Callable[..., None]:  # noqa: N802 - a decorator
+    """``--json``, ``--url`` and ``--api-key``: the options of every command of the job API."""
+    return JSON_OPTION(URL_OPTION(API_KEY_OPTION(command)))
+
+
+def _config_path() -> Path | None:
+    config: Path | None = click.get_current_context().find_root().params.get("config")
+    return config
 
 
 def load_settings() -> Settings:
+    """The settings of this command: environment, then the settings file, then defaults."""
     try:
-        return Settings()
-    except ValidationError as exc:
+        return Settings.load(_config_path())
+    except ValueError as exc:  # pydantic's ValidationError is one too
         raise click.ClickException(f"invalid settings: {exc}") from exc
 
 
+def _client(url: str | None, api_key: str | None) -> Client:
+    if url is None:
+        settings = load_settings()
+        url = f"http://{settings.web.host}:{settings.web.port}"
+    return Client(url, api_key=api_key)
+
+
 @click.group()
-def main() -> None:
+@click.version_option(package_name="flaskmodel", message="flaskmodel %(version)s")
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Settings file (TOML; FLASKMODEL_* variables override it). Default: $FLASKMODEL_CONFIG, "
+    "else ./flaskmodel.toml if present.",
+)
+def main(config: Path | None) -> None:
     """FlaskModel: serve TensorFlow models over HTTP with Celery workers and Redis."""
 
 
 @main.command()
 @click.option("--markdown", is_flag=True, help="Print docs/configuration.md's table instead.")
-def check(markdown: bool) -> None:
-    """Print the resolved settings (secrets masked)."""
+@JSON_OPTION
+def check(markdown: bool, as_json: bool) -> None:
+    """Print the settings and where each came from.
+
+    A line per setting: its source (env, file or default), NAME=value, secrets masked."""
     if markdown:
         click.echo(settings_table(), nl=False)
         return
     settings = load_settings()
-    for name, value in settings.masked():
-        click.echo(f"{name}={value}")
+    path, origins = setting_origins(_config_path())
+    rows = [(name, value, origins.get(name, "default")) for name, value in settings.masked()]
+    if as_json:
+        shown = {name: {"value": value, "source": source} for name, value, source in rows}
+        click.echo(json.dumps({"file": None if path is None else str(path), "settings": shown}))
+        return
+    click.echo(f"# settings file: {path or 'none'}")
+    for name, value, source in rows:
+        click.echo(f"{source:<7}  {name}={value}")
 
 
 @main.command()
@@ -56,7 +97,7 @@ def check(markdown: bool) -> None:
 )
 @click.option("--force", is_flag=True, help="Rebuild even when the assets exist.")
 def demo(ct_size: int, force: bool) -> None:
-    """Build the demo models and the demo CT series (offline, deterministic)."""
+    """Build the demo models and CT series. Offline and deterministic."""
     settings = load_settings()
     from flaskmodel.demo.build import build_demo  # noqa: PLC0415 - imports TensorFlow
 
@@ -68,7 +109,7 @@ def demo(ct_size: int, force: bool) -> None:
 @click.option("--models", default=None, help="Comma-separated models to serve (default: all).")
 @click.option("--name", default=None, help="Celery node name (default: worker.node_name).")
 def worker(models: str | None, name: str | None) -> None:
-    """Run a Celery worker (models load in each pool process after fork)."""
+    """Run a Celery worker. The models load in each pool process after fork."""
     # Slices are decoded and resized by numpy in two threads beside TensorFlow's own pools; a
     # multi-threaded BLAS inside them oversubscribes the cores (series jobs ran 25 % slower).
     # Set before numpy is first imported, below.
@@ -104,7 +145,7 @@ def worker(models: str | None, name: str | None) -> None:
     help="Serve STOW-RS on this unix socket (default: dicom.http_host:dicom.http_port).",
 )
 def dicom(port: int | None, ae_title: str | None, http_socket: Path | None) -> None:
-    """Run the DICOM front door: Storage SCP, STOW-RS, complete series routed to jobs."""
+    """Run the DICOM front door. Storage SCP and STOW-RS; complete series become jobs."""
     settings = load_settings()
     chosen = {"port": port, "ae_title": ae_title}
     update = {k: v for k, v in chosen.items() if v is not None}
@@ -142,7 +183,7 @@ def dicom(port: int | None, ae_title: str | None, http_socket: Path | None) -> N
     help="A line per request on stdout; off behind an nginx that logs every request itself.",
 )
 def serve(host: str | None, port: int | None, workers: int | None, access_log: bool) -> None:
-    """Run the web tier: gunicorn, gevent workers, the packaged gunicorn config."""
+    """Run the web tier. Gunicorn, gevent workers, the packaged gunicorn config."""
     settings = load_settings()
     try:
         settings.redis_url()
@@ -158,7 +199,7 @@ def serve(host: str | None, port: int | None, workers: int | None, access_log: b
 @main.command()
 @click.option("--port", type=int, default=None, help="Public port (default: web.port).")
 def up(port: int | None) -> None:
-    """Start the whole stack (redis, worker, gunicorn, nginx) in the foreground."""
+    """Run the whole stack in the foreground. Redis, worker, front door, gunicorn, nginx."""
     settings = load_settings()
     configure(settings)
     from flaskmodel.demo.samples import sample_requests  # noqa: PLC0415
@@ -169,72 +210,135 @@ def up(port: int | None) -> None:
 
 
 @main.command()
-@click.argument("series_uid")
-@click.option("--model", default=None, help="Model name (default: series.default_model).")
-@click.option("--start", type=int, default=None, help="First slice (sorted order, inclusive).")
-@click.option("--stop", type=int, default=None, help="End slice (exclusive).")
-@click.option("--wait", "wait_", is_flag=True, help="Show progress, then the per-slice table.")
-@click.option("--url", default=None, help="Server URL (default: http://web.host:web.port).")
-@API_KEY_OPTION
+@click.argument("series_uid", required=False)
+@click.option(
+    "--inputs",
+    "inputs_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A tensor job instead: inputs from .npy, .npz or JSON (a list, "
+    '{"instances": [...]} or {"inputs": ...}).',
+)
+@click.option(
+    "--model", default=None, help="Model name (series jobs default: series.default_model)."
+)
+@click.option("--model-version", type=click.IntRange(min=1), default=None, help="Model version.")
+@click.option(
+    "--priority", type=click.IntRange(1, 10), default=None, help="1 (highest) … 10 (lowest)."
+)
+@click.option("--start", type=int, default=None, help="Series: first slice (sorted, inclusive).")
+@click.option("--stop", type=int, default=None, help="Series: end slice (exclusive).")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the job, then print its result.")
+@API_OPTIONS
 def submit(
-    series_uid: str,
+    series_uid: str | None,
+    inputs_file: Path | None,
     model: str | None,
+    model_version: int | None,
+    priority: int | None,
     start: int | None,
     stop: int | None,
     wait_: bool,
+    as_json: bool,
     url: str | None,
     api_key: str | None,
 ) -> None:
-    """Submit a DICOM series job and print its id (and, with --wait, its result)."""
-    settings = load_settings()
-    client = Client(url or f"http://{settings.web.host}:{settings.web.port}", api_key=api_key)
+    """Submit a series or tensor job; print its id.
+
+    A series job names SERIES_UID; a tensor job reads --inputs FILE and needs --model. With
+    --wait, a series job shows a progress bar, then the per-slice table; a tensor job its
+    predictions. --json prints the API's answer instead: the submit's, or with --wait the
+    finished job's.
+    """
+    if (series_uid is None) == (inputs_file is None):
+        raise click.UsageError("give a SERIES_UID (series job) or --inputs FILE (tensor job)")
+    if inputs_file is not None and (model is None or start is not None or stop is not None):
+        raise click.UsageError("a tensor job needs --model and takes no --start or --stop")
+    client = _client(url, api_key)
     try:
-        job = client.submit_series(
-            series_uid, model=model or settings.series.default_model, start=start, stop=stop
-        )
-        click.echo(job["job_id"])
+        if inputs_file is not None:
+            try:
+                inputs = load_inputs(inputs_file)
+            except (OSError, ValueError) as exc:
+                raise click.ClickException(str(exc)) from exc
+            job = client.submit_tensor(
+                inputs, model=str(model), version=model_version, priority=priority
+            )
+        else:
+            job = client.submit_series(
+                str(series_uid),
+                model=model or load_settings().series.default_model,
+                start=start,
+                stop=stop,
+                version=model_version,
+                priority=priority,
+            )
         if not wait_:
+            click.echo(json.dumps(job) if as_json else job["job_id"])
             return
-        view = _wait_with_bar(client, job["job_id"])
+        if as_json or inputs_file is not None:
+            view = client.wait(job["job_id"])
+        else:
+            click.echo(job["job_id"])
+            view = _wait_with_bar(client, job["job_id"])
     except ClientError as exc:
         raise click.ClickException(exc.message) from exc
-    if view["state"] != "SUCCEEDED":
-        error = view.get("error", {})
-        raise click.ClickException(f"job {view['state']}: {error.get('message', '')}")
-    result = view["result"]
-    click.echo(
-        f"series {result['series_uid']}  model {result['model_name']} v{result['model_version']}"
-        f"  direction {result['direction']}"
-    )
-    click.echo(f"{'index':>5}  {'instance':>8}  {'z (mm)':>9}  {'label':<16} {'raw':<16} score")
-    for row in result["slices"]:
-        top = max(row["scores"])
-        number = "" if row["instance_number"] is None else row["instance_number"]
-        click.echo(
-            f"{row['index']:>5}  {number:>8}  {row['z']:>9.2f}  {row['label']:<16} "
-            f"{row['label_raw']:<16} {top:.3f}"
-        )
+    if not as_json and inputs_file is not None:
+        click.echo(job["job_id"])
+    _show_finished(view, as_json)
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the job to finish first.")
+@API_OPTIONS
+def show(job_id: str, wait_: bool, as_json: bool, url: str | None, api_key: str | None) -> None:
+    """Show a job: its state, or its result.
+
+    A finished job prints its result table (per slice, or per example); one still queued or
+    running prints its state and progress. --json prints the API's answer.
+    """
+    client = _client(url, api_key)
+    try:
+        view = client.wait(job_id) if wait_ else client.job(job_id)
+    except ClientError as exc:
+        raise click.ClickException(exc.message) from exc
+    if view["state"] not in ("QUEUED", "RUNNING"):
+        _show_finished(view, as_json)
+    elif as_json:
+        click.echo(json.dumps(view))
+    else:
+        done, total = view["progress"]["done"], view["progress"]["total"]
+        click.echo(f"{job_id}  {view['state']}  {done}/{total}")
+
+
+@main.command()
+@click.argument("job_id")
+@API_OPTIONS
+def cancel(job_id: str, as_json: bool, url: str | None, api_key: str | None) -> None:
+    """Cancel a queued or running job. Its queued work never runs."""
+    try:
+        view = _client(url, api_key).cancel(job_id)
+    except ClientError as exc:
+        raise click.ClickException(exc.message) from exc
+    click.echo(json.dumps(view) if as_json else f"{view['job_id']}  {view['state']}")
 
 
 @main.command()
 @click.option("--limit", default=20, show_default=True, help="How many of the newest jobs.")
-@click.option("--url", default=None, help="Server URL (default: http://web.host:web.port).")
-@API_KEY_OPTION
-def jobs(limit: int, url: str | None, api_key: str | None) -> None:
-    """List recent jobs with their state and progress."""
-    settings = load_settings()
-    client = Client(url or f"http://{settings.web.host}:{settings.web.port}", api_key=api_key)
+@API_OPTIONS
+def jobs(limit: int, as_json: bool, url: str | None, api_key: str | None) -> None:
+    """List the newest jobs, state and progress."""
+    client = _client(url, api_key)
     try:
+        if as_json:
+            click.echo(json.dumps(client.jobs_page(limit)))
+            return
         views = client.jobs(limit)
     except ClientError as exc:
         raise click.ClickException(exc.message) from exc
-    click.echo(f"{'job':<32}  {'kind':<6}  {'model':<16} {'state':<10} {'progress':>9}  created")
-    for view in views:
-        progress = f"{view['progress']['done']}/{view['progress']['total']}"
-        click.echo(
-            f"{view['job_id']:<32}  {view['kind']:<6}  {view['model']:<16} {view['state']:<10} "
-            f"{progress:>9}  {view['created_at']}"
-        )
+    for line in jobs_table(views):
+        click.echo(line)
 
 
 def _wait_with_bar(client: Client, job_id: str) -> dict[str, Any]:
@@ -249,6 +353,19 @@ def _wait_with_bar(client: Client, job_id: str) -> dict[str, Any]:
         return client.wait(job_id, on_progress=show)
 
 
+def _show_finished(view: dict[str, Any], as_json: bool) -> None:
+    """A finished job: as JSON, or its result table; an error exit unless it SUCCEEDED."""
+    if as_json:
+        click.echo(json.dumps(view))
+    if view["state"] != "SUCCEEDED":
+        error = view.get("error") or {}
+        raise click.ClickException(f"job {view['state']}: {error.get('message', '')}")
+    if as_json:
+        return
+    for line in result_table(view):
+        click.echo(line)
+
+
 @main.command()
 @click.option("--quick", is_flag=True, help="Fewer cells, shorter runs (under 3 minutes).")
 @click.option(
@@ -260,7 +377,7 @@ def _wait_with_bar(client: Client, job_id: str) -> dict[str, Any]:
     help="Where the benchmark models, stack and report go.",
 )
 def bench(quick: bool, out_dir: Path) -> None:
-    """Benchmark: in-process limits, then the real stack under wrk; writes a Markdown report."""
+    """Benchmark the models and the stack. Writes a Markdown report."""
     from flaskmodel.bench.run import run_bench  # noqa: PLC0415 - imports TensorFlow
 
     path = run_bench(out_dir, quick=quick, say=click.echo)
@@ -275,7 +392,7 @@ def deploy() -> None:
 @deploy.command("render")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 def deploy_render(out_dir: Path) -> None:
-    """Write the supervisor program file and nginx site for this host's settings."""
+    """Write the supervisor and nginx files. For this host's settings."""
     from flaskmodel.deploy.supervisor_conf import render_deploy  # noqa: PLC0415
 
     for path in render_deploy(load_settings(), out_dir):

@@ -1,16 +1,16 @@
-"""A small HTTP client for FlaskModel's job API (stdlib only; used by the CLI)."""
+"""A small HTTP client for FlaskModel's job API (stdlib only; used by the CLI), the tensor job
+inputs it reads from files (``load_inputs``: JSON, or numpy's ``.npy``/``.npz``) and the tables
+the CLI shows its answers in (``jobs_table``, ``result_table``)."""
 
 from __future__ import annotations
 
 import json
-import logging
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
@@ -68,17 +68,40 @@ class Client:
         return result
 
     def submit_series(
-        self, series_uid: str, *, model: str, start: int | None = None, stop: int | None = None
+        self,
+        series_uid: str,
+        *,
+        model: str,
+        start: int | None = None,
+        stop: int | None = None,
+        version: int | None = None,
+        priority: int | None = None,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": model, "series_uid": series_uid}
         if start is not None or stop is not None:
             payload["slices"] = {"start": start, "stop": stop}
-        return self.submit(payload)
+        return self.submit(_with_options(payload, version=version, priority=priority))
+
+    def submit_tensor(
+        self,
+        inputs: list[Any] | dict[str, Any],
+        *,
+        model: str,
+        version: int | None = None,
+        priority: int | None = None,
+    ) -> dict[str, Any]:
+        """A tensor job: ``inputs`` as ``POST /v1/jobs`` takes them (rows, or columns by name)."""
+        payload: dict[str, Any] = {"model": model, "inputs": inputs}
+        return self.submit(_with_options(payload, version=version, priority=priority))
 
     def jobs(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest jobs, newest first (no results)."""
+        return list(self.jobs_page(limit)["jobs"])
+
+    def jobs_page(self, limit: int = 20) -> dict[str, Any]:
+        """``GET /v1/jobs``'s answer as it is: ``{"jobs": [...]}``."""
         body: dict[str, Any] = self._call("GET", f"/v1/jobs?limit={limit}")
-        return list(body["jobs"])
+        return body
 
     def job(self, job_id: str, *, wait: float = 0.0) -> dict[str, Any]:
         """The job; with ``wait``, the server holds the answer up to that many seconds until
@@ -121,3 +144,120 @@ class Client:
                 raise ClientError(0, f"job {job_id} still {view['state']} after {timeout} s")
             if not hold:
                 time.sleep(poll)
+
+
+def _with_options(payload: dict[str, Any], **options: int | None) -> dict[str, Any]:
+    return {**payload, **{k: v for k, v in options.items() if v is not None}}
+
+
+def load_inputs(path: Path) -> list[Any] | dict[str, Any]:
+    """A tensor job's ``inputs`` from a file; ValueError says what is wrong with it.
+
+    - ``.npy``: one array, examples along its first axis (rows);
+    - ``.npz``: one array per input name (columns);
+    - anything else is JSON: a list of examples, ``{"instances": [...]}`` (a TensorFlow Serving
+      predict body, rows) or ``{"inputs": ...}`` (rows, or columns by input name).
+    """
+    if path.suffix in (".npy", ".npz"):
+        return _numpy_inputs(path)
+    try:
+        body = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path} is not JSON: {exc}") from exc
+    if isinstance(body, list):
+        return body
+    rows = body.get("instances") if isinstance(body, dict) and len(body) == 1 else None
+    if isinstance(rows, list):
+        return rows
+    given = body.get("inputs") if isinstance(body, dict) and len(body) == 1 else None
+    if isinstance(given, list | dict):
+        return given
+    raise ValueError(
+        f'{path}: expected a list of examples, {{"instances": [...]}} or {{"inputs": ...}}'
+    )
+
+
+def _numpy_inputs(path: Path) -> list[Any] | dict[str, Any]:
+    import numpy as np  # noqa: PLC0415 - only this file format needs it
+
+    try:
+        # Never pickle: a file that asks for it could run code.
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a numpy file: {exc}") from exc
+    if isinstance(loaded, np.ndarray):
+        return _rows(path, loaded)
+    with loaded:
+        return {name: _rows(path, loaded[name], name) for name in loaded.files}
+
+
+def _rows(path: Path, array: Any, name: str = "") -> list[Any]:
+    import numpy as np  # noqa: PLC0415
+
+    where = f"{path}{f' [{name}]' if name else ''}"
+    if array.ndim == 0:
+        raise ValueError(f"{where}: a scalar; examples go along the first axis")
+    if array.dtype.kind not in "biufU":
+        raise ValueError(f"{where}: dtype {array.dtype} does not travel as JSON")
+    if array.dtype.kind == "f" and not bool(np.isfinite(array).all()):
+        raise ValueError(f"{where}: holds NaN or infinity, which JSON cannot carry")
+    rows: list[Any] = array.tolist()
+    return rows
+
+
+def jobs_table(views: list[dict[str, Any]]) -> list[str]:
+    """The lines of a table of jobs: id, kind, model, state, progress, created."""
+    lines = [f"{'job':<32}  {'kind':<6}  {'model':<16} {'state':<10} {'progress':>9}  created"]
+    for view in views:
+        progress = f"{view['progress']['done']}/{view['progress']['total']}"
+        lines.append(
+            f"{view['job_id']:<32}  {view['kind']:<6}  {view['model']:<16} {view['state']:<10} "
+            f"{progress:>9}  {view['created_at']}"
+        )
+    return lines
+
+
+def result_table(view: dict[str, Any]) -> list[str]:
+    """The lines of a succeeded job's result: a series job's per-slice table, a tensor job's
+    predictions (one row per example) or outputs (one row per output)."""
+    result: dict[str, Any] = view["result"]
+    if view["kind"] == "series":
+        return _series_table(result)
+    lines = [f"model {result['model_name']} v{result['model_version']}"]
+    if "predictions" in result:
+        lines.append(f"{'index':>5}  prediction")
+        lines += [f"{i:>5}  {_brief(row)}" for i, row in enumerate(result["predictions"])]
+        return lines
+    outputs = result["outputs"]  # columns; a single unnamed output is a bare list
+    named = outputs if isinstance(outputs, dict) else {"output": outputs}
+    width = max(len("output"), *(len(name) for name in named))
+    lines.append(f"{'output':<{width}}  values")
+    lines += [f"{name:<{width}}  {_brief(values)}" for name, values in named.items()]
+    return lines
+
+
+def _series_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"series {result['series_uid']}  model {result['model_name']} v{result['model_version']}"
+        f"  direction {result['direction']}",
+        f"{'index':>5}  {'instance':>8}  {'z (mm)':>9}  {'label':<16} {'raw':<16} score",
+    ]
+    for row in result["slices"]:
+        top = max(row["scores"])
+        number = "" if row["instance_number"] is None else row["instance_number"]
+        lines.append(
+            f"{row['index']:>5}  {number:>8}  {row['z']:>9.2f}  {row['label']:<16} "
+            f"{row['label_raw']:<16} {top:.3f}"
+        )
+    return lines
+
+
+def _brief(value: Any) -> str:
+    """A value of a result in a table: numbers to four significant digits (JSON has them all)."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_brief(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_brief(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)

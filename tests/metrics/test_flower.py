@@ -1,4 +1,5 @@
-"""Celery Flower monitors the real worker (events on: ``worker.send_events``)."""
+"""Celery Flower, started the documented way (``celery -A flaskmodel.worker.app flower`` with
+the settings in the environment), monitors the real worker (events on: ``worker.send_events``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 import pytest
 import requests
 
-from flaskmodel.jobs.broker import broker_url
 from tests import procs
 from tests.conftest import Stack
 from tests.metrics.conftest import run_job, tensor_job
@@ -21,10 +21,13 @@ pytestmark = pytest.mark.e2e
 def test_flower_sees_the_worker_and_its_tasks(observed_stack: Stack) -> None:
     port = procs.free_port()
     log = observed_stack.logs / "flower.log"
-    env = {**os.environ, "FLOWER_UNAUTHENTICATED_API": "true"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASKMODEL_")}
+    env.update(observed_stack.settings.env())
+    env["FLOWER_UNAUTHENTICATED_API"] = "true"
     args = [
         str(procs.VENV_BIN / "celery"),
-        f"--broker={broker_url(observed_stack.settings)}",
+        "-A",
+        "flaskmodel.worker.app",
         "flower",
         "--address=127.0.0.1",
         f"--port={port}",

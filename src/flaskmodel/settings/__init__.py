@@ -1,21 +1,34 @@
-"""FlaskModel's one typed configuration object.
+"""FlaskModel's one typed configuration object and where its values come from.
 
 Every setting comes from ``Settings``: environment variables prefixed ``FLASKMODEL_`` with nested
-sections joined by ``__`` (``FLASKMODEL_REDIS__URL``, ``FLASKMODEL_JOBS__TTL_SECONDS``). Tests build
-``Settings(...)`` directly. The configuration table of docs/configuration.md is generated from
-these fields (``make docs``, ``flaskmodel check --markdown``); a test fails when it is stale.
+sections joined by ``__`` (``FLASKMODEL_REDIS__URL``, ``FLASKMODEL_JOBS__TTL_SECONDS``), then the
+settings file (TOML, one table per section: ``[redis] url = ...``), then the defaults. The file is
+``Settings.load(config)``'s ``config``, else ``$FLASKMODEL_CONFIG`` (empty: no file), else
+``./flaskmodel.toml`` when it exists (``settings_file``); ``setting_origins`` says which source
+set each value. Child processes get ``Settings.env()``: every value, and no file to read. Tests
+build ``Settings(...)`` directly. The configuration table of docs/configuration.md is generated
+from these fields (``make docs``, ``flaskmodel check --markdown``); a test fails when it is stale.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tomllib
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_core import to_jsonable_python
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from flaskmodel.settings.dicom import DicomSettings
 from flaskmodel.settings.sections import (
@@ -53,8 +66,41 @@ __all__ = [
     "WebSettings",
     "WorkerSettings",
     "mask_url",
+    "setting_origins",
+    "settings_file",
     "settings_table",
 ]
+
+#: The environment variable naming the settings file (empty: read none).
+CONFIG_ENV = "FLASKMODEL_CONFIG"
+#: The settings file read when neither ``--config`` nor ``FLASKMODEL_CONFIG`` names one.
+DEFAULT_CONFIG = Path("flaskmodel.toml")
+
+# The file ``Settings.load(config)`` asked for, seen by ``settings_customise_sources`` (which
+# pydantic-settings calls without arguments of ours); per thread and task, never global.
+_chosen_file: ContextVar[Path | None] = ContextVar("flaskmodel_settings_file", default=None)
+
+
+def settings_file(config: Path | None = None) -> Path | None:
+    """The settings file to read: ``config``, else ``$FLASKMODEL_CONFIG`` (set but empty: none),
+    else ``./flaskmodel.toml`` when it exists, else none. A file named explicitly must exist."""
+    if config is None:
+        named = os.environ.get(CONFIG_ENV)
+        if named is None:
+            return DEFAULT_CONFIG.absolute() if DEFAULT_CONFIG.is_file() else None
+        if not named:
+            return None
+        config = Path(named)
+    if not config.is_file():
+        raise ValueError(f"settings file {config} does not exist (--config or {CONFIG_ENV})")
+    return config.absolute()
+
+
+def _file_source(settings_cls: type[BaseSettings], path: Path) -> TomlConfigSettingsSource:
+    try:
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"settings file {path} is not valid TOML: {exc}") from exc
 
 
 class Settings(BaseSettings):
@@ -66,6 +112,32 @@ class Settings(BaseSettings):
         extra="forbid",
         use_attribute_docstrings=True,
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the settings file, then the defaults (no
+        ``.env`` and no secrets directory: those are the process manager's business)."""
+        path = settings_file(_chosen_file.get())
+        if path is None:
+            return init_settings, env_settings
+        return init_settings, env_settings, _file_source(settings_cls, path)
+
+    @classmethod
+    def load(cls, config: Path | None = None) -> Settings:
+        """The settings of a command: the environment over ``config`` (else the file that
+        ``settings_file`` finds) over the defaults."""
+        token = _chosen_file.set(config)
+        try:
+            return cls()
+        finally:
+            _chosen_file.reset(token)
 
     models_root: Path = Path("var/models")
     """Model repository: `<models_root>/<model>/<version>/` holds a SavedModel."""
@@ -114,8 +186,10 @@ class Settings(BaseSettings):
         return self.redis.url
 
     def env(self) -> dict[str, str]:
-        """These settings as FLASKMODEL_* environment variables (for child processes)."""
-        out: dict[str, str] = {}
+        """These settings as FLASKMODEL_* environment variables (for child processes): every
+        value, and an empty ``FLASKMODEL_CONFIG`` so that a child reads no settings file (the
+        values of the parent's file are among these already)."""
+        out: dict[str, str] = {CONFIG_ENV: ""}
         for key, value in _flatten(self.model_dump(mode="python"), Settings):
             if value is None:
                 continue
@@ -144,6 +218,37 @@ class Settings(BaseSettings):
                 shown = "" if value is None else str(value)
             rows.append(("FLASKMODEL_" + key.upper(), shown))
         return rows
+
+
+def setting_origins(config: Path | None = None) -> tuple[Path | None, dict[str, str]]:
+    """The settings file in force, and where each value set by a source came from: ``env`` or
+    ``file`` per variable name (``FLASKMODEL_REDIS__URL``); the others are defaults. The
+    environment wins over the file, as in ``Settings.load``."""
+    path = settings_file(config)
+    origins: dict[str, str] = {}
+    if path is not None:
+        for name in _set_names(_file_source(Settings, path)(), Settings):
+            origins["FLASKMODEL_" + name.upper()] = "file"
+    for name in _set_names(EnvSettingsSource(Settings)(), Settings):
+        origins["FLASKMODEL_" + name.upper()] = "env"
+    return path, origins
+
+
+def _set_names(data: dict[str, Any], model: type[BaseModel], prefix: str = "") -> list[str]:
+    """The (``section__field``) names of the values in a source's answer; a section given whole
+    names each field in it."""
+    names: list[str] = []
+    for key, value in data.items():
+        field = model.model_fields.get(key.lower())
+        if field is None:  # not a setting: validation reports it
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, Section):
+            if isinstance(value, dict):
+                names.extend(_set_names(value, annotation, f"{prefix}{key.lower()}__"))
+            continue
+        names.append(prefix + key.lower())
+    return names
 
 
 def _json_value(value: Any) -> str:
