@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -19,6 +20,9 @@ from flaskmodel.storage.redis import connect
 from flaskmodel.storage.workers import WorkerRegistry
 from tests import databases, procs
 from tests.orthanc import Orthanc, start_orthanc, stop_orthanc
+
+# The tests read no settings file: a developer's ./flaskmodel.toml must not change what they test.
+os.environ["FLASKMODEL_CONFIG"] = ""
 
 SAMPLES = Path(__file__).parent / "data" / "dicom"
 CHEST = "tcia-lung-pet-ct-dx-A0002-chest-B40f-j2k"
