@@ -38,10 +38,6 @@ status codes once (``flaskmodel.web.errors``) and the worker records ``error_typ
 
 from __future__ import annotations
 
-import logging
-
-logger = logging.getLogger(__name__)
-
 
 class FlaskModelError(Exception):
     """Base class: ``type`` is the machine-readable name, ``status`` the HTTP status code."""

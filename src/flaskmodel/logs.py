@@ -24,8 +24,6 @@ from datetime import UTC, datetime
 
 from flaskmodel.settings import Settings
 
-logger = logging.getLogger(__name__)
-
 JOB_ID: ContextVar[str | None] = ContextVar("flaskmodel_job_id", default=None)
 # Celery's task log records name the task in these argument fields.
 _CELERY_TASK = "flaskmodel.run_job"

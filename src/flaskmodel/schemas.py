@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-logger = logging.getLogger(__name__)
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 SERIES_UID_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
@@ -117,6 +114,27 @@ class ExportState(BaseModel):
     sent_at: str | None = None
 
 
+class JobWorker(BaseModel):
+    """The worker process a delivery of a job ran on: its Celery node name, host and pid."""
+
+    node: str
+    host: str
+    pid: int
+
+
+class JobAttempt(BaseModel):
+    """One delivery of a job (of one chunk, for a series job): who started it when, and how it
+    ended (``SUCCEEDED``, ``FAILED``, ``CANCELLED``, ``handed_over`` to the next chunk, or
+    ``redelivered``: it recorded no end before the next delivery started)."""
+
+    attempt: int
+    chunk: int
+    worker: JobWorker
+    started_at: str
+    ended_at: str | None = None
+    outcome: str | None = None
+
+
 class JobView(BaseModel):
     """``GET /v1/jobs/<id>``."""
 
@@ -134,6 +152,8 @@ class JobView(BaseModel):
     result: dict[str, Any] | None = None
     error: JobError | None = None
     exports: list[ExportState] | None = None
+    worker: JobWorker | None = None
+    attempts_history: list[JobAttempt] | None = None
 
 
 class SubmitResponse(BaseModel):

@@ -102,4 +102,3 @@ def test_receiving_goes_on_through_a_redis_outage_and_the_job_runs_once_a_worker
             procs.stop(worker)
         procs.stop(dicom)
         procs.stop(redis_proc)
-

@@ -1,5 +1,5 @@
-"""Heartbeat snapshots: submits reuse a recent read of the live workers when it has their model,
-and read afresh before refusing one (404/503) or missing a version."""
+"""Heartbeat snapshots (``ModelCatalog``): submits reuse a recent read of the live workers when it
+has their model, and read afresh before refusing one (404/503) or missing a version."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import pytest
 import redis
 from celery import Celery
 
-from flaskmodel.errors import ModelNotFound
+from flaskmodel.errors import ModelNotFound, ServiceUnavailable
 from flaskmodel.jobs.store import JobStore
 from flaskmodel.jobs.submit import JobSubmitter
-from flaskmodel.schemas import WorkerHeartbeat
+from flaskmodel.schemas import JobRequest, WorkerHeartbeat
+from flaskmodel.storage.catalog import ModelCatalog
 from flaskmodel.storage.workers import WorkerRegistry
 from tests.worker.test_version_rollout import _advert
 
@@ -32,6 +33,7 @@ def _beat(registry: WorkerRegistry, worker: str, name: str, states: dict[int, st
 
 def test_a_recent_snapshot_serves_until_a_fresh_read(redis_client: redis.Redis) -> None:
     registry = WorkerRegistry(redis_client, ttl=30)
+    catalog = ModelCatalog(registry)
     name, a, b = (
         f"snap_{uuid.uuid4().hex[:8]}",
         f"test-{uuid.uuid4().hex}",
@@ -39,35 +41,61 @@ def test_a_recent_snapshot_serves_until_a_fresh_read(redis_client: redis.Redis) 
     )
     try:
         _beat(registry, a, name, {1: "AVAILABLE"})
-        first = registry.live()
+        first = catalog.live()
         _beat(registry, b, name, {1: "AVAILABLE"})
-        assert registry.live(max_age=60) is first  # read under a minute ago: reused
-        fresh = registry.live()
+        assert catalog.live(max_age=60) is first  # read under a minute ago: reused
+        fresh = catalog.live()
         assert {w.worker_id for w in fresh} - {w.worker_id for w in first} == {b}
-        assert registry.live(max_age=60) is fresh  # every read refreshes the snapshot
+        assert catalog.live(max_age=60) is fresh  # every read refreshes the snapshot
     finally:
         registry.remove(a)
         registry.remove(b)
 
 
-def test_submits_read_afresh_before_refusing(
-    redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("flaskmodel.jobs.submit.SNAPSHOT_MAX_AGE", 60.0)
+def test_lookups_read_afresh_before_refusing(redis_client: redis.Redis) -> None:
     registry = WorkerRegistry(redis_client, ttl=30)
-    submitter = JobSubmitter(cast(JobStore, None), registry, cast(Celery, None), queue="unused")
+    catalog = ModelCatalog(registry)
     old, new = f"snap_{uuid.uuid4().hex[:8]}", f"snap_{uuid.uuid4().hex[:8]}"
     a, b = f"test-{uuid.uuid4().hex}", f"test-{uuid.uuid4().hex}"
     try:
         _beat(registry, a, old, {1: "AVAILABLE"})
-        assert submitter.model(old).latest == 1  # the snapshot now holds `old` only
+        assert catalog.model(old, max_age=60).latest == 1  # the snapshot now holds `old` only
         _beat(registry, b, new, {1: "AVAILABLE"})
         _beat(registry, a, old, {1: "AVAILABLE", 2: "AVAILABLE"})
-        assert submitter.model(old).versions == [1]  # found in the snapshot: reused
-        assert submitter.model(old, 2).versions == [1, 2]  # a version it lacks: read afresh
-        assert submitter.model(new).latest == 1  # a model it lacks: read afresh
+        assert catalog.model(old, max_age=60).versions == [1]  # found in the snapshot: reused
+        assert catalog.model(old, 2, max_age=60).versions == [1, 2]  # a version it lacks: afresh
+        assert catalog.model(new, max_age=60).latest == 1  # a model it lacks: read afresh
         with pytest.raises(ModelNotFound):
-            submitter.model(f"snap_missing_{uuid.uuid4().hex[:8]}")
+            catalog.model(f"snap_missing_{uuid.uuid4().hex[:8]}", max_age=60)
     finally:
         registry.remove(a)
         registry.remove(b)
+
+
+def test_a_merged_advert_is_reused_while_the_heartbeats_are_unchanged(
+    redis_client: redis.Redis,
+) -> None:
+    registry = WorkerRegistry(redis_client, ttl=30)
+    catalog = ModelCatalog(registry)
+    name, a = f"snap_{uuid.uuid4().hex[:8]}", f"test-{uuid.uuid4().hex}"
+    try:
+        _beat(registry, a, name, {1: "AVAILABLE"})
+        first = catalog.model(name, max_age=0)
+        assert catalog.model(name, max_age=0) is first  # read again, same heartbeats: no merge
+        _beat(registry, a, name, {1: "AVAILABLE", 2: "AVAILABLE"})
+        assert catalog.model(name, max_age=0).versions == [1, 2]
+    finally:
+        registry.remove(a)
+
+
+def test_the_submitter_asks_the_catalog(redis_client: redis.Redis) -> None:
+    """A submit for a model no worker serves is refused by the catalog before any record is
+    written (404, or 503 when no worker at all is up in this database)."""
+    catalog = ModelCatalog(WorkerRegistry(redis_client, ttl=30))
+    submitter = JobSubmitter(
+        cast(JobStore, None), catalog, cast(Celery, None), queue="unused"
+    )  # neither is reached: the refusal comes first
+    missing = f"snap_missing_{uuid.uuid4().hex[:8]}"
+    with pytest.raises((ModelNotFound, ServiceUnavailable)) as refused:
+        submitter.submit(JobRequest(model=missing, inputs=[[1.0]]), idempotency_key=None)
+    assert missing in str(refused.value)

@@ -1,4 +1,4 @@
-"""JobStore against a real Redis: creation, idempotency, transitions, TTLs."""
+"""JobStore against a real Redis: creation, idempotency, transitions, TTLs, deliveries."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import pytest
 import redis
 
 from flaskmodel.errors import Conflict, JobNotFound
-from flaskmodel.jobs.store import JobStore
-from flaskmodel.schemas import JobRequest, JobState
+from flaskmodel.jobs.scripts import HISTORY_KEEP
+from flaskmodel.jobs.store import JobStore, this_process
+from flaskmodel.schemas import JobRequest, JobState, JobWorker
 
 
 @pytest.fixture
@@ -70,3 +71,58 @@ def test_unknown_job(store: JobStore) -> None:
         store.get("missing")
     assert store.start("missing") == (None, 0)
     assert store.state("missing") is None
+
+
+def test_deliveries_are_recorded_with_their_worker(store: JobStore) -> None:
+    """Each start records its worker (node, host, pid) and appends to the attempts history; a
+    delivery that never recorded an end is closed ``redelivered`` by the next, a hand-over and
+    a terminal move close the current one."""
+    first = JobWorker(node="a@host1", host="host1", pid=11)
+    second = JobWorker(node="b@host2", host="host2", pid=22)
+    job_id, *_ = store.create(JobRequest(model="m", series_uid="1.2.3"))
+    queued = store.get(job_id)
+    assert queued.worker is None and queued.attempts_history is None
+    assert store.start_chunk(job_id, 0, first) == ("run", JobState.QUEUED, 1)
+    assert store.start_chunk(job_id, 0, second) == ("run", JobState.RUNNING, 2)  # first died
+    assert store.advance(job_id, 0)
+    assert store.start_chunk(job_id, 1, first) == ("run", JobState.RUNNING, 1)
+    assert store.start_chunk(job_id, 0, first)[0] == "republish"  # not a delivery: not recorded
+    assert store.succeed(job_id, {"ok": True})
+    view = store.get(job_id)
+    assert view.worker == first
+    history = view.attempts_history
+    assert history is not None
+    assert [(a.attempt, a.chunk, a.worker, a.outcome) for a in history] == [
+        (1, 0, first, "redelivered"),
+        (2, 0, second, "handed_over"),
+        (1, 1, first, "SUCCEEDED"),
+    ]
+    assert history[0].ended_at is None  # when a lost delivery stopped is unknown
+    assert history[1].ended_at and history[1].ended_at >= history[1].started_at
+    assert history[2].ended_at == view.finished_at
+    dumped = view.model_dump(mode="json", exclude_none=True)
+    assert dumped["worker"] == {"node": "a@host1", "host": "host1", "pid": 11}
+    assert dumped["attempts_history"][0] == {
+        "attempt": 1,
+        "chunk": 0,
+        "worker": {"node": "a@host1", "host": "host1", "pid": 11},
+        "started_at": history[0].started_at,
+        "outcome": "redelivered",
+    }
+
+
+def test_the_attempts_history_is_bounded(store: JobStore) -> None:
+    job_id, *_ = store.create(request())
+    for pid in range(HISTORY_KEEP + 5):
+        store.start_chunk(job_id, 0, JobWorker(node="n@h", host="h", pid=pid))
+    assert store.cancel(job_id).state is JobState.CANCELLED
+    history = store.get(job_id).attempts_history
+    assert history is not None and len(history) == HISTORY_KEEP
+    assert [a.attempt for a in history] == list(range(6, HISTORY_KEEP + 6))  # the newest
+    assert history[-1].outcome == "CANCELLED" and history[-2].outcome == "redelivered"
+
+
+def test_a_default_delivery_names_this_process(store: JobStore) -> None:
+    job_id, *_ = store.create(request())
+    store.start(job_id)
+    assert store.get(job_id).worker == this_process()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import redis
 from flaskmodel.jobs.store import JobStore
 from flaskmodel.runtime.fake import FakeRuntime
 from flaskmodel.runtime.repository import ModelRepository
-from flaskmodel.schemas import JobRequest, JobState
+from flaskmodel.schemas import JobRequest, JobState, JobWorker
 from flaskmodel.settings import Settings
 from flaskmodel.worker.runner import JobRunner
 from tests.conftest import FAKE_SPEC, write_fake_model
@@ -95,3 +97,24 @@ def test_finished_or_cancelled_jobs_are_not_rerun(
     first = store.get(job_id)
     runner.run(job_id)  # a duplicate delivery
     assert store.get(job_id) == first
+
+
+def test_a_job_records_the_worker_that_ran_it(
+    parts: tuple[JobRunner, JobStore, ModelRepository],
+) -> None:
+    """The Celery node name as the worker expands ``worker.node_name``, the host and the pid,
+    in the record and in the attempts history, for a job run alone and in a batch."""
+    runner, store, _ = parts
+    host = socket.gethostname()
+    me = JobWorker(node=f"flaskmodel@{host}", host=host, pid=os.getpid())
+    alone, *_ = store.create(JobRequest(model="fake", inputs=[[1, 2, 3, 4]]))
+    together = [store.create(JobRequest(model="fake", inputs=[[1, 2, 3, i]]))[0] for i in range(2)]
+    runner.run(alone)
+    runner.run_many(together)
+    for job_id in (alone, *together):
+        view = store.get(job_id)
+        assert view.state is JobState.SUCCEEDED and view.worker == me
+        assert view.attempts_history is not None
+        [attempt] = view.attempts_history
+        assert (attempt.attempt, attempt.chunk, attempt.worker) == (1, 0, me)
+        assert attempt.outcome == "SUCCEEDED" and attempt.ended_at == view.finished_at

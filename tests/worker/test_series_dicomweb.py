@@ -133,6 +133,11 @@ def test_pulled_from_the_pacs_and_the_sr_sent_back_both_ways(
         exports=["pacs-dimse", "pacs-web"],
     )
     job_id, *_ = store.create(request)
+    # From submit on, the job shows every export it will make.
+    assert [(e.destination, e.state) for e in store.exports(job_id)] == [
+        ("pacs-dimse", "PENDING"),
+        ("pacs-web", "PENDING"),
+    ]
 
     runner.run(job_id)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import pydicom
 import requests
 
 from flaskmodel.demo.build import DEMO_SERIES_UID
+from flaskmodel.storage.redis import connect
+from flaskmodel.storage.workers import WorkerRegistry
 from tests.conftest import CHEST, SAMPLES, Stack
 from tests.web.test_jobs_e2e import wait_job
 
@@ -74,6 +77,16 @@ def test_real_chest_series_is_geometrically_ordered(stack: Stack, models_root: P
         "inference_seconds",
         "total_seconds",
     }
+    # Who ran it: the worker's Celery node name, host and pool process, once per chunk.
+    assert stack.settings.worker.node_name == "flaskmodel@%h"
+    host = socket.gethostname()
+    pids = {beat.pid for beat in WorkerRegistry(connect(stack.settings), ttl=3).live()}
+    assert job["worker"]["node"] == f"flaskmodel@{host}" and job["worker"]["host"] == host
+    assert job["worker"]["pid"] in pids
+    history = job["attempts_history"]
+    assert [(a["attempt"], a["chunk"]) for a in history] == [(1, i) for i in range(len(history))]
+    assert [a["outcome"] for a in history] == ["handed_over"] * (len(history) - 1) + ["SUCCEEDED"]
+    assert history[-1]["worker"] == job["worker"] and history[-1]["ended_at"] == job["finished_at"]
 
 
 def test_demo_series_via_original_routes_and_series_results(stack: Stack) -> None:

@@ -13,6 +13,7 @@ import requests
 
 from flaskmodel.schemas import ModelAdvert, ModelSpec, TensorSpec, WorkerHeartbeat
 from flaskmodel.settings import Settings
+from flaskmodel.storage.catalog import ModelCatalog
 from flaskmodel.storage.workers import WorkerRegistry
 from tests import databases
 from tests.conftest import FAKE_SPEC, redis_db, running_stack, write_fake_model
@@ -38,6 +39,7 @@ def _advert(name: str, states: dict[int, str]) -> ModelAdvert:
 
 def test_default_version_waits_for_every_worker(redis_client: redis.Redis) -> None:
     registry = WorkerRegistry(redis_client, ttl=30)
+    catalog = ModelCatalog(registry)
     name = "rollout_unit"
 
     def beat(worker: str, states: dict[int, str]) -> None:
@@ -54,13 +56,12 @@ def test_default_version_waits_for_every_worker(redis_client: redis.Redis) -> No
     try:
         beat("a", {1: "AVAILABLE", 2: "AVAILABLE"})
         beat("b", {1: "AVAILABLE", 2: "LOADING"})
-        merged = registry.model(name)
-        assert merged is not None
+        merged = catalog.model(name, max_age=0)
         assert merged.latest == 1  # b has not warmed version 2 yet
         assert merged.versions == [1, 2] and merged.states[2] == "AVAILABLE"
         beat("b", {1: "END", 2: "AVAILABLE"})
-        merged = registry.model(name)
-        assert merged is not None and merged.latest == 2
+        merged = catalog.model(name, max_age=0)
+        assert merged.latest == 2
         assert merged.states == {1: "AVAILABLE", 2: "AVAILABLE"}  # a still serves 1
     finally:
         registry.remove("test-a")

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

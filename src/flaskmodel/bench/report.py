@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import subprocess
@@ -12,8 +11,6 @@ from pathlib import Path
 
 from flaskmodel.bench.inprocess import Limit
 from flaskmodel.bench.wrk import Cell
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

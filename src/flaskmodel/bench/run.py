@@ -7,7 +7,6 @@ model before any load is applied.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import signal
@@ -30,8 +29,6 @@ from flaskmodel.bench.series import run_series_bench
 from flaskmodel.bench.wrk import JOB_SCRIPT, JOB_WAIT_SCRIPT, POST_SCRIPT, run_wrk
 from flaskmodel.deploy.processes import descendants
 from flaskmodel.deploy.stack import free_port
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

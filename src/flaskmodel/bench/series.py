@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +15,6 @@ from flaskmodel.bench.report import Row
 from flaskmodel.bench.wrk import Cell
 from flaskmodel.client import Client
 from flaskmodel.demo.build import DEMO_SERIES_UID
-
-logger = logging.getLogger(__name__)
 
 JOBS = 8
 

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 # Every script ends with this: one JSON line of the figures the report needs.
 _DONE = """

@@ -18,7 +18,6 @@ library instead, and integers keep their exact value.
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import re
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ import orjson
 import simdjson
 
 from flaskmodel.schemas import ModelSpec
-
-logger = logging.getLogger(__name__)
 
 FLOAT_DTYPES = frozenset({"float16", "float32", "float64"})
 

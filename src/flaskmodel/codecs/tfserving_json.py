@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import logging
 from typing import Any
 
 import numpy as np
@@ -18,8 +17,6 @@ import numpy as np
 from flaskmodel.codecs.fast_json import FlatTensor
 from flaskmodel.errors import InvalidInput
 from flaskmodel.schemas import ModelSpec, TensorSpec
-
-logger = logging.getLogger(__name__)
 
 STRING = "string"
 

@@ -9,7 +9,6 @@ BOOL one byte per element, BYTES a 4-byte little-endian length before each eleme
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -19,8 +18,6 @@ from flaskmodel.codecs.raw import tensor_bytes, tensor_from_bytes
 from flaskmodel.codecs.tfserving_json import STRING, check_shape, numpy_dtype
 from flaskmodel.errors import InvalidInput
 from flaskmodel.schemas import ModelSpec
-
-logger = logging.getLogger(__name__)
 
 #: V2 datatype → ``TensorSpec.dtype``.
 DATATYPES = {

@@ -4,13 +4,10 @@ mistakes (each pid is remembered with its start time)."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import time
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 
 def descendants(pid: int) -> dict[int, int]:

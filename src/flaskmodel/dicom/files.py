@@ -11,7 +11,6 @@ called through the ``pydicom`` module so tests can observe which files are opene
 
 from __future__ import annotations
 
-import logging
 import re
 import warnings
 from pathlib import Path
@@ -22,8 +21,6 @@ import pydicom
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from flaskmodel.errors import DicomReadError, InvalidSeriesId
-
-logger = logging.getLogger(__name__)
 
 # pydicom messages can be long (whole reprs); errors keep the first part only.
 _MAX_REASON = 200

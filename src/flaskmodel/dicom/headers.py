@@ -13,7 +13,6 @@ relative to the data root.
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,8 +32,6 @@ from flaskmodel.dicom.files import (
     short_reason,
 )
 from flaskmodel.errors import DicomReadError, SeriesError
-
-logger = logging.getLogger(__name__)
 
 #: Catalogue files of CD/USB exports, skipped by name without being opened: the DICOM directory,
 #: Philips' per-folder ``DIRFILE`` (which pydicom may half-read) and the export's ``VERSION``.

@@ -10,7 +10,6 @@ it returns.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -18,8 +17,6 @@ from typing import Literal
 import numpy as np
 
 from flaskmodel.errors import InvalidRequest
-
-logger = logging.getLogger(__name__)
 
 POSTPROCESSORS = ("monotonic", "smooth", "none")
 

@@ -28,7 +28,6 @@ Order of operations: window, then resize, then normalise.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Annotated, Literal, get_args
@@ -37,8 +36,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flaskmodel.errors import InvalidRequest, SeriesError
-
-logger = logging.getLogger(__name__)
 
 #: Largest accepted side of ``input_size`` (pixels); guards against absurd allocations.
 MAX_INPUT_SIDE = 4096

@@ -6,15 +6,12 @@ show a slice without the web process ever touching pydicom or TensorFlow.
 
 from __future__ import annotations
 
-import logging
 import struct
 import zlib
 
 import numpy as np
 
 from flaskmodel.dicom.preprocess import WindowSpec, apply_window, resize
-
-logger = logging.getLogger(__name__)
 
 THUMBNAIL_SIDE = 160
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"

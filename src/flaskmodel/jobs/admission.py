@@ -17,7 +17,6 @@ while no job has ended recently).
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
@@ -27,8 +26,6 @@ from redis.client import Pipeline
 from flaskmodel.errors import Overloaded
 from flaskmodel.storage.pipelines import execute, queue_script
 from flaskmodel.storage.redis import key
-
-logger = logging.getLogger(__name__)
 
 WINDOW_SECONDS = 60.0
 # No job ended within the window: the workers are stalled or just starting; ask for a while.

@@ -22,12 +22,9 @@ with threads.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-logger = logging.getLogger(__name__)
 
 # (job ids, model, priority): publishes one message carrying the jobs.
 Publish = Callable[[list[str], str, int], None]

@@ -1,36 +1,40 @@
-"""Job records in Redis: created at submit time, moved through their states atomically.
+"""``JobStore``: job records created at submit time and moved through their states atomically.
+The only writer of the job keys (``keys``); reads are ``JobRecords``, which it extends.
 
 Keys (all with the job TTL):
 
-- ``flaskmodel:job:<id>`` hash: state, kind, model, version, series_uid, request (JSON),
-  created_at/started_at/finished_at, delivered_at and worker (the current delivery and the
-  ``host:pid`` running it), done/total,
-  attempts (deliveries of the current chunk), chunk/handover (series jobs run as a sequence of
-  chunk tasks), error_type/error_message, and ``export:<destination>`` (JSON ``ExportState``)
-  per destination a series job's DICOM SR goes to.
+- ``flaskmodel:job:<id>`` hash: state, kind, model, version, series_uid, request (JSON), digest,
+  owner, created_at/started_at/finished_at, done/total, error_type/error_message;
+  delivered_at and worker (the current delivery and the worker running it, JSON ``JobWorker``:
+  Celery node, host, pid), attempts (deliveries of the current chunk), attempts_history (JSON
+  list of ``JobAttempt``: the last ``scripts.HISTORY_KEEP`` deliveries, who started each when and
+  how it ended), chunk/handover (series jobs run as a sequence of chunk tasks), the ledger
+  (``completions``: executions that reached the result write; ``result_writes``: writes that took
+  effect), and ``export:<destination>`` (JSON ``ExportState``) per destination a series job's
+  DICOM SR goes to.
 - ``flaskmodel:result:<id>`` string: the result document (JSON).
 - ``flaskmodel:idem:<key>`` string: the job id an ``Idempotency-Key`` made.
 - ``flaskmodel:jobs`` sorted set: the newest job ids by creation time (at most ``RECENT_KEEP``).
 - ``flaskmodel:jobs:owner:<key id>`` sorted set: the same per API key, when authentication is on.
+- ``flaskmodel:job:<id>:done`` list: one element pushed when the job reaches a terminal state,
+  so a caller can ``BLPOP`` on it (``Prefer: wait``) instead of polling; TTL ``DONE_TTL``.
 
 Ownership: with authentication on, a job records the id of the API key that created it
 (``owner``; never the key). Reads given an ``owner`` treat another key's job as unknown (404,
 not 403: its existence is not revealed), and idempotency keys are scoped per owner.
-- ``flaskmodel:job:<id>:done`` list: one element pushed when the job reaches a terminal state,
-  so a caller can ``BLPOP`` on it (``Prefer: wait``) instead of polling; TTL ``DONE_TTL``.
 
-State changes run as one Lua script each, so a cancel racing a finishing worker leaves exactly
-one winner, and a terminal state is never overwritten.
+State changes run as one Lua script each (``scripts``), so a cancel racing a finishing worker
+leaves exactly one winner, and a terminal state is never overwritten.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
+import os
+import socket
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -38,23 +42,34 @@ from redis.client import Pipeline
 
 from flaskmodel.errors import Conflict, InvalidRequest, JobNotFound, Overloaded
 from flaskmodel.jobs.admission import Admission
-from flaskmodel.jobs.scripts import ADVANCE, START_CHUNK, TRANSITION
-from flaskmodel.schemas import ExportState, JobError, JobRequest, JobState, JobView, Progress
+from flaskmodel.jobs.keys import (
+    RECENT,
+    done_key,
+    idem_key,
+    owner_index,
+    record_key,
+    result_key,
+)
+from flaskmodel.jobs.records import DONE_TTL, EXPORT_FIELD, JobRecords, now
+from flaskmodel.jobs.scripts import ADVANCE, HISTORY_KEEP, START_CHUNK, TRANSITION
+from flaskmodel.schemas import ExportState, JobRequest, JobState, JobView, JobWorker
 from flaskmodel.storage.pipelines import execute, queue_script
-from flaskmodel.storage.redis import key
 
-logger = logging.getLogger(__name__)
-
-# A waiter arrives within its request's lifetime; the notice need not outlive that by much.
-DONE_TTL = 600
+# ``DONE_TTL``, ``done_key`` and ``now`` are ``records``' and ``keys``', re-exported for callers.
+__all__ = [
+    "ACTIVE",
+    "DONE_TTL",
+    "RECENT_KEEP",
+    "JobStore",
+    "done_key",
+    "now",
+    "request_digest",
+    "start_reply",
+    "this_process",
+]
 
 ACTIVE = f"{JobState.QUEUED},{JobState.RUNNING}"
 
-#: Prefix of the job hash fields holding one export's state each.
-EXPORT_FIELD = "export:"
-
-# Sorted set of job ids by creation time (the jobs listing and the results viewer).
-RECENT = key("jobs")
 RECENT_KEEP = 10_000
 
 
@@ -64,34 +79,21 @@ def start_reply(reply: list[Any]) -> tuple[str, JobState | None, int]:
     return str(verdict), JobState(state) if state else None, int(attempt)
 
 
-def done_key(job_id: str) -> str:
-    """The list a job's end is announced on (``BLPOP`` it to wait without polling)."""
-    return key("job", job_id, "done")
-
-
-def owner_index(owner: str) -> str:
-    """The sorted set of one API key's jobs by creation time."""
-    return key("jobs", "owner", owner)
-
-
-def _owned(recorded: str | None, owner: str | None) -> bool:
-    return owner is None or recorded == owner
-
-
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def request_digest(request: JobRequest) -> str:
     body = request.model_dump_json(exclude_none=True)
     return hashlib.sha256(body.encode()).hexdigest()
 
 
-class JobStore:
+def this_process(node: str = "") -> JobWorker:
+    """This process as the worker of a delivery (``node``: its Celery node name)."""
+    return JobWorker(node=node, host=socket.gethostname(), pid=os.getpid())
+
+
+class JobStore(JobRecords):
     """Creates, reads and moves job records."""
 
     def __init__(self, client: redis.Redis, *, ttl: int) -> None:
-        self._redis = client
+        super().__init__(client, done_ttl=min(DONE_TTL, ttl))
         self._ttl = ttl
         self._transition = client.register_script(TRANSITION)
         self._start_chunk = client.register_script(START_CHUNK)
@@ -117,11 +119,10 @@ class JobStore:
         if idempotency_key is not None:
             if not 1 <= len(idempotency_key) <= 255 or not idempotency_key.isprintable():
                 raise InvalidRequest("Idempotency-Key must be 1-255 printable characters")
-            scoped = idempotency_key if owner is None else f"{owner}\n{idempotency_key}"
-            idem = key("idem", hashlib.sha256(scoped.encode()).hexdigest())
+            idem = idem_key(idempotency_key if owner is None else f"{owner}\n{idempotency_key}")
             if not self._redis.set(idem, job_id, nx=True, ex=self._ttl):
                 existing = self._redis.get(idem)
-                stored = self._redis.hget(key("job", str(existing)), "digest") if existing else None
+                stored = self._redis.hget(record_key(str(existing)), "digest") if existing else None
                 if existing and stored is not None:
                     if stored != digest:
                         raise Conflict("Idempotency-Key was already used for a different request")
@@ -144,11 +145,13 @@ class JobStore:
             fields["version"] = version
         if request.series_uid is not None:
             fields["series_uid"] = request.series_uid
+        for name in request.exports or []:  # the job shows every export it will make, PENDING
+            fields[f"{EXPORT_FIELD}{name}"] = ExportState(destination=name).model_dump_json()
         if owner is not None:
             fields["owner"] = owner
         pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(key("job", job_id), mapping=fields)
-        pipe.expire(key("job", job_id), self._ttl)
+        pipe.hset(record_key(job_id), mapping=fields)
+        pipe.expire(record_key(job_id), self._ttl)
         pipe.zadd(RECENT, {job_id: time.time()})
         pipe.zremrangebyrank(RECENT, 0, -RECENT_KEEP - 1)
         pipe.expire(RECENT, self._ttl)
@@ -173,112 +176,34 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         """Forget a job whose enqueue failed (the client got an error, not a job id)."""
-        self._redis.delete(key("job", job_id))
+        self._redis.delete(record_key(job_id))
 
-    def get(self, job_id: str, owner: str | None = None, *, woken_by: str | None = None) -> JobView:
-        """The job; with ``owner``, a job of another owner is not found. ``woken_by``: the end
-        notice a waiter popped from the job's done list, put back (in the same round trip) so
-        that every other waiter on the job wakes too."""
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hgetall(key("job", job_id))
-        pipe.get(key("result", job_id))
-        if woken_by is not None:
-            pipe.lpush(done_key(job_id), woken_by)
-            pipe.expire(done_key(job_id), min(DONE_TTL, self._ttl))
-        record, result, *_ = pipe.execute()
-        if not record or not _owned(record.get("owner"), owner):
-            raise JobNotFound(f"job '{job_id}' not found (unknown or expired)")
-        return self._view(job_id, record, result)
-
-    def check_owner(self, job_id: str, owner: str | None) -> None:
-        """Raise JobNotFound unless the job exists and (given ``owner``) belongs to it."""
-        if owner is None:
-            return
-        found = self._redis.hget(key("job", job_id), "owner")
-        if not _owned(None if found is None else str(found), owner):
-            raise JobNotFound(f"job '{job_id}' not found (unknown or expired)")
-
-    def recent(self, limit: int, owner: str | None = None) -> list[JobView]:
-        """The newest ``limit`` jobs still on record (of ``owner``, when given), newest first,
-        without their results."""
-        index = RECENT if owner is None else owner_index(owner)
-        ids = [str(i) for i in self._redis.zrevrange(index, 0, max(0, limit - 1))]
-        pipe = self._redis.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hgetall(key("job", job_id))
-        views = []
-        for job_id, record in zip(ids, pipe.execute(), strict=True):
-            if record:
-                views.append(self._view(job_id, record, None))
-            else:  # expired: forget it
-                self._redis.zrem(index, job_id)
-        return views
-
-    @staticmethod
-    def _view(job_id: str, record: dict[str, str], result: str | None) -> JobView:
-        error = None
-        if record.get("error_type"):
-            error = JobError(type=record["error_type"], message=record.get("error_message", ""))
-        return JobView(
-            job_id=job_id,
-            state=JobState(record["state"]),
-            kind=record["kind"],
-            model=record["model"],
-            version=int(record["version"]) if record.get("version") else None,
-            series_uid=record.get("series_uid"),
-            progress=Progress(done=int(record.get("done", 0)), total=int(record.get("total", 0))),
-            attempts=int(record.get("attempts", 0)),
-            created_at=record["created_at"],
-            started_at=record.get("started_at"),
-            finished_at=record.get("finished_at"),
-            result=json.loads(result) if result else None,
-            error=error,
-            exports=_exports(record),
-        )
-
-    def request(self, job_id: str) -> JobRequest:
-        raw = self._redis.hget(key("job", job_id), "request")
-        if raw is None:
-            raise JobNotFound(f"job '{job_id}' not found (unknown or expired)")
-        return JobRequest.model_validate_json(raw)
-
-    def state(self, job_id: str) -> JobState | None:
-        raw = self._redis.hget(key("job", job_id), "state")
-        return JobState(str(raw)) if raw else None
-
-    def running_for(self, job_id: str) -> float | None:
-        """Seconds since the job's current delivery (of its current chunk) started; None when it
-        has not started."""
-        record = key("job", job_id)
-        started = self._redis.hget(record, "delivered_at") or self._redis.hget(record, "started_at")
-        if not started:
-            return None
-        return time.time() - datetime.fromisoformat(str(started)).timestamp()
-
-    def start(self, job_id: str) -> tuple[JobState | None, int]:
-        """Mark RUNNING (again, after a redelivery); returns the state found and the attempt."""
-        at = now()
-        found = self._move(job_id, ACTIVE, JobState.RUNNING, started_at=at, delivered_at=at)
-        if found is None or found.terminal:
-            return found, 0
-        return found, int(self._redis.hincrby(key("job", job_id), "attempts", 1))
+    def start(self, job_id: str, worker: JobWorker | None = None) -> tuple[JobState | None, int]:
+        """Mark RUNNING (again, after a redelivery) as a delivery of the job's current chunk;
+        the state found and the attempt (0 when the job has ended or is unknown)."""
+        chunk = self._redis.hget(record_key(job_id), "chunk")
+        verdict, found, attempt = self.start_chunk(job_id, int(chunk or 0), worker)
+        return found, attempt if verdict == "run" else 0
 
     def start_chunk(
-        self, job_id: str, chunk: int, worker: str = ""
+        self, job_id: str, chunk: int, worker: JobWorker | None = None
     ) -> tuple[str, JobState | None, int]:
-        """A delivery of ``chunk`` to ``worker`` (``host:pid``, kept in the record): (verdict,
-        state found, attempt); see ``scripts.START_CHUNK``."""
+        """A delivery of ``chunk`` to ``worker`` (default: this process; kept in the record and
+        its attempts history): (verdict, state found, attempt); see ``scripts.START_CHUNK``."""
         return start_reply(
-            self._start_chunk(keys=[key("job", job_id)], args=self._start_args(chunk, worker))
+            self._start_chunk(keys=[record_key(job_id)], args=self._start_args(chunk, worker))
         )
 
-    def _start_args(self, chunk: int, worker: str) -> list[Any]:
-        return [chunk, now(), self._ttl, worker]
+    def _start_args(self, chunk: int, worker: JobWorker | None) -> list[Any]:
+        who = (worker or this_process()).model_dump_json()
+        return [chunk, now(), self._ttl, who, HISTORY_KEEP]
 
-    def start_in(self, pipe: Pipeline, job_id: str, chunk: int = 0, worker: str = "") -> None:
+    def start_in(
+        self, pipe: Pipeline, job_id: str, chunk: int = 0, worker: JobWorker | None = None
+    ) -> None:
         """Queue ``start_chunk`` on ``pipe`` (run it with ``execute(pipe)``; pass its reply to
         ``start_reply``)."""
-        queue_script(pipe, self._start_chunk, [key("job", job_id)], self._start_args(chunk, worker))
+        queue_script(pipe, self._start_chunk, [record_key(job_id)], self._start_args(chunk, worker))
 
     def execute(self, pipe: Pipeline) -> list[Any]:
         """Run a pipeline holding this store's script calls (``start_in``, ``move_in``)."""
@@ -286,29 +211,35 @@ class JobStore:
 
     def advance(self, job_id: str, chunk: int) -> bool:
         """Move the job from ``chunk`` to the next; False when another delivery already did."""
-        return bool(self._advance(keys=[key("job", job_id)], args=[chunk]))
+        return bool(self._advance(keys=[record_key(job_id)], args=[chunk, now()]))
 
     def handed_over(self, job_id: str) -> None:
         """The next chunk's message is published: the hand-over is complete."""
-        self._redis.hdel(key("job", job_id), "handover")
+        self._redis.hdel(record_key(job_id), "handover")
 
     def set_progress(self, job_id: str, done: int, total: int) -> None:
-        self._redis.hset(key("job", job_id), mapping={"done": done, "total": total})
-
-    def exports(self, job_id: str) -> list[ExportState]:
-        """Where the job's DICOM SR goes and how far each export got (request order)."""
-        record = self._redis.hgetall(key("job", job_id))
-        return _exports({str(k): str(v) for k, v in record.items()}) or []
+        self._redis.hset(record_key(job_id), mapping={"done": done, "total": total})
 
     def set_export(self, job_id: str, export: ExportState) -> None:
         """Record one export's state (one field per destination: concurrent writers of other
         destinations never lose each other's updates)."""
         self._redis.hset(
-            key("job", job_id), f"{EXPORT_FIELD}{export.destination}", export.model_dump_json()
+            record_key(job_id), f"{EXPORT_FIELD}{export.destination}", export.model_dump_json()
         )
 
     def set_version(self, job_id: str, version: int) -> None:
-        self._redis.hset(key("job", job_id), "version", version)
+        self._redis.hset(record_key(job_id), "version", version)
+
+    def completed(self, job_id: str) -> None:
+        """Count an execution that reached its result write (the ``completions`` ledger)."""
+        pipe = self._redis.pipeline(transaction=True)
+        self.completed_in(pipe, job_id)
+        pipe.execute()
+
+    def completed_in(self, pipe: Pipeline, job_id: str) -> None:
+        """Queue ``completed`` on ``pipe``."""
+        pipe.hincrby(record_key(job_id), "completions", 1)
+        pipe.expire(record_key(job_id), self._ttl)
 
     def succeed(self, job_id: str, result: dict[str, Any]) -> bool:
         """Store the result and mark SUCCEEDED; False when the job was cancelled meanwhile."""
@@ -359,21 +290,7 @@ class JobStore:
     def _move_args(
         self, job_id: str, allowed: str, new: JobState, result: str, fields: dict[str, Any]
     ) -> tuple[list[str], list[Any]]:
-        args: list[Any] = [allowed, new.value, self._ttl, result, min(DONE_TTL, self._ttl)]
+        args: list[Any] = [allowed, new.value, self._ttl, result, self._done_ttl]
         for name, value in fields.items():
             args.extend([name, value])
-        return [key("job", job_id), key("result", job_id), done_key(job_id)], args
-
-
-def _exports(record: dict[str, str]) -> list[ExportState] | None:
-    """The export states in a job record, in the order the request named the destinations."""
-    found = {
-        name.removeprefix(EXPORT_FIELD): ExportState.model_validate_json(value)
-        for name, value in record.items()
-        if name.startswith(EXPORT_FIELD)
-    }
-    if not found:
-        return None
-    order = JobRequest.model_validate_json(record["request"]).exports or []
-    ranked = {name: i for i, name in enumerate(order)}
-    return sorted(found.values(), key=lambda e: ranked.get(e.destination, len(ranked)))
+        return [record_key(job_id), result_key(job_id), done_key(job_id)], args

@@ -1,7 +1,8 @@
 """``JobSubmitter``: admits a job request, records it, and publishes it to the workers.
 
-Checks first what the web tier can know without TensorFlow: that a live worker serves the model
-(503 otherwise, never a job that waits forever), that the version exists, and for tensor jobs that
+Checks first what the web tier can know without TensorFlow (from the ``ModelCatalog``): that a
+live worker serves the model (503 otherwise, never a job that waits forever), that the version
+exists, and for tensor jobs that
 the inputs match the signature the workers advertise (400). Then admission control counts the
 job against its model's bound of unfinished jobs (429 + Retry-After past it; ``Admission``). A
 publish that fails (broker down) removes the record again and answers 503, so a client never holds
@@ -26,15 +27,12 @@ from flaskmodel.jobs.store import JobStore
 from flaskmodel.logs import set_job_id
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
-from flaskmodel.schemas import JobRequest, JobView, ModelAdvert
+from flaskmodel.schemas import JobRequest, JobView
 from flaskmodel.settings import DicomSettings, Settings
+from flaskmodel.storage.catalog import ModelCatalog
 from flaskmodel.storage.workers import WorkerRegistry
 
 logger = logging.getLogger(__name__)
-
-# Seconds a heartbeat snapshot serves submits that find their model in it (heartbeats change at
-# heartbeat pace; reading them was a tenth of the web tier's time per job).
-SNAPSHOT_MAX_AGE = 0.1
 
 
 class JobSubmitter:
@@ -43,7 +41,7 @@ class JobSubmitter:
     def __init__(
         self,
         jobs: JobStore,
-        workers: WorkerRegistry,
+        catalog: ModelCatalog,
         celery: Celery,
         *,
         queue: str,
@@ -55,7 +53,7 @@ class JobSubmitter:
     ) -> None:
         self._jobs = jobs
         self._dicom = dicom or DicomSettings()
-        self._workers = workers
+        self._catalog = catalog
         self._celery = celery
         self._queue = queue
         self._admission = admission  # None: no bound (unit tests of the other checks)
@@ -70,34 +68,14 @@ class JobSubmitter:
         else:
             publish_jobs(self._celery, job_ids, model, queue=self._queue, priority=priority)
 
-    def model(self, name: str, version: int | None = None) -> ModelAdvert:
-        """The model as the live workers serve it; 404 if unknown, 503 if no worker is up.
-
-        A snapshot of the heartbeats up to ``SNAPSHOT_MAX_AGE`` old will do when it has the
-        model (and ``version``, if given); a refusal is decided on a fresh read."""
-        live = self._workers.live(max_age=SNAPSHOT_MAX_AGE)
-        advert = self._workers.model(name, live)
-        if advert is None or (version is not None and version not in advert.specs):
-            live = self._workers.live()  # one snapshot: heartbeats come and go between reads
-            advert = self._workers.model(name, live)
-        if advert is not None:
-            return advert
-        if not any(w.ready for w in live):
-            raise ServiceUnavailable(
-                f"no ready worker serves model '{name}' (workers up: {len(live)})", retry_after=5
-            )
-        failed = [w.errors[name] for w in live if name in w.errors]
-        if failed:
-            raise ServiceUnavailable(f"model '{name}' failed to load: {failed[0]}", retry_after=30)
-        raise ModelNotFound(f"model '{name}' not found")
-
     def submit(
         self, request: JobRequest, *, idempotency_key: str | None, owner: str | None = None
     ) -> tuple[str, bool]:
         """The job id, and True when it was created now (False: an idempotent repeat).
         ``owner``: the API key id the job is recorded under (None: authentication off)."""
         self._check_endpoints(request)
-        advert = self.model(request.model, request.version)
+        # A snapshot of the adverts up to 0.1 s old when it has the model (``JOB_MAX_AGE``).
+        advert = self._catalog.model(request.model, request.version)
         version = request.version or advert.latest
         if version not in advert.specs:
             raise ModelNotFound(
@@ -171,12 +149,25 @@ class JobSubmitter:
             logger.warning("could not remove unpublished job %s", job_id)
 
 
-def build_submitter(settings: Settings, client: redis.Redis, celery: Celery) -> JobSubmitter:
+def build_catalog(settings: Settings, client: redis.Redis) -> ModelCatalog:
+    """The process's one cache of the workers' model adverts."""
+    return ModelCatalog(WorkerRegistry(client, ttl=settings.worker.heartbeat_seconds * 3))
+
+
+def build_submitter(
+    settings: Settings,
+    client: redis.Redis,
+    celery: Celery,
+    *,
+    jobs: JobStore | None = None,
+    catalog: ModelCatalog | None = None,
+) -> JobSubmitter:
     """The submitter a process that takes jobs uses (the web tier, the DICOM front door), wired
-    from settings: the model's worker adverts, admission bound and tensor-job publisher."""
+    from settings: the job store and model catalog (given, when the process shares them with
+    other services), admission bound and tensor-job publisher."""
     return JobSubmitter(
-        JobStore(client, ttl=settings.jobs.ttl_seconds),
-        WorkerRegistry(client, ttl=settings.worker.heartbeat_seconds * 3),
+        jobs or JobStore(client, ttl=settings.jobs.ttl_seconds),
+        catalog or build_catalog(settings, client),
         celery,
         queue=settings.worker.queue,
         admission=Admission(

@@ -7,11 +7,8 @@ gauges are computed from Redis when ``/metrics`` is scraped (``exposition``).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Literal
-
-logger = logging.getLogger(__name__)
 
 Kind = Literal["counter", "histogram", "gauge"]
 

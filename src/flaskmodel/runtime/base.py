@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Protocol
 
 import numpy as np
 
 from flaskmodel.codecs.tfserving_json import numpy_dtype
 from flaskmodel.schemas import ModelSpec
-
-logger = logging.getLogger(__name__)
 
 
 class ModelRuntime(Protocol):

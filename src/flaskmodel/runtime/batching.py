@@ -7,14 +7,11 @@ dimension after the first (the batch dimension): ``batch_key`` names that signat
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from flaskmodel.errors import InternalError, InvalidInput
-
-logger = logging.getLogger(__name__)
 
 BatchKey = tuple[tuple[str, str, tuple[int, ...]], ...]
 

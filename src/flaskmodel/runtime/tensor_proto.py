@@ -7,7 +7,6 @@ filled with a single value. Strings are ``string_val`` entries, decoded to objec
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -15,8 +14,6 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from flaskmodel.codecs.tfserving_json import FROM_TF_DTYPES, STRING, TF_DTYPES
 from flaskmodel.errors import InternalError, InvalidInput
-
-logger = logging.getLogger(__name__)
 
 # Which repeated field holds the values of a dtype when ``tensor_content`` is empty.
 _VALUE_FIELDS = {

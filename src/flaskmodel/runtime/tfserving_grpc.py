@@ -13,7 +13,6 @@ hub instead of blocking it. Status codes map onto the error tree: ``UNAVAILABLE`
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from typing import Any
@@ -42,8 +41,6 @@ from flaskmodel.errors import (
 from flaskmodel.runtime.remote import RemoteRuntime
 from flaskmodel.runtime.tensor_proto import from_tensor_proto, to_tensor_proto
 from flaskmodel.schemas import ModelSpec, TensorSpec
-
-logger = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
 # Largest message either way (TF Serving's own default is 2 GiB - 1 for its server).

@@ -11,7 +11,6 @@ error tree: 400 → ``InvalidInput``, 404 → ``ModelNotFound``, unreachable or 
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import numpy as np
@@ -28,8 +27,6 @@ from flaskmodel.errors import (
 )
 from flaskmodel.runtime.remote import RemoteRuntime
 from flaskmodel.schemas import ModelSpec, TensorSpec
-
-logger = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
 

@@ -11,15 +11,12 @@ says there may be data, redis-py's own check runs as before.
 
 from __future__ import annotations
 
-import logging
 import select
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import redis
-
-logger = logging.getLogger(__name__)
 
 _classes: dict[type[redis.connection.AbstractConnection], type[Any]] = {}
 _real_poll: Callable[[], Any] | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import re
 from typing import Any
 
@@ -11,8 +10,6 @@ import redis
 
 from flaskmodel.errors import InvalidRequest, KeyNotFound, PayloadTooLarge
 from flaskmodel.storage.redis import key
-
-logger = logging.getLogger(__name__)
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,199}$")
 # Redis refuses an expiry past its clock's range ("invalid expire time"); ten years is plenty.

@@ -7,7 +7,6 @@ find the new one after a failover (redis-py's ``Sentinel.master_for``).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -16,8 +15,6 @@ from redis.sentinel import Sentinel
 
 from flaskmodel.settings import Settings
 from flaskmodel.storage.idle_check import use_quick_check
-
-logger = logging.getLogger(__name__)
 
 NAMESPACE = "flaskmodel:"
 
@@ -96,5 +93,5 @@ def _password(settings: Settings) -> str | None:
 
 
 def key(*parts: str) -> str:
-    """A namespaced key: ``key("job", id)`` -> ``flaskmodel:job:<id>``."""
+    """A namespaced key: ``key("kv", name)`` -> ``flaskmodel:kv:<name>``."""
     return NAMESPACE + ":".join(parts)

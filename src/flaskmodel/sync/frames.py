@@ -11,16 +11,12 @@ The frames themselves are ``flaskmodel.codecs.raw``'s.
 
 from __future__ import annotations
 
-import logging
-
 import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
 from flaskmodel.storage.pipelines import queue_script
 from flaskmodel.storage.redis import key
-
-logger = logging.getLogger(__name__)
 
 
 def sync_queue_key(model: str) -> str:

@@ -1,15 +1,15 @@
 """``SyncPredictor``: the web side of synchronous calls (TF Serving ``:predict``, V2 ``infer``).
 
-Resolves the model and version from what the ready workers advertise (404 unknown, 503 when no
-worker serves it), sends one request frame to ``flaskmodel:sync:<model>`` through the process's
-``SyncChannel`` and waits for its reply until the deadline. Under gevent the wait blocks only the
-request's greenlet; no polling. A deadline that passes is a 504; the worker drops the request if
-it has not started it.
+Resolves the model and version from what the ready workers advertise (the process's
+``ModelCatalog``, at most ``CALL_MAX_AGE`` old: 404 unknown, 503 when no worker serves it, both
+decided on a fresh read), sends one request frame to ``flaskmodel:sync:<model>`` through the
+process's ``SyncChannel`` and waits for its reply until the deadline. Under gevent the wait
+blocks only the request's greenlet; no polling. A deadline that passes is a 504; the worker
+drops the request if it has not started it.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
@@ -18,70 +18,45 @@ import redis
 
 from flaskmodel.codecs import raw
 from flaskmodel.errors import DeadlineExceeded, ModelNotFound, error_class
-from flaskmodel.jobs.store import done_key
-from flaskmodel.jobs.submit import JobSubmitter
+from flaskmodel.jobs.records import JobRecords
 from flaskmodel.schemas import ModelAdvert, ModelSpec
 from flaskmodel.settings import BatchingSettings
+from flaskmodel.storage.catalog import CALL_MAX_AGE, ModelCatalog
 from flaskmodel.sync import frames
 from flaskmodel.sync.channel import SyncChannel
-
-logger = logging.getLogger(__name__)
 
 # Redis answers BLPOP timeouts on its own clock (about 0.1 s granularity); never ask for 0,
 # which would mean "forever".
 _MIN_WAIT = 0.001
-# Reading and parsing every heartbeat per call cost more than the model; adverts change at
-# heartbeat pace anyway, so each web process reuses what it read for this long.
-ADVERT_CACHE_SECONDS = 1.0
 
 
 class SyncPredictor:
     """Sends validated tensors to the workers and waits for their outputs."""
 
     def __init__(
-        self, client: redis.Redis, submitter: JobSubmitter, settings: BatchingSettings
+        self, client: redis.Redis, catalog: ModelCatalog, settings: BatchingSettings
     ) -> None:
-        self._redis = client
-        self._submitter = submitter
+        self._catalog = catalog
         self._settings = settings
-        self._adverts: dict[str, tuple[float, ModelAdvert]] = {}
-        self._refreshing: set[str] = set()
+        # Job waits block on this process's blocking client (no socket timeout of the web tier's).
+        self._ends = JobRecords(client)
         self._channel = SyncChannel(client, queue_ttl=int(settings.max_timeout_seconds) + 1)
 
     def model(
         self, name: str, version: int | None = None, label: str | None = None
     ) -> tuple[ModelAdvert, ModelSpec]:
         """The model as advertised and the spec of the requested (or default) version."""
-        advert = self.advert(name)
-        if label is not None:
-            if label not in advert.version_labels:
-                known = sorted(advert.version_labels) or "none"
-                raise ModelNotFound(
-                    f"model '{name}' has no version label '{label}' (labels: {known})"
-                )
-            version = advert.version_labels[label]
-        resolved = advert.latest if version is None else version
-        if resolved not in advert.specs:
-            raise ModelNotFound(f"model '{name}' has no version {resolved} (has {advert.versions})")
-        return advert, advert.specs[resolved]
+        advert = self._catalog.model(name, version, max_age=CALL_MAX_AGE)
+        try:
+            return advert, _spec(advert, version, label)
+        except ModelNotFound:
+            advert = self._catalog.model(name, version, max_age=0)  # refused on a fresh read
+            return advert, _spec(advert, version, label)
 
     def advert(self, name: str) -> ModelAdvert:
-        """The model as the ready workers advertise it (cached briefly); 404 / 503 otherwise.
-
-        One caller refreshes an expired entry while the others keep using it: under load,
-        hundreds of requests finding it expired at once would otherwise all read every heartbeat
-        together, and the slowest of those reads would miss the web tier's Redis timeout.
-        """
-        cached = self._adverts.get(name)
-        if cached is not None and (cached[0] > time.monotonic() or name in self._refreshing):
-            return cached[1]
-        self._refreshing.add(name)
-        try:
-            advert = self._submitter.model(name)  # 404 / 503 are never cached
-        finally:
-            self._refreshing.discard(name)
-        self._adverts[name] = (time.monotonic() + ADVERT_CACHE_SECONDS, advert)
-        return advert
+        """The model as the ready workers advertise it (at most ``CALL_MAX_AGE`` old); 404 / 503
+        otherwise (decided on a fresh read)."""
+        return self._catalog.model(name, max_age=CALL_MAX_AGE)
 
     def timeout(self, requested: float | None = None) -> float:
         """Seconds a call may take: ``requested`` (capped) or the configured default."""
@@ -130,5 +105,18 @@ class SyncPredictor:
         """Block until job ``job_id`` reaches a terminal state or ``timeout`` passes; the end
         notice popped (give it back with ``JobStore.get(woken_by=...)``), or None."""
         budget = min(max(timeout, _MIN_WAIT), self._settings.max_timeout_seconds)
-        popped = self._redis.blpop([done_key(job_id)], timeout=budget)
-        return None if popped is None else str(popped[1])
+        return self._ends.wait_end(job_id, budget)
+
+
+def _spec(advert: ModelAdvert, version: int | None, label: str | None) -> ModelSpec:
+    """The spec of the version ``label`` names, or ``version``, or the default one."""
+    name = advert.name
+    if label is not None:
+        if label not in advert.version_labels:
+            known = sorted(advert.version_labels) or "none"
+            raise ModelNotFound(f"model '{name}' has no version label '{label}' (labels: {known})")
+        version = advert.version_labels[label]
+    resolved = advert.latest if version is None else version
+    if resolved not in advert.specs:
+        raise ModelNotFound(f"model '{name}' has no version {resolved} (has {advert.versions})")
+    return advert.specs[resolved]

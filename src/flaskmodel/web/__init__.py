@@ -9,8 +9,6 @@ proves it.
 
 from __future__ import annotations
 
-import logging
-
 from flask import Flask
 
 from flaskmodel.logs import configure_once
@@ -20,8 +18,6 @@ from flaskmodel.web.fast_routes import FastRoutes
 from flaskmodel.web.json_provider import FastJSONProvider
 from flaskmodel.web.routes import RouteRule
 from flaskmodel.web.services import build_services
-
-logger = logging.getLogger(__name__)
 
 
 class App(Flask):

@@ -9,7 +9,6 @@ one pipeline per scrape.
 from __future__ import annotations
 
 import json
-import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,22 +24,16 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from flaskmodel.jobs.broker import model_queue
-from flaskmodel.jobs.store import RECENT
+from flaskmodel.jobs.records import JobRecords
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.catalogue import BY_NAME
 from flaskmodel.metrics.recorder import METRICS_KEY
-from flaskmodel.schemas import JobState
-from flaskmodel.storage.redis import key
 from flaskmodel.storage.workers import WorkerRegistry
 from flaskmodel.sync import frames
-
-logger = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # kombu's Redis transport keeps messages of priority p > 0 in "<queue>\x06\x16<p>".
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
-# Jobs-by-state reads the states of the jobs on record in chunks of this many.
-_CHUNK = 1000
 
 
 @dataclass
@@ -115,13 +108,7 @@ class _Scrape(Collector):
         return depth
 
     def _jobs(self) -> Metric:
-        counts = Counter({state.value: 0 for state in JobState})
-        ids = [str(i) for i in self._redis.zrange(RECENT, 0, -1)]
-        for first in range(0, len(ids), _CHUNK):
-            pipe = self._redis.pipeline(transaction=False)
-            for job_id in ids[first : first + _CHUNK]:
-                pipe.hget(key("job", job_id), "state")
-            counts.update(str(s) for s in pipe.execute() if s)
+        counts = JobRecords(self._redis).count_states()
         jobs = GaugeMetricFamily(catalogue.JOBS.name, catalogue.JOBS.help, labels=["state"])
         for state, count in counts.items():
             jobs.add_metric([state], count)

@@ -3,15 +3,12 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from redis import RedisError
 
 from flaskmodel.web.call import Call, Reply
 from flaskmodel.web.services import Services
-
-logger = logging.getLogger(__name__)
 
 
 def healthz(svc: Services, call: Call) -> Reply:

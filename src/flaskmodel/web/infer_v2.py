@@ -9,7 +9,6 @@ waits up to N seconds for it, answering like a synchronous call if it finished, 
 
 from __future__ import annotations
 
-import logging
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
@@ -32,8 +31,6 @@ from flaskmodel.web.body import is_whole_number, parse, parse_json, read_prefer
 from flaskmodel.web.call import Call, Raw, Reply
 from flaskmodel.web.jobs import submit_job, wait_view
 from flaskmodel.web.services import Services
-
-logger = logging.getLogger(__name__)
 
 #: Exactly the protocol extensions implemented here.
 EXTENSIONS = ["binary_tensor_data", "classification"]

@@ -4,7 +4,6 @@ worker rendered (``/v1/jobs/<id>/slices/<index>/thumbnail.png``)."""
 from __future__ import annotations
 
 import base64
-import logging
 from typing import Any
 
 from flaskmodel.errors import InvalidRequest, NotFound
@@ -13,8 +12,6 @@ from flaskmodel.storage.redis import key
 from flaskmodel.web.body import is_whole_number, parse, parse_json, read_prefer
 from flaskmodel.web.call import Call, Raw, Reply
 from flaskmodel.web.services import Services
-
-logger = logging.getLogger(__name__)
 
 
 def submit_job(svc: Services, job_request: JobRequest, call: Call) -> Reply:

@@ -11,14 +11,11 @@ Flask's provider.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import orjson
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.sansio.response import Response
-
-logger = logging.getLogger(__name__)
 
 # Dates as Flask writes them (HTTP dates, through its ``default``), not as ISO 8601.
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -15,8 +14,6 @@ from flaskmodel.storage.kv import MAX_TTL_SECONDS
 from flaskmodel.web.body import parse, parse_json
 from flaskmodel.web.call import Call, Reply
 from flaskmodel.web.services import Services
-
-logger = logging.getLogger(__name__)
 
 
 class PutValue(BaseModel):

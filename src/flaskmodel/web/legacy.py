@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flaskmodel.schemas import JobRequest, JobState
@@ -15,8 +14,6 @@ from flaskmodel.web.body import parse
 from flaskmodel.web.call import Call, Reply
 from flaskmodel.web.jobs import submit_job
 from flaskmodel.web.services import Services
-
-logger = logging.getLogger(__name__)
 
 
 def inference(svc: Services, call: Call) -> Reply:

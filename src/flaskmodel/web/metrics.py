@@ -14,7 +14,6 @@ WSGI layer) call ``begin`` and ``finish`` around each request.
 from __future__ import annotations
 
 import contextlib
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -30,8 +29,6 @@ from flaskmodel.storage.redis import connect
 from flaskmodel.web.call import Call, Raw, Reply
 from flaskmodel.web.exposition import CONTENT_TYPE, render
 from flaskmodel.web.services import Services
-
-logger = logging.getLogger(__name__)
 
 
 def metrics(svc: Services, call: Call) -> Reply:

@@ -7,7 +7,6 @@ OpenAPI 3.0, so it reads ``/docs/openapi-3.0.json``, the same document spelled t
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -25,8 +24,6 @@ from flaskmodel.schemas import JobRequest, JobView, SubmitResponse
 from flaskmodel.web.auth import OPEN_ENDPOINTS
 from flaskmodel.web.kv import PutValue
 from flaskmodel.web.routes import route_of
-
-logger = logging.getLogger(__name__)
 
 bp = Blueprint("openapi", __name__)
 

@@ -10,7 +10,6 @@ process.
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
@@ -20,8 +19,6 @@ from flaskmodel.schemas import MODEL_NAME_PATTERN, ModelSpec, TensorSpec
 from flaskmodel.web.body import is_whole_number, parse_tensor_body
 from flaskmodel.web.call import Call, Reply
 from flaskmodel.web.services import Services
-
-logger = logging.getLogger(__name__)
 
 _PATH = re.compile(r"(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+)|/labels/(?P<label>[^/]+))?")
 METHOD_NAME = "tensorflow/serving/predict"

@@ -11,7 +11,6 @@ API description, Swagger UI) are not routes of this table.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,8 +21,6 @@ from flaskmodel.web import health, infer_v2, jobs, kv, legacy, metrics, predict_
 from flaskmodel.web.call import Call, Reply, environ_keys
 from flaskmodel.web.infer_v2 import HEADER_LENGTH
 from flaskmodel.web.services import Services
-
-logger = logging.getLogger(__name__)
 
 Handler = Callable[[Services, Call], Reply]
 IDEMPOTENCY = "Idempotency-Key"

@@ -3,19 +3,18 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 
 import redis
 from celery import Celery
 
-from flaskmodel.jobs.admission import Admission
 from flaskmodel.jobs.broker import make_celery
 from flaskmodel.jobs.series_results import SeriesResults
 from flaskmodel.jobs.store import JobStore
-from flaskmodel.jobs.submit import JobSubmitter
+from flaskmodel.jobs.submit import JobSubmitter, build_catalog, build_submitter
 from flaskmodel.settings import Settings
+from flaskmodel.storage.catalog import ModelCatalog
 from flaskmodel.storage.kv import KeyValueStore
 from flaskmodel.storage.received_series import ReceivedSeriesStore
 from flaskmodel.storage.redis import connect, connect_frames
@@ -23,8 +22,6 @@ from flaskmodel.storage.workers import WorkerRegistry
 from flaskmodel.sync.predictor import SyncPredictor
 from flaskmodel.web.apikeys import KeyRing
 from flaskmodel.web.ratelimit import RateLimiter
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,6 +32,7 @@ class Services:
     jobs: JobStore
     kv: KeyValueStore
     workers: WorkerRegistry
+    catalog: ModelCatalog  # the one cache of the workers' adverts (submits and sync calls)
     submitter: JobSubmitter
     sync: SyncPredictor
     keys: KeyRing
@@ -58,21 +56,8 @@ def build_services(settings: Settings) -> Services:
     client = connect(web_side(settings))
     celery = make_celery(web_side(settings))
     jobs = JobStore(client, ttl=settings.jobs.ttl_seconds)
-    workers = WorkerRegistry(client, ttl=settings.worker.heartbeat_seconds * 3)
-    admission = Admission(
-        client, max_pending=settings.jobs.max_pending, ttl=settings.jobs.ttl_seconds
-    )
-    submitter = JobSubmitter(
-        jobs,
-        workers,
-        celery,
-        queue=settings.worker.queue,
-        admission=admission,
-        default_priority=settings.jobs.default_priority,
-        max_jobs_per_message=settings.jobs.max_jobs_per_message,
-        publish_window=settings.jobs.publish_window_ms / 1000,
-        dicom=settings.dicom,
-    )
+    catalog = build_catalog(settings, client)
+    submitter = build_submitter(settings, client, celery, jobs=jobs, catalog=catalog)
     # Synchronous calls share the process's sync channel (two connections); every job wait
     # (`?wait=`, `Prefer: wait`) holds one for its BLPOP: up to one per gevent connection.
     frames_client = connect_frames(settings, max_connections=settings.web.worker_connections + 8)
@@ -86,9 +71,10 @@ def build_services(settings: Settings) -> Services:
             default_ttl=settings.kv.default_ttl_seconds,
             max_value_bytes=settings.kv.max_value_bytes,
         ),
-        workers=workers,
+        workers=catalog.registry,
+        catalog=catalog,
         submitter=submitter,
-        sync=SyncPredictor(frames_client, submitter, settings.batching),
+        sync=SyncPredictor(frames_client, catalog, settings.batching),
         keys=KeyRing(settings.security),
         rate_limiter=_rate_limiter(client, settings),
         series_results=SeriesResults(client, ttl=settings.series.results_ttl_seconds),

@@ -7,13 +7,10 @@ thumbnails the worker rendered (``/v1/jobs/<id>/slices/<index>/thumbnail.png``).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from flask import Blueprint, Response, redirect, send_from_directory
 from werkzeug.wrappers import Response as BaseResponse
-
-logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static" / "ui"
 

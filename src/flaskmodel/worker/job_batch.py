@@ -20,7 +20,6 @@ import logging
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -35,14 +34,12 @@ from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.batcher import DynamicBatcher
 from flaskmodel.runtime.repository import ModelRepository
-from flaskmodel.schemas import JobRequest, JobState
+from flaskmodel.schemas import JobRequest, JobState, JobWorker
 from flaskmodel.settings import Settings
-from flaskmodel.storage.redis import key
 
 logger = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
-_FIELDS = ["request", "version", "created_at", "started_at"]
 
 
 @dataclass
@@ -74,7 +71,7 @@ class TensorJobBatch:
         repository: ModelRepository,
         client: redis.Redis,
         admission: Admission,
-        worker: str,
+        worker: JobWorker,
     ) -> None:
         self._settings = settings
         self._jobs = jobs
@@ -111,14 +108,13 @@ class TensorJobBatch:
         pipe = self._redis.pipeline(transaction=False)
         for job_id in job_ids:
             self._jobs.start_in(pipe, job_id, 0, self._worker)
-            pipe.hmget(key("job", job_id), _FIELDS)
+            self._jobs.delivery_in(pipe, job_id)
         replies = self._jobs.execute(pipe)
         batch = []
         for job_id, started, fields in zip(job_ids, replies[::2], replies[1::2], strict=True):
             verdict, found, attempt = start_reply(started)
-            record = dict(zip(_FIELDS, fields, strict=True))
             with job_context(job_id):
-                job = self._admit(job_id, verdict, found, attempt, record)
+                job = self._admit(job_id, verdict, found, attempt, fields)
             if job is not None:
                 batch.append(job)
         return batch
@@ -129,13 +125,14 @@ class TensorJobBatch:
         verdict: str,
         found: JobState | None,
         attempt: int,
-        fields: dict[str, Any],
+        fields: list[Any],
     ) -> _Job | None:
         if verdict != "run":  # no record, ended (cancelled, or done by an earlier delivery)
             logger.info("job %s is %s; skipped", job_id, found.value if found else "gone")
             return None
         job = _Job(job_id)
-        request = JobRequest.model_validate_json(fields["request"])
+        delivery = self._jobs.delivery(fields)
+        request = delivery.request
         job.request, job.model = request, request.model
         limit = self._settings.jobs.max_attempts
         if attempt > limit:
@@ -146,12 +143,10 @@ class TensorJobBatch:
             return job
         if attempt > 1:
             logger.warning("job %s redelivered (attempt %d)", job_id, attempt)
-        waited = max(0.0, _epoch(fields["started_at"]) - _epoch(fields["created_at"]))
-        job.timings["queue_wait_seconds"] = round(waited, 6)
+        job.timings["queue_wait_seconds"] = round(delivery.queue_wait, 6)
         if attempt == 1:
-            RECORDER.observe(catalogue.JOB_QUEUE_WAIT, (job.model,), waited)
-        pinned = fields["version"]
-        job.version = int(pinned) if pinned else (request.version or 0)
+            RECORDER.observe(catalogue.JOB_QUEUE_WAIT, (job.model,), delivery.queue_wait)
+        job.version = delivery.version or request.version or 0
         return job
 
     def _decode(
@@ -219,13 +214,10 @@ class TensorJobBatch:
         if not batch:
             return
         pipe = self._redis.pipeline(transaction=False)
-        ttl = self._settings.jobs.ttl_seconds
         transitions = []  # where each job's transition reply is in the pipeline's replies
         for job in batch:
-            record = key("job", job.job_id)
             if job.result is not None:
-                pipe.hincrby(record, "completions", 1)
-                pipe.expire(record, ttl)
+                self._jobs.completed_in(pipe, job.job_id)
                 transitions.append(len(pipe))
                 self._jobs.move_in(
                     pipe, job.job_id, ACTIVE, JobState.SUCCEEDED, result=_dumps(job.result),
@@ -261,7 +253,3 @@ class TensorJobBatch:
 
 def _dumps(result: dict[str, Any]) -> str:
     return json.dumps(result, separators=(",", ":"), allow_nan=False)
-
-
-def _epoch(stamp: Any) -> float:
-    return datetime.fromisoformat(str(stamp)).timestamp() if stamp else 0.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import signals
@@ -14,8 +13,6 @@ from flaskmodel.settings import Settings
 from flaskmodel.worker import context
 from flaskmodel.worker.lifecycle import MainProcessHooks, check_limits
 from flaskmodel.worker.tasks import register_tasks
-
-logger = logging.getLogger(__name__)
 
 
 def served_models(settings: Settings) -> list[str]:

@@ -19,32 +19,35 @@ hand-over and the publish is repaired by the redelivered chunk publishing again.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 import redis
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.nodenames import default_nodename, host_format
 
 from flaskmodel.codecs.tfserving_json import decode_inputs, encode_outputs
 from flaskmodel.errors import FlaskModelError
 from flaskmodel.jobs.admission import Admission
-from flaskmodel.jobs.store import JobStore
+from flaskmodel.jobs.store import JobStore, this_process
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.repository import ModelRepository
-from flaskmodel.schemas import JobRequest, JobState
+from flaskmodel.schemas import JobRequest, JobState, JobWorker
 from flaskmodel.settings import Settings
-from flaskmodel.storage.redis import key
 from flaskmodel.worker.job_batch import TensorJobBatch
 
 logger = logging.getLogger(__name__)
 
 # Publishes chunk ``int`` of job ``str`` (whose request is given) to the back of its queue.
 Requeue = Callable[[str, JobRequest, int], None]
+
+
+def this_worker(settings: Settings) -> JobWorker:
+    """This process as job records name the worker of a delivery: the Celery node name (as the
+    worker expands ``worker.node_name``), host and pid."""
+    return this_process(host_format(default_nodename(settings.worker.node_name)))
 
 
 class JobRunner:
@@ -60,7 +63,7 @@ class JobRunner:
     ) -> None:
         self._settings = settings
         self._requeue = requeue
-        self._worker = f"{socket.gethostname()}:{os.getpid()}"
+        self._worker = this_worker(settings)
         self._jobs = jobs
         self._repository = repository
         self._redis = client
@@ -90,10 +93,9 @@ class JobRunner:
 
     def settle(self, job_id: str) -> None:
         """Once the job has ended, take it off its model's admission bound (idempotent)."""
-        model = self._redis.hget(key("job", job_id), "model")
-        state = self._jobs.state(job_id)
-        if model and state is not None and state.terminal:
-            self._admission.release(str(model), job_id)
+        model = self._jobs.ended_model(job_id)
+        if model is not None:
+            self._admission.release(model, job_id)
 
     def _run(self, job_id: str, chunk: int) -> int | None:
         """Run one chunk; returns the chunk to hand over to, if any."""
@@ -152,7 +154,7 @@ class JobRunner:
             timings.setdefault("queue_wait_seconds", round(waited, 6))
         # A chunked series job's total already sums its chunks.
         timings.setdefault("total_seconds", round(time.perf_counter() - started, 6))
-        self._count(job_id, "completions")
+        self._jobs.completed(job_id)
         if not self._jobs.succeed(job_id, result):  # counts result_writes with the write
             logger.info("job %s already ended (cancelled or finished); result dropped", job_id)
             return None
@@ -172,37 +174,27 @@ class JobRunner:
     def _queue_wait(self, job_id: str, attempt: int, chunk: int) -> float | None:
         """Seconds between submit and the job's first start (recorded for the first delivery of
         its first chunk only)."""
-        created, started, model = self._redis.hmget(
-            key("job", job_id), ["created_at", "started_at", "model"]
-        )
-        if not created or not started:
+        waited, model = self._jobs.queue_wait(job_id)
+        if waited is None:
             return None
-        waited = max(0.0, _epoch(str(started)) - _epoch(str(created)))
         if chunk:
             return waited
         logger.info("job %s started (attempt %d) after %.3f s queued", job_id, attempt, waited)
         if attempt == 1 and model:
-            RECORDER.observe(catalogue.JOB_QUEUE_WAIT, (str(model),), waited)
+            RECORDER.observe(catalogue.JOB_QUEUE_WAIT, (model,), waited)
         return waited
 
     def finished(
         self, job_id: str, state: str, error_type: str | None = None, seconds: float | None = None
     ) -> None:
         """Count a job that this process moved to ``state`` (metrics and a log line)."""
-        model, kind = self._redis.hmget(key("job", job_id), ["model", "kind"])
-        labels = (str(model or ""), str(kind or ""))
+        labels = self._jobs.labels(job_id)
         RECORDER.inc(catalogue.JOBS_FINISHED, (*labels, state))
         if error_type is not None:
             RECORDER.inc(catalogue.ERRORS, (error_type, "job"))
         if seconds is not None:
             RECORDER.observe(catalogue.JOB_DURATION, labels, seconds)
             logger.info("job %s %s in %.3f s", job_id, state, seconds)
-
-    def _count(self, job_id: str, field: str) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hincrby(key("job", job_id), field, 1)
-        pipe.expire(key("job", job_id), self._settings.jobs.ttl_seconds)
-        pipe.execute()
 
     def _execute(self, job_id: str, request: JobRequest) -> dict[str, Any] | None:
         """The job's result, or None when a series job has chunks left."""
@@ -242,7 +234,3 @@ class JobRunner:
             },
         )
         return body
-
-
-def _epoch(stamp: str) -> float:
-    return datetime.fromisoformat(stamp).timestamp()

@@ -2,9 +2,9 @@
 redelivery and interleave with other jobs.
 
 One call runs one chunk: up to ``series.chunk_batches`` batches of the slices not yet scored.
-Each finished batch's scores are stored per slice (``flaskmodel:job:<id>:slices``, a hash keyed
-by ``SliceRef.key``: the SOPInstanceUID, plus ``:<frame>`` for a frame of a multi-frame file)
-before progress moves, so a redelivered chunk (its worker died) and every later chunk skip the
+Each finished batch's scores are stored per slice (``SeriesProgress``, keyed by ``SliceRef.key``:
+the SOPInstanceUID, plus ``:<frame>`` for a frame of a multi-frame file) before progress moves,
+so a redelivered chunk (its worker died) and every later chunk skip the
 slices already scored and never count one twice. Cancellation is checked before every batch. The
 chunk that scores the last slice post-processes the whole series once; the finished result is
 also merged into ``flaskmodel:series:<uid>:<model>`` (fields ``slice:<key>``) for other systems."""
@@ -12,7 +12,6 @@ also merged into ``flaskmodel:series:<uid>:<model>`` (fields ``slice:<key>``) fo
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from flaskmodel.dicom.series import Series, scan_series
 from flaskmodel.dicom.thumbnail import render_thumbnail
 from flaskmodel.errors import InvalidRequest, JobCancelled
 from flaskmodel.jobs.series_results import SeriesResults
+from flaskmodel.jobs.slices import SeriesProgress
 from flaskmodel.jobs.store import JobStore
 from flaskmodel.logs import JOB_ID, job_context
 from flaskmodel.metrics.catalogue import SLICE_DECODE, SLICE_PREPROCESS
@@ -73,8 +73,8 @@ def run_series(
     preprocess = config.preprocess.model_copy(update={"input_size": _input_size(runtime.spec)})
     batch_size = config.batch_size or settings.series.batch_size
 
-    scores_key = key("job", job_id, "slices")
-    done = {str(uid) for uid in client.hkeys(scores_key)}
+    progress = SeriesProgress(client, ttl=settings.jobs.ttl_seconds)
+    done = progress.scored(job_id)
     jobs.set_progress(job_id, sum(s.key in done for s in slices), len(slices))
     todo = [s for s in slices if s.key not in done]
     if done and todo:
@@ -98,7 +98,7 @@ def run_series(
             outputs = runtime.predict(inputs, linger=False)  # a whole batch: no batch delay
             timings["inference"] += time.perf_counter() - tick2
             scores = np.asarray(outputs[score_output], dtype=np.float64).reshape(len(batch), -1)
-            _store_batch(client, settings, job_id, batch, scores, prepared, index_of)
+            _store_batch(client, settings, progress, job_id, batch, scores, prepared, index_of)
             done.update(ref.key for ref in batch)
             jobs.set_progress(job_id, sum(s.key in done for s in slices), len(slices))
             logger.debug(
@@ -106,11 +106,11 @@ def run_series(
             )
     if len(chunk) < len(todo):
         timings["total"] = time.perf_counter() - started
-        _add_timings(client, settings, job_id, timings)
+        progress.add_timings(job_id, timings)
         return None
     result = _finish(job_id, request, settings, client, series, slices, runtime, config, timings)
     timings["total"] = time.perf_counter() - started
-    totals = _add_timings(client, settings, job_id, timings)
+    totals = progress.add_timings(job_id, timings)
     result["timings"] = {f"{k}_seconds": round(v, 6) for k, v in totals.items()}
     return result
 
@@ -127,9 +127,9 @@ def _finish(
     timings: dict[str, float],
 ) -> dict[str, Any]:
     """Every slice is scored: post-process the whole series once and store its labels."""
-    scores_key = key("job", job_id, "slices")
+    progress = SeriesProgress(client, ttl=settings.jobs.ttl_seconds)
     preprocess = config.preprocess.model_copy(update={"input_size": _input_size(runtime.spec)})
-    stored = _stored_scores(client, scores_key)
+    stored = {k: np.asarray(row, dtype=np.float64) for k, row in progress.scores(job_id).items()}
 
     tick = time.perf_counter()
     name = request.postprocess or config.postprocess
@@ -143,7 +143,7 @@ def _finish(
     SeriesResults(client, ttl=settings.series.results_ttl_seconds).merge(
         request.model, job_id, result
     )
-    client.delete(scores_key)
+    progress.clear(job_id)
     _SCANS.pop(job_id, None)
     timings["store"] = time.perf_counter() - tick
     return result
@@ -174,23 +174,10 @@ def _scanned(
     return series, slices
 
 
-def _add_timings(
-    client: redis.Redis, settings: Settings, job_id: str, timings: dict[str, float]
-) -> dict[str, float]:
-    """Add one chunk's timings to the job's (``flaskmodel:job:<id>:timings``); the totals."""
-    timings_key = key("job", job_id, "timings")
-    pipe = client.pipeline(transaction=True)
-    for name, seconds in timings.items():
-        pipe.hincrbyfloat(timings_key, name, seconds)
-    pipe.expire(timings_key, settings.jobs.ttl_seconds)
-    pipe.hgetall(timings_key)
-    totals: dict[str, str] = pipe.execute()[-1]
-    return {name: float(value) for name, value in totals.items()}
-
-
 def _store_batch(
     client: redis.Redis,
     settings: Settings,
+    progress: SeriesProgress,
     job_id: str,
     batch: list[SliceRef],
     scores: np.ndarray,
@@ -198,13 +185,10 @@ def _store_batch(
     index_of: dict[str, int],
 ) -> None:
     """One batch's scores (the resume point) and thumbnails, in one transaction."""
-    scores_key = key("job", job_id, "slices")
     pipe = client.pipeline(transaction=True)
-    pipe.hset(
-        scores_key,
-        mapping={ref.key: json.dumps(row.tolist()) for ref, row in zip(batch, scores, strict=True)},
+    progress.save_in(
+        pipe, job_id, {ref.key: row.tolist() for ref, row in zip(batch, scores, strict=True)}
     )
-    pipe.expire(scores_key, settings.jobs.ttl_seconds)
     thumbnails = {
         index_of[ref.key]: base64.b64encode(p.thumbnail).decode()
         for ref, p in zip(batch, prepared, strict=True)
@@ -214,11 +198,6 @@ def _store_batch(
         pipe.hset(key("thumbs", job_id), mapping=thumbnails)  # type: ignore[arg-type]
         pipe.expire(key("thumbs", job_id), settings.jobs.ttl_seconds)
     pipe.execute()
-
-
-def _stored_scores(client: redis.Redis, scores_key: str) -> dict[str, np.ndarray]:
-    raw: dict[str, str] = client.hgetall(scores_key)  # type: ignore[assignment]
-    return {uid: np.asarray(json.loads(row), dtype=np.float64) for uid, row in raw.items()}
 
 
 def _prepare_batch(
