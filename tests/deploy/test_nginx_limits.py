@@ -163,9 +163,23 @@ def test_oversized_body_gets_json_413_from_nginx(front: Front) -> None:
     assert not front.reached_gunicorn(marker)
 
 
+def test_the_apps_own_errors_pass_through_nginx(front: Front) -> None:
+    """nginx answers its own errors as JSON but never replaces the app's: gunicorn's 404 and
+    503 (no worker is ready) reach the client as the app wrote them."""
+    marker = uuid.uuid4().hex
+    missing = requests.get(f"{front.base}/v1/jobs/{marker}", timeout=10)
+    assert missing.status_code == 404
+    assert missing.json()["type"] == "job_not_found" and marker in missing.json()["error"]
+    ready = requests.get(f"{front.base}/readyz", timeout=10)
+    assert ready.status_code == 503
+    assert ready.json()["status"] == "unavailable" and ready.json()["redis"] == "ok"
+    assert ready.headers["Retry-After"] == "5"  # the app's, not nginx's 2
+
+
 def test_upstream_down_is_json_502(front: Front) -> None:
     procs.stop(front.gunicorn)
     response = requests.get(f"{front.base}/healthz", timeout=10)
     assert response.status_code == 502
+    assert response.headers["Content-Type"] == "application/json"
     assert response.json()["type"] == "bad_gateway"
     assert response.headers["Retry-After"] == "2"

@@ -201,7 +201,7 @@ def test_stack_nginx_conf_passes_nginx_t(run_dir: Path) -> None:
     assert "client_max_body_size 12345;" in site
     assert "client_header_timeout 2500ms;" in site
     assert "client_body_timeout 7000ms;" in site
-    assert "error_page 413 @too_large;" in site
+    assert "error_page 413 /_flaskmodel/error/413;" in site
     assert "proxy_request_buffering on;" in site
     assert "proxy_http_version 1.1;" in site
     assert f"proxy_read_timeout {settings.jobs.time_limit + 30}s;" in site

@@ -1,5 +1,6 @@
 """``FastRoutes`` answers exactly as the Flask views do: every route of the table, bad input on
-every fast route, unknown models, API keys on and off, a rate limit hit, the same metrics. Both
+every fast route, unknown models, API keys on and off, rate limits (their header fields on every
+answer, a limit hit, the client address behind trusted proxies), the same metrics. Both
 are driven in process (werkzeug's test client) against the session's real worker and Redis: one
 through the fast layer, one straight into Flask. Answers are compared byte for byte, except job
 ids, timestamps and names made per client, which are masked alike."""
@@ -34,9 +35,11 @@ ROW = {"instances": [[0.5] * 32]}
 V2_ROW = {"inputs": [{**V2_X, "data": [0.5] * 32}]}
 JOB = {"model": "tiny", "inputs": [[0.5] * 32]}
 _IDS = re.compile(r"[0-9a-f]{32}")
-_TIMES = re.compile(r'"(created|started|finished)_at":"[^"]*"')
+_TIMES = re.compile(r'"(\w+)_at":"[^"]*"')
 _SECONDS = re.compile(r'"(\w+_seconds)":[-+0-9.e]+')
 _RETRY = re.compile(r"retry in [0-9.]+ s")
+_PIDS = re.compile(r'"pid":[0-9]+')  # which pool process of the worker ran a job
+OPEN_PATHS = ("/healthz", "/readyz", "/v2/health/")
 
 
 class Counted:
@@ -69,15 +72,15 @@ class Pair:
 
 
 def seen(response: TestResponse, who: str) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and body, with job ids, timestamps, timings, the client's name and the
-    seconds a rate limit asks to wait masked."""
+    """Status, headers and body, with job ids, timestamps, timings, worker pids, the client's name
+    and the seconds a rate limit asks to wait masked."""
     data = response.get_data()
     headers = dict(response.headers)
     assert int(headers.pop("Content-Length", 0)) == len(data)
     text = data.decode("utf-8", "replace") if data[:1] in (b"{", b"[") else None
     if text is not None:
         text = _TIMES.sub("<time>", _SECONDS.sub(r'"\1":0', _IDS.sub("<id>", text)))
-        text = _RETRY.sub("retry in N s", text)
+        text = _PIDS.sub('"pid":0', _RETRY.sub("retry in N s", text))
         data = text.replace(who, "<who>").encode()
     if "Location" in headers:
         headers["Location"] = _IDS.sub("<id>", headers["Location"])
@@ -262,9 +265,15 @@ TOUR: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-def tour(pair: Pair, steps: list[tuple[str, str, dict[str, Any]]], **common: Any) -> set[Any]:
+def tour(
+    pair: Pair,
+    steps: list[tuple[str, str, dict[str, Any]]],
+    environ: dict[str, dict[str, Any]] | None = None,
+    **common: Any,
+) -> set[Any]:
     """Every step through both clients, compared; the (rule, method) pairs of the table seen.
-    Fast routes must be answered by the fast layer, the others handed to Flask."""
+    Fast routes must be answered by the fast layer, the others handed to Flask. ``environ``:
+    WSGI environ values of each client's requests (``fast``, ``full``)."""
     urls = pair.app.url_map.bind("localhost")
     jobs = {"fast": "", "full": ""}
     covered = set()
@@ -275,7 +284,10 @@ def tour(pair: Pair, steps: list[tuple[str, str, dict[str, Any]]], **common: Any
             headers = {k: v.replace("{who}", who) for k, v in options.get("headers", {}).items()}
             before = pair.passed.calls
             answer = client.open(
-                path, method=method, **{**options, "headers": {**common, **headers}}
+                path,
+                method=method,
+                environ_overrides=(environ or {}).get(who),
+                **{**options, "headers": {**common, **headers}},
             )
             answers.append(answer)
             rule, _ = urls.match(path.partition("?")[0], method, return_rule=True)
@@ -339,6 +351,62 @@ def test_a_rate_limit_is_hit_alike(secured: Callable[..., Pair]) -> None:
     refused = answers["fast"][2]
     assert refused.get_json()["type"] == "rate_limited"
     assert refused.headers["Retry-After"] == "1000"
+    # 2 requests per 2000 s; one more 1000 s after each (its Retry-After when refused).
+    assert [(a.headers["RateLimit-Policy"], a.headers["RateLimit"]) for a in answers["fast"]] == [
+        ('"default";q=2;w=2000', f'"default";r={left};t=1000') for left in (1, 0, 0)
+    ]
+    assert pair.passed.calls == 0, "the fast layer handed a request to Flask"
+
+
+def test_every_route_carries_the_same_rate_limit_fields(secured: Callable[..., Pair]) -> None:
+    """Keyless callers, each client from its own address (so its own bucket, which refills
+    nothing during the test): every answer of the tour, the limit's fields included, alike."""
+    pair = secured(rate_limit_per_second=0.001, rate_limit_burst=1000)
+    net = uuid.uuid4().int % 250
+    environ = {who: {"REMOTE_ADDR": f"10.{net}.7.{i}"} for i, who in enumerate(("fast", "full"))}
+    # Idempotency keys and key names of this test's own (the first tour's belong to no key too).
+    steps = [
+        (method, path, json.loads(json.dumps(options).replace("tour-", f"rate-{net}-")))
+        for method, path, options in TOUR
+    ]
+    covered = tour(pair, steps, environ=environ)
+    assert covered == {(r.rule, m) for r in ROUTES for m in r.methods}
+    fast = pair.fast.get("/v1/jobs/nope", environ_overrides=environ["fast"])
+    assert fast.headers["RateLimit-Policy"] == '"default";q=1000;w=1000000'
+    left = 1000 - sum(1 for _, path, _ in TOUR if not path.startswith(OPEN_PATHS)) - 1
+    assert fast.headers["RateLimit"] == f'"default";r={left};t=1000'
+    assert "RateLimit" not in pair.fast.get("/healthz").headers
+
+
+def test_both_find_the_client_behind_trusted_proxies_alike(secured: Callable[..., Pair]) -> None:
+    """From a trusted proxy (loopback, the default) the bucket is the right-most address it
+    forwards, whatever the client claimed before it; from any other peer, the peer's."""
+    pair = secured(rate_limit_per_second=0.001, rate_limit_burst=2)
+    net = uuid.uuid4().int % 250
+
+    def ask(client: Client, peer: str, forwarded: str) -> TestResponse:
+        return client.post(
+            "/v1/models/tiny:predict",
+            json=ROW,
+            headers={"X-Forwarded-For": forwarded},
+            environ_overrides={"REMOTE_ADDR": peer},
+        )
+
+    # Behind the proxy, each adapter's client its own address and bucket, spoofed claims apart.
+    answers = {
+        who: [ask(client, "127.0.0.1", f"198.51.100.{i}, 10.{net}.8.{n}") for i in range(3)]
+        for n, (who, client) in enumerate((("fast", pair.fast), ("full", pair.full)))
+    }
+    assert [a.status_code for a in answers["fast"]] == [200, 200, 429]
+    for got, want in zip(answers["fast"], answers["full"], strict=True):
+        assert seen(got, "fast") == seen(want, "full")
+    # An untrusted peer is its own bucket whatever it forwards, whichever adapter counts.
+    untrusted = f"10.{net}.9.1"
+    statuses = [
+        ask(client, untrusted, f"10.{net}.9.{i + 2}").status_code
+        for i, client in enumerate((pair.fast, pair.full, pair.fast))
+    ]
+    assert statuses == [200, 200, 429]
     assert pair.passed.calls == 0, "the fast layer handed a request to Flask"
 
 

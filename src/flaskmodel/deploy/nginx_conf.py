@@ -2,15 +2,18 @@
 
 The site (template ``flaskmodel.conf``) proxies to gunicorn — one, or several web hosts balanced
 by least connections — with the request limits of the ``web`` settings, answers nginx's own
-errors as JSON, restricts ``/metrics`` to ``metrics.allow``, and, when ``dicom.enabled``, streams
+errors (every status nginx answers itself) as JSON in the app's ``{"error", "type"}`` shape,
+restricts ``/metrics`` to ``metrics.allow``, and, when ``dicom.enabled``, streams
 ``/dicomweb/`` (STOW-RS uploads) to the DICOM front door (``flaskmodel dicom``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 from pathlib import Path
+from typing import NamedTuple
 
 from flaskmodel.deploy.files import fill, write
 from flaskmodel.deploy.gunicorn_launch import KEEPALIVE_SECONDS
@@ -23,6 +26,54 @@ DICOMWEB_TIMEOUT_SECONDS = 600
 """nginx's send/read timeouts towards the DICOM front door: a STOW-RS upload of a whole study
 may stall while the front door writes it, and the answer comes only after every instance is
 stored."""
+ERROR_PREFIX = "/_flaskmodel/error/"
+"""Where the internal locations of nginx's own error answers live (a client asking for one gets
+the JSON 404)."""
+DICOMWEB_ERROR_PREFIX = ERROR_PREFIX + "dicomweb/"
+
+
+class NginxError(NamedTuple):
+    """One status nginx answers itself: the code it raises (``error_page``), the status sent,
+    and the body's ``type`` (the name the app gives that status) and message."""
+
+    code: int
+    status: int
+    type: str
+    message: str
+    retry_after: bool = False
+
+
+def nginx_errors(
+    upstream: str, max_body: int, *, body: str = "request body", too_large: str = ""
+) -> tuple[NginxError, ...]:
+    """Every error nginx itself can answer in front of ``upstream`` (its name in messages), whose
+    bodies may be ``max_body`` bytes; ``too_large``: the upstream's own type for a body over it
+    (werkzeug's ``request_entity_too_large`` when empty)."""
+    return (
+        NginxError(400, 400, "bad_request", "malformed request (request line, path or header)"),
+        NginxError(403, 403, "forbidden", "this address may not read this path"),
+        NginxError(404, 404, "not_found", "not found"),
+        NginxError(405, 405, "method_not_allowed", "method not allowed"),
+        # nginx closes a timed-out connection without an answer; named in case it ever answers.
+        NginxError(408, 408, "request_timeout", "the request was not received in time"),
+        NginxError(
+            413,
+            413,
+            too_large or "request_entity_too_large",
+            f"{body} is larger than the limit of {max_body} bytes",
+        ),
+        NginxError(414, 414, "request_uri_too_long", "request URI too long"),
+        # nginx's own code for a header line or header too large; RFC 6585 names the status.
+        NginxError(494, 431, "request_header_fields_too_large", "request header too large"),
+        NginxError(500, 500, "internal_error", "internal server error"),
+        NginxError(501, 501, "not_implemented", "transfer coding not implemented"),
+        NginxError(
+            502, 502, "bad_gateway", f"the {upstream} is not answering; try again shortly", True
+        ),
+        NginxError(503, 503, "service_unavailable", "unavailable; try again shortly", True),
+        NginxError(504, 504, "gateway_timeout", f"the {upstream} did not answer in time"),
+        NginxError(505, 505, "http_version_not_supported", "HTTP version not supported"),
+    )
 
 
 def write_stack_nginx(
@@ -53,6 +104,7 @@ def deploy_site(settings: Settings, *, upstreams: list[str], dicom: str | None) 
 
 def _site(settings: Settings, *, upstreams: list[str], listen: str, dicom: str | None) -> str:
     upstream, location = _dicom_blocks(settings, dicom)
+    errors = nginx_errors("web tier", settings.web.max_request_bytes)
     return fill(
         "flaskmodel.conf",
         servers=_upstream_servers(upstreams),
@@ -66,6 +118,8 @@ def _site(settings: Settings, *, upstreams: list[str], listen: str, dicom: str |
         metrics_location=_metrics_location(settings.metrics.allow),
         dicom_upstream=upstream,
         dicom_location=location,
+        error_pages=_error_pages(errors, ERROR_PREFIX),
+        error_locations=_error_locations(errors, ERROR_PREFIX),
     )
 
 
@@ -77,7 +131,18 @@ def _dicom_blocks(settings: Settings, server: str | None) -> tuple[str, str]:
     limit = settings.dicom.max_stow_bytes
     timeout = f"{DICOMWEB_TIMEOUT_SECONDS}s"
     upstream = f"\nupstream flaskmodel_dicom {{\n    server {server};\n}}\n"
-    # error_page inside a location replaces the server's list, so 502/504 are named again.
+    # A body over the limit has the front door's own type for it, and 502/504 name the front
+    # door; error_page inside a location replaces the server's list, so every status is named
+    # again (the others to the server's locations).
+    errors = nginx_errors(
+        "DICOM front door", limit, body="STOW-RS body", too_large="payload_too_large"
+    )
+    shared = nginx_errors("web tier", settings.web.max_request_bytes)
+    own = tuple(e for e, s in zip(errors, shared, strict=True) if e != s)
+    pages = "".join(
+        f"    {_error_page(e, DICOMWEB_ERROR_PREFIX if e in own else ERROR_PREFIX)}\n"
+        for e in errors
+    )
     location = (
         "\n    # DICOMweb STOW-RS (`flaskmodel dicom`): a study upload may be far larger than any\n"
         "    # API body; it streams through to the front door as it arrives instead of being\n"
@@ -87,18 +152,39 @@ def _dicom_blocks(settings: Settings, server: str | None) -> tuple[str, str]:
         "        proxy_request_buffering off;\n"
         f"        proxy_send_timeout {timeout};\n"
         f"        proxy_read_timeout {timeout};\n"
-        "        error_page 413 @dicom_too_large;\n"
-        "        error_page 502 @bad_gateway;\n"
-        "        error_page 504 @gateway_timeout;\n"
+        f"{pages}"
         "        proxy_pass http://flaskmodel_dicom;\n"
         "    }\n"
-        "    location @dicom_too_large {\n"
-        "        default_type application/json;\n"
-        f'        return 413 \'{{"error": "STOW-RS body is larger than the limit of {limit} '
-        'bytes", "type": "request_entity_too_large"}\\n\';\n'
-        "    }\n"
+        f"{_error_locations(own, DICOMWEB_ERROR_PREFIX)}"
     )
     return upstream, location
+
+
+def _error_pages(errors: tuple[NginxError, ...], prefix: str) -> str:
+    return "\n".join(_error_page(e, prefix) for e in errors)
+
+
+def _error_page(error: NginxError, prefix: str) -> str:
+    # ``=status``: nginx would send its 494 as 400 whatever the location returns.
+    status = f"={error.status} " if error.status != error.code else ""
+    return f"    error_page {error.code} {status}{prefix}{error.code};"
+
+
+def _error_locations(errors: tuple[NginxError, ...], prefix: str) -> str:
+    """An internal location per error answering its JSON (``types {}``: JSON whatever extension
+    the URI has)."""
+    lines = []
+    for e in errors:
+        body = json.dumps({"error": e.message, "type": e.type}) + "\\n"
+        if any(c in body for c in "'$"):  # nginx's quote and variables
+            raise ValueError(f"cannot write {body!r} in an nginx return")
+        retry = " add_header Retry-After 2 always;" if e.retry_after else ""
+        json_type = "types {} default_type application/json;"
+        lines.append(
+            f"    location = {prefix}{e.code} {{ internal; {json_type}{retry} "
+            f"return {e.status} '{body}'; }}\n"
+        )
+    return "".join(lines)
 
 
 def _metrics_location(allow: list[str]) -> str:

@@ -63,6 +63,19 @@ class WebSettings(Section):
     upstreams: list[str] = Field(default_factory=list)
     """Web hosts (`host:port`, JSON list) the nginx site of `flaskmodel deploy render` balances
     over, each running `flaskmodel serve`; empty: this host's gunicorn on 127.0.0.1:`port`."""
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1", "unix:"])
+    """Proxies whose `X-Forwarded-For` the web tier believes (addresses or CIDR ranges, JSON list;
+    `unix:` a peer on a unix socket): from one of them, the caller is the right-most address of
+    that header that is not one of them; from any other peer, the peer. It names the rate-limit
+    bucket of a caller without an API key. Default: this host (`flaskmodel up`'s nginx); add the
+    nginx host when nginx runs on another."""
+
+    @model_validator(mode="after")
+    def _check_trusted_proxies(self) -> WebSettings:
+        for entry in self.trusted_proxies:
+            if entry != "unix:":
+                ipaddress.ip_network(entry, strict=False)  # ValueError names the entry
+        return self
 
 
 class WorkerSettings(Section):
@@ -100,7 +113,8 @@ class JobSettings(Section):
     time_limit: int = 660
     """Hard limit: the pool process running a job is killed after this many seconds."""
     visibility_timeout: int = 3600
-    """Broker lease: an unacknowledged job is redelivered after this; must exceed time_limit."""
+    """Broker lease: an unacknowledged job is redelivered after this; must exceed time_limit. (With
+    Redis a killed worker's jobs come back much sooner: `restore_unclaimed`.)"""
     max_attempts: int = 3
     """Deliveries of one job (redeliveries after a worker crash included) before it is FAILED."""
     publish_timeout: float = 1.0
@@ -112,8 +126,16 @@ class JobSettings(Section):
     """How often one worker (elected by a Redis lock) looks for accepted jobs that no broker
     message will run (lost to a Redis crash between kombu's pop and its unacked record, or
     acknowledged while Redis could not record the end) and publishes them again; a job is
-    republished once two sweeps in a row found it so, unchanged. 0 turns the sweeper off; it
-    never runs with another broker than Redis (`broker.url`), whose queues it reads."""
+    republished once two sweeps in a row found it so, unchanged; and puts back the messages of
+    killed workers (`restore_unclaimed`). 0 turns the sweeper off; it never runs with another
+    broker than Redis (`broker.url`), whose queues it reads."""
+    restore_unclaimed: bool = True
+    """Redis broker: the sweeper also puts back in their queues, at their priority, the messages a
+    worker took and never acknowledged when no live worker holds them any more (every worker's
+    main process lists the deliveries it holds every `worker.heartbeat_seconds`; a main process
+    killed outright stops listing its own): a job whose worker was `kill -9`ed runs again within
+    about three heartbeats plus one sweep instead of after `visibility_timeout`. false leaves them
+    to `visibility_timeout`."""
     max_jobs_per_message: int = Field(default=32, ge=1)
     """Most tensor jobs one broker message carries: each web process puts the tensor jobs of one
     model and priority submitted while its previous publish was in flight into one message, which

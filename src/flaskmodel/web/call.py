@@ -10,7 +10,6 @@ the same bytes whichever of them serves it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -20,8 +19,6 @@ from urllib.parse import parse_qsl
 from werkzeug.wsgi import get_input_stream
 
 from flaskmodel.codecs import compact_json
-
-logger = logging.getLogger(__name__)
 
 JSON = "application/json"
 

@@ -5,15 +5,15 @@ TF Serving's ``:predict``, V2's ``infer`` and the job API's ``POST /v1/jobs`` an
 hooks, response object) cost about as much of the web tier's CPU per small request as the routes'
 own work. This WSGI layer answers them with the same code as the Flask views, step for step:
 the path matched by the app's own ``url_map`` (so both agree on the route and its parameters),
-``RequestMetrics`` around the request, ``authorize`` for API keys and rate limits, the route's
-handler on a ``Call`` made by ``make_call``, errors answered by ``error_reply`` and every reply
-written by ``encode``. Everything else goes to Flask untouched: paths of other routes, methods a
-route does not declare (``HEAD``, ``OPTIONS``), paths Flask would redirect or refuse.
+``RequestMetrics`` around the request, ``Gate`` for API keys and rate limits (its header fields
+after the reply's own), the route's handler on a ``Call`` made by ``make_call``, errors answered
+by ``error_reply`` and every reply written by ``encode``. Everything else goes to Flask
+untouched: paths of other routes, methods a route does not declare (``HEAD``, ``OPTIONS``),
+paths Flask would redirect or refuse.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
@@ -22,14 +22,13 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from flaskmodel.logs import set_job_id
-from flaskmodel.web.auth import authorize
+from flaskmodel.web.auth import Gate
 from flaskmodel.web.call import encode, make_call
 from flaskmodel.web.errors import error_reply
 from flaskmodel.web.metrics import RequestMetrics
+from flaskmodel.web.ratelimit import Headers
 from flaskmodel.web.routes import Route, route_of
 from flaskmodel.web.services import Services
-
-logger = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -53,6 +52,7 @@ class FastRoutes:
         self._urls = app.url_map.bind("localhost")  # matching needs only path and method
         self._matches: dict[tuple[str, str], Match] = {}
         self._metrics = RequestMetrics(svc.settings)
+        self._gate = Gate(svc)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         # PEP 3333: the path's bytes as latin-1 text; read as UTF-8, as werkzeug does.
@@ -91,21 +91,19 @@ class FastRoutes:
     ) -> Iterable[bytes]:
         svc = self._svc
         started = self._metrics.begin(params)
+        owner: str | None = None
+        rate_headers: Headers = ()
         try:
-            owner = None
             if not route.open:
-                owner = authorize(
-                    svc,
-                    environ.get("HTTP_AUTHORIZATION"),
-                    environ.get("HTTP_X_API_KEY"),
-                    environ.get("REMOTE_ADDR"),
-                    environ.get("HTTP_X_FORWARDED_FOR"),
-                )
+                owner, rate_headers, refusal = self._gate.admit(environ)
+                if refusal is not None:
+                    raise refusal
             call = make_call(environ, params, route.environ_headers, owner, self._limit)
             reply = route.handler(svc, call)
         except Exception as exc:  # noqa: BLE001 - answered as the app answers it (logged there)
             reply = error_reply(exc, self._limit)
         status, headers, data = encode(reply)
+        headers.extend(rate_headers)
         start_response(_STATUS_LINES.get(status) or f"{status} Unknown", headers)
         self._metrics.finish(route.label, method, status, started)
         set_job_id(None)

@@ -1,4 +1,5 @@
-"""Per-caller rate limits, shared by every web process through Redis.
+"""Per-caller rate limits, shared by every web process through Redis, and the ``RateLimit``
+header fields that tell a caller where it stands.
 
 GCRA (the generic cell rate algorithm, a token bucket kept as one timestamp): each caller's key
 ``flaskmodel:rate:<caller>`` holds its *theoretical arrival time* (TAT) in microseconds of Redis's
@@ -7,20 +8,24 @@ on by one interval; otherwise it is refused with the wait until it would fit. On
 reads and writes the key, so gunicorn workers on any number of hosts share the bucket exactly,
 and Redis's clock is the only clock (no skew between web hosts). The key expires once the bucket
 is full again.
+
+The header fields follow draft-ietf-httpapi-ratelimit-headers-11 (the ``RateLimit-Policy`` and
+``RateLimit`` pair, unchanged since -08), computed from the script's one reply:
+``RateLimit-Policy: "default";q=<burst>;w=<seconds to refill an empty bucket>`` and
+``RateLimit: "default";r=<requests allowed now>;t=<seconds until one more is>`` (on a refusal
+``r=0`` and ``t`` equals ``Retry-After``).
 """
 
 from __future__ import annotations
 
-import logging
+from typing import NamedTuple
 
 import redis
 
 from flaskmodel.storage.redis import key
 
-logger = logging.getLogger(__name__)
-
 # KEYS: the caller's TAT key. ARGV: interval (µs per request), burst. Returns {allowed (0/1),
-# µs to wait before the next request would be allowed (0 when allowed)}.
+# TAT - now in µs after the decision}.
 _GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -29,28 +34,51 @@ local tolerance = (tonumber(ARGV[2]) - 1) * interval
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 if tat - now > tolerance then
-  return {0, tat - now - tolerance}
+  return {0, tat - now}
 end
 tat = tat + interval
 redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', math.ceil((tat - now) / 1000) + 1)
-return {1, 0}
+return {1, tat - now}
 """
+_POLICY = "default"
+_US = 1_000_000
+
+Headers = tuple[tuple[str, str], ...]
+
+
+class Verdict(NamedTuple):
+    """A request's fate: ``wait`` is None when allowed, else the seconds until one would be;
+    ``headers`` are its ``RateLimit-Policy`` and ``RateLimit`` fields."""
+
+    wait: float | None
+    headers: Headers
 
 
 class RateLimiter:
-    """``check(caller)``: None when allowed, else the seconds to wait."""
+    """``check(caller)``: the ``Verdict`` on one more request of ``caller`` (one Redis call)."""
 
     def __init__(self, client: redis.Redis, *, per_second: float, burst: int) -> None:
         if per_second <= 0:
             raise ValueError("per_second must be positive")
-        self._interval = max(1, round(1_000_000 / per_second))
+        self._interval = max(1, round(_US / per_second))
         self._burst = burst
+        self._tolerance = (burst - 1) * self._interval
+        window = -(-burst * self._interval // _US)  # seconds, rounded up: q/w never overstates
+        self._policy = ("RateLimit-Policy", f'"{_POLICY}";q={burst};w={window}')
         self._script = client.register_script(_GCRA)
 
-    def check(self, caller: str) -> float | None:
-        allowed, wait_us = self._script(
+    def check(self, caller: str) -> Verdict:
+        allowed, ahead = self._script(
             keys=[key("rate", caller)], args=[self._interval, self._burst]
         )
+        interval = self._interval
+        slack = self._tolerance - int(ahead)  # negative when refused: minus the wait
         if allowed:
-            return None
-        return max(int(wait_us), 1) / 1_000_000
+            remaining, until_next, wait = slack // interval + 1, interval - slack % interval, None
+        else:
+            remaining, until_next = 0, max(-slack, 1)
+            wait = until_next / _US
+        seconds = -(-until_next // _US)  # rounded up, as Retry-After is
+        return Verdict(
+            wait, (self._policy, ("RateLimit", f'"{_POLICY}";r={remaining};t={seconds}'))
+        )

@@ -1,17 +1,17 @@
 """The Flask side of the route table: one view per endpoint of ``web.routes``, the request hooks
 (metrics, API keys and rate limits) and the error handlers, each a thin adapter around the code
-the fast WSGI layer calls too (``make_call``/``encode``, ``RequestMetrics``, ``authorize``,
+the fast WSGI layer calls too (``make_call``/``encode``, ``RequestMetrics``, ``Gate``,
 ``error_reply``).
 
 Every request Flask serves goes through the hooks, the Flask-only views and unknown paths
 included: ``before_request`` starts the metrics and checks the caller (unless its route is open),
-``after_request`` counts and times the answer under its route's label (``unmatched`` when no
-rule matched).
+``after_request`` adds the caller's rate-limit header fields (after the reply's own, as the fast
+layer does) and counts and times the answer under its route's label (``unmatched`` when no rule
+matched).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -21,14 +21,12 @@ from redis import RedisError
 from werkzeug.exceptions import HTTPException
 
 from flaskmodel.errors import FlaskModelError
-from flaskmodel.web.auth import OPEN_ENDPOINTS, authorize
+from flaskmodel.web.auth import OPEN_ENDPOINTS, Gate
 from flaskmodel.web.call import Reply, encode, make_call
 from flaskmodel.web.errors import error_reply
 from flaskmodel.web.metrics import RequestMetrics
 from flaskmodel.web.routes import ROUTES, route_of
 from flaskmodel.web.services import Services
-
-logger = logging.getLogger(__name__)
 
 
 def respond(reply: Reply) -> Response:
@@ -61,6 +59,7 @@ def _view(handler: Callable[..., Reply], svc: Services, limit: int) -> Callable[
 def init_hooks(app: Flask, svc: Services) -> None:
     """Metrics of every request, and the caller checked before it is answered."""
     tracked = RequestMetrics(svc.settings)
+    gate = Gate(svc)
 
     @app.before_request
     def _begin() -> None:
@@ -68,17 +67,15 @@ def init_hooks(app: Flask, svc: Services) -> None:
         route = route_of(request.url_rule)
         if route.open if route is not None else request.endpoint in OPEN_ENDPOINTS:
             return
-        environ = request.environ
-        g.owner = authorize(
-            svc,
-            environ.get("HTTP_AUTHORIZATION"),
-            environ.get("HTTP_X_API_KEY"),
-            environ.get("REMOTE_ADDR"),
-            environ.get("HTTP_X_FORWARDED_FOR"),
-        )
+        g.owner, g.rate_headers, refusal = gate.admit(request.environ)
+        if refusal is not None:
+            raise refusal
 
     @app.after_request
     def _finish(response: Response) -> Response:
+        rate_headers = g.get("rate_headers")
+        if rate_headers:
+            response.headers.extend(rate_headers)
         started = g.get("flaskmodel_started")
         if started is not None:
             rule = request.url_rule
