@@ -2,8 +2,10 @@
 
 Counts, from the job records' ledger, that every accepted job SUCCEEDED with the right result,
 none was lost and none had its result written twice; that a job which kills its worker every
-time FAILS (``worker_lost``) after ``jobs.max_attempts`` deliveries; and that a replacement
-worker whose model loads slowly is not killed in a loop.
+time FAILS (``worker_lost``) after ``jobs.max_attempts`` deliveries; that a replacement
+worker whose model loads slowly is not killed in a loop; and that the restore of unclaimed
+messages never takes a running job's message from its live worker (recovery from ``kill -9``
+with the default timings: ``test_kill_recovery``).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from flaskmodel.runtime.fake import FakeRuntime
 from flaskmodel.schemas import ModelSpec, TensorSpec
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
-from flaskmodel.storage.workers import WorkerRegistry
-from tests import databases
+from flaskmodel.storage.workers import DeliveryClaims, WorkerRegistry
+from flaskmodel.worker.sweeper import UNACKED
+from tests import databases, procs
 from tests.conftest import FAKE_SPEC, redis_db
-from tests.reliability.harness import Harness, fake_models, ledger, open_harness
+from tests.reliability.harness import TERMINAL, Harness, fake_models, ledger, open_harness
 
 pytestmark = pytest.mark.reliability
 
@@ -179,3 +182,56 @@ def test_slow_loading_replacement_worker_is_not_killed_in_a_loop(
         assert len(pool) == 1
         assert [b.pid for b in ready] == pool, "the process that loaded the model was replaced"
         assert "Timed out waiting for UP" not in log
+
+
+def test_restore_never_takes_a_running_jobs_message_from_its_live_worker(
+    tmp_path: Path,
+) -> None:
+    """Jobs that run several times longer than the claims' TTL and the restore grace, with a
+    sweep every half second: each runs once, its message listed in its worker's claims."""
+    proc, url = procs.start_redis(tmp_path / "redis")
+    settings = Settings(
+        models_root=fake_models(tmp_path / "models", {"slow": {"delay_ms": 4000}}),
+        data_root=tmp_path,
+        run_dir=tmp_path,
+        redis={"url": url},
+        worker={"heartbeat_seconds": 0.5, "concurrency": 2},
+        runtime={"backend": "fake"},
+        # Claims live 1.5 s, the grace is 1 s; each job runs 4 s.
+        jobs={
+            "sweep_seconds": 0.5,
+            "soft_time_limit": 20,
+            "time_limit": 25,
+            "visibility_timeout": 60,
+        },
+    )
+    try:
+        with open_harness(settings, tmp_path) as harness:
+            ids = []
+            for i in range(4):
+                response = harness.submit("slow", [[float(i), 1.0, 2.0, 3.0]])
+                assert response.status_code == 202, response.text
+                ids.append(response.json()["job_id"])
+            claims = DeliveryClaims(harness.redis)
+            listed: set[str] = set()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                taken = set(harness.redis.hkeys(UNACKED))
+                listed |= taken & frozenset().union(*(c.tags for c in claims.live()))
+                if all(harness.record(i).get("state") in TERMINAL for i in ids):
+                    break
+                time.sleep(0.2)
+            records = harness.wait_terminal(ids, timeout=1)
+            restores = harness.log_lines("no longer holds it")
+    finally:
+        procs.stop(proc)
+    counted = ledger(records)
+    print(
+        f"\nlong jobs beside the restore: ledger {counted}; tags claimed {len(listed)}; "
+        f"restores {restores}"
+    )
+    assert counted["states"] == {"SUCCEEDED": 4}
+    assert counted["attempts"] == {1: 4}, "a running job was delivered a second time"
+    assert counted["result_writes"] == {1: 4}
+    assert len(listed) >= 2, "the worker's claims never listed the messages it held"
+    assert restores == 0

@@ -6,14 +6,11 @@ job, and job priorities (Triton's 1 = highest) in the broker's own numbers.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import Celery
 
 from flaskmodel.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 TASK_RUN_JOB = "flaskmodel.run_job"
 # Several tensor jobs in one message (``publish_jobs``); its only argument is their ids.

@@ -1,4 +1,5 @@
 """Worker heartbeats: which worker processes are up, and which models each has loaded and warm.
+(``ModelCatalog`` is the cache of what they advertise; this module reads and writes them.)
 
 Each worker process writes ``flaskmodel:worker:<id>`` (JSON ``WorkerHeartbeat``, TTL three
 heartbeats) and scores its id in the ``flaskmodel:workers`` sorted set by expiry time. Readers take
@@ -8,23 +9,31 @@ Draining: a Celery main process that starts shutting down sets ``flaskmodel:drai
 (``drain``) and rewrites its pool children's heartbeats as draining and not ready at once; every
 later heartbeat of a process whose own or parent's drain key exists says the same, so ``/readyz``
 and admission stop counting the worker while it finishes its in-flight jobs.
+
+Held deliveries (Redis broker): each Celery main process (``<host>:<pid>``) writes
+``flaskmodel:held:<host>:<pid>`` (JSON ``HeldDeliveries``: the broker delivery tags it holds,
+reserved or running, as of ``sent_at``, and since when its writes have all succeeded; TTL three
+heartbeats) and scores itself in
+``flaskmodel:holders`` the same way. The orphan sweeper puts back a message taken and never
+acknowledged once no live main process holds it (``sweeper``); the key's existence also says that
+main process is alive (the sweeper lock of a dead one is taken over at once).
 """
 
 from __future__ import annotations
 
-import logging
-import math
+import json
 import os
 import time
+from collections.abc import Iterable
+from typing import NamedTuple
 
 import redis
 
-from flaskmodel.schemas import ModelAdvert, WorkerHeartbeat
+from flaskmodel.schemas import WorkerHeartbeat
 from flaskmodel.storage.redis import key
 
-logger = logging.getLogger(__name__)
-
 INDEX = key("workers")
+HOLDERS = key("holders")
 
 # KEYS: the index, the heartbeat key prefix. ARGV: now. Prunes expired ids, returns the live
 # heartbeats (one round trip).
@@ -52,10 +61,6 @@ class WorkerRegistry:
         self._ttl = ttl
         self._live = client.register_script(_LIVE)
         self._parsed: dict[str, WorkerHeartbeat] = {}
-        self._snapshot: list[WorkerHeartbeat] = []
-        self._read_at = -math.inf  # time.monotonic() of the last read
-        # model name -> (the heartbeats it was merged from, the merged advert)
-        self._merged: dict[str, tuple[list[WorkerHeartbeat], ModelAdvert | None]] = {}
 
     def beat(self, heartbeat: WorkerHeartbeat) -> None:
         parent = os.getppid()
@@ -102,61 +107,63 @@ class WorkerRegistry:
         pipe.zrem(INDEX, worker_id)
         pipe.execute()
 
-    def live(self, *, max_age: float = 0.0) -> list[WorkerHeartbeat]:
-        """The live workers' heartbeats. A heartbeat read before unchanged is not parsed again
-        (they change at heartbeat pace). ``max_age``: the last snapshot will do if it was read at
-        most this many seconds ago (every read refreshes it)."""
-        if max_age > 0 and time.monotonic() - self._read_at <= max_age:
-            return self._snapshot
-        read_at = time.monotonic()
+    def live(self) -> list[WorkerHeartbeat]:
+        """The live workers' heartbeats, read now (one round trip). A heartbeat read before
+        unchanged is not parsed again (they change at heartbeat pace), so unchanged heartbeats
+        come back as the same objects (``ModelCatalog`` keeps its merged adverts by that)."""
         raws = self._live(keys=[INDEX, key("worker", "")], args=[time.time()])
         parsed = self._parsed
         self._parsed = {r: parsed.get(r) or WorkerHeartbeat.model_validate_json(r) for r in raws}
-        self._snapshot, self._read_at = list(self._parsed.values()), read_at
-        return self._snapshot
-
-    def model(self, name: str, beats: list[WorkerHeartbeat] | None = None) -> ModelAdvert | None:
-        """The model as served by the ready workers, or None if none serves it.
-
-        Versions, specs and states are merged (a version is AVAILABLE where any worker serves
-        it, else LOADING where any loads it, else END). ``latest`` — the default version — is the
-        highest version every one of those workers has warm, so a new version becomes the
-        default only once all of them have loaded it. ``beats``: a snapshot from ``live()``."""
-        beats = self.live() if beats is None else beats
-        last = self._merged.get(name)
-        if (
-            last is not None
-            and len(last[0]) == len(beats)
-            and all(a is b for a, b in zip(last[0], beats, strict=True))
-        ):
-            return last[1]  # the same heartbeats as last time: the same merge
-        merged = self._merge(name, beats)
-        self._merged[name] = (beats, merged)
-        return merged
-
-    @staticmethod
-    def _merge(name: str, beats: list[WorkerHeartbeat]) -> ModelAdvert | None:
-        adverts = [beat.models[name] for beat in beats if beat.ready and name in beat.models]
-        if not adverts:
-            return None
-        merged = adverts[0].model_copy(deep=True)
-        everywhere = set(merged.versions)
-        for advert in adverts[1:]:
-            for version, spec in advert.specs.items():
-                merged.specs.setdefault(version, spec)
-            merged.versions = sorted(set(merged.versions) | set(advert.versions))
-            everywhere &= set(advert.versions)
-            for version, state in advert.states.items():
-                merged.states[version] = _merge_state(merged.states.get(version), state)
-        # Disjoint versions (a worker lagging far behind): the oldest worker's newest is safe.
-        merged.latest = max(everywhere) if everywhere else min(a.latest for a in adverts)
-        return merged
+        return list(self._parsed.values())
 
 
-_STATE_RANK = {"AVAILABLE": 3, "LOADING": 2, "END": 1}
+def held_key(holder: str) -> str:
+    """The key of the deliveries one Celery main process (``<host>:<pid>``) holds."""
+    return key("held", holder)
 
 
-def _merge_state(mine: str | None, theirs: str) -> str:
-    if mine is None:
-        return theirs
-    return max(mine, theirs, key=lambda state: _STATE_RANK.get(state, 0))
+class HeldDeliveries(NamedTuple):
+    """What one Celery main process held as of ``sent_at`` (its clock); ``since``: when the run of
+    its writes without a failure began (Redis reachable from it, every heartbeat, since then)."""
+
+    holder: str
+    sent_at: float
+    since: float
+    tags: frozenset[str]
+
+
+class DeliveryClaims:
+    """Reads and writes the broker deliveries that live worker main processes hold."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._redis = client
+        self._live = client.register_script(_LIVE)
+
+    def publish(
+        self, holder: str, tags: Iterable[str], *, sent_at: float, since: float, ttl: float
+    ) -> None:
+        """Say that ``holder`` held ``tags`` at ``sent_at`` (read before the tags were)."""
+        body = json.dumps(
+            {"holder": holder, "sent_at": sent_at, "since": since, "tags": sorted(tags)}
+        )
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.set(held_key(holder), body, px=int(ttl * 1000))
+        pipe.zadd(HOLDERS, {holder: time.time() + ttl})
+        pipe.expire(HOLDERS, int(ttl) + 1)
+        pipe.execute()
+
+    def live(self) -> list[HeldDeliveries]:
+        """The latest claims of every main process whose claims have not expired."""
+        found = []
+        for raw in self._live(keys=[HOLDERS, held_key("")], args=[time.time()]):
+            body = json.loads(raw)
+            sent_at = float(body["sent_at"])
+            found.append(
+                HeldDeliveries(
+                    str(body["holder"]),
+                    sent_at,
+                    float(body.get("since", sent_at)),
+                    frozenset(body["tags"]),
+                )
+            )
+        return found

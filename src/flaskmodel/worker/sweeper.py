@@ -22,9 +22,26 @@ the same (state, attempts, start time) one sweep earlier is an orphan: it is pub
 its own id. Running it again is safe: the job's state moves through atomic transitions that let
 exactly one result write take effect, and the attempt counter still bounds the deliveries.
 
+Before that, each sweep puts back the messages of dead workers (``restore_unclaimed``). A message
+a worker's main process took and never acknowledged stays in ``unacked`` when that process is
+killed outright (``kill -9``, OOM killer, power): kombu puts it back only after the visibility
+timeout (an hour by default), so its job would wait that long. Every main process lists the
+deliveries it holds every heartbeat (``DeliveryClaims``); an ``unacked`` message of our queues
+that no live main process lists, taken before every live one's latest list was made and at least
+``grace`` seconds ago, belongs to no one: it goes back to the front of its queue at its priority,
+as kombu's own ``restore_by_tag`` does, in one script that moves it only while it is still the
+entry read (an acknowledgement meanwhile wins). Safe however clocks differ between hosts: a live
+holder compares a message's take time with its own list's time, both stamped by its own clock.
+After a Redis outage every claim may have expired: the sweeper restores nothing until its own
+process's claims have been written without a failure for ``grace`` (longer than a heartbeat, so
+every live worker has listed its deliveries again). A holder alive but cut off from Redis alone
+for three heartbeats loses its claims and its job runs a second time; the job layer lets exactly
+one result write take effect (as for a redelivery after the visibility timeout).
+
 One worker sweeps at a time: a Redis lock with a TTL of a few sweep intervals elects it, and is
-taken over when that worker dies. A short-lived marker per (job, attempt) keeps two sweepers that
-overlap (a lock that expired under a stalled leader) from publishing the same orphan twice.
+taken over when that worker dies (at once when its main process's claims have expired). A
+short-lived marker per (job, attempt) keeps two sweepers that overlap (a lock that expired under a
+stalled leader) from publishing the same orphan twice.
 """
 
 from __future__ import annotations
@@ -35,20 +52,24 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import redis
 from celery import Celery
 
+from flaskmodel.errors import JobNotFound
 from flaskmodel.jobs.admission import pending_key
 from flaskmodel.jobs.broker import (
+    MAX_PRIORITY,
     TASK_RUN_JOBS,
     job_of_task,
     model_queue,
     publish_job,
     redis_queue_keys,
 )
-from flaskmodel.schemas import JobRequest, JobState
+from flaskmodel.jobs.records import JobRecords
 from flaskmodel.storage.redis import key
+from flaskmodel.storage.workers import DeliveryClaims, held_key
 
 logger = logging.getLogger(__name__)
 
@@ -59,14 +80,31 @@ UNACKED = "unacked"
 UNACKED_INDEX = "unacked_index"  # tag -> when it was taken
 SCAN_CHUNK = 500
 
-# KEYS: lock. ARGV: owner, ttl ms. Take the lock, or keep it when we hold it already.
+SEP = "\x06\x16"  # kombu's separator in a priority list's name (``redis_queue_keys``)
+# Seconds between kombu recording a message as taken and Celery listing it as reserved (both in
+# the main process's event loop, one after the other): a holder's list made less than this after
+# a message was taken may not show it yet.
+CLAIM_SLACK = 1.0
+
+# KEYS: lock, prefix of the main processes' held-deliveries keys. ARGV: owner, ttl ms. Take the
+# lock (free, ours already, or its owner's main process dead: its claims expired).
 _HOLD = """
 local cur = redis.call('GET', KEYS[1])
-if cur == false or cur == ARGV[1] then
+if cur == false or cur == ARGV[1] or redis.call('EXISTS', KEYS[2] .. cur) == 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   return 1
 end
 return 0
+"""
+
+# KEYS: unacked hash, unacked index, the queue list. ARGV: delivery tag, the entry as read, the
+# message to push. Moves the message back only while its entry is still the one read.
+_RESTORE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[3])
+return 1
 """
 
 
@@ -103,8 +141,30 @@ def payload_ids(payload: object) -> list[str]:
     return [job_of_task(found)] if isinstance(found, str) else []
 
 
+def restored_message(entry: list[Any], base: str) -> tuple[str, str] | None:
+    """The queue list an ``unacked`` entry (``[message, exchange, routing_key]``) goes back to and
+    the message to push there, marked redelivered as kombu marks it; None for a message of another
+    queue than ours (``base`` or ``base.<model>``) or another exchange than the default one."""
+    message, exchange, routing_key = entry
+    if exchange or not isinstance(routing_key, str) or not isinstance(message, dict):
+        return None
+    if routing_key != base and not routing_key.startswith(base + "."):
+        return None
+    message.setdefault("headers", {})["redelivered"] = True
+    properties = message.setdefault("properties", {})
+    properties.setdefault("delivery_info", {})["redelivered"] = True
+    try:
+        priority = min(max(int(properties.get("priority") or 0), 0), MAX_PRIORITY - 1)
+    except (TypeError, ValueError):
+        priority = 0
+    return redis_queue_keys(routing_key)[priority], json.dumps(message)
+
+
 class OrphanSweeper:
-    """Finds orphaned jobs and publishes them again; ``run`` loops until stopped."""
+    """Finds orphaned jobs and publishes them again; ``run`` loops until stopped.
+
+    ``restore_grace``: restore the unclaimed messages of dead workers taken at least this many
+    seconds ago (None: leave them to the visibility timeout)."""
 
     def __init__(
         self,
@@ -115,21 +175,27 @@ class OrphanSweeper:
         interval: float,
         lease: float,
         owner: str,
+        restore_grace: float | None = None,
     ) -> None:
         self._redis = client
+        self._jobs = JobRecords(client)
+        self._claims = DeliveryClaims(client)
         self._celery = celery
         self._queue = queue
         self._interval = interval
         self._lease = lease
         self._owner = owner
+        self._restore_grace = restore_grace
         self._hold = client.register_script(_HOLD)
+        self._restore = client.register_script(_RESTORE)
         # Orphans seen in the previous sweep: job id -> what its record looked like then.
         self._suspects: dict[str, tuple[str, ...]] = {}
 
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(self._interval):
+        while True:  # a first pass at once: a restarted worker restores its predecessor's work
             try:
                 if self.lead():
+                    self.restore_unclaimed()
                     self.sweep()
                 else:
                     self._suspects.clear()
@@ -137,11 +203,56 @@ class OrphanSweeper:
                 logger.info("sweeper: Redis unavailable (%s); trying again next sweep", exc)
             except Exception:
                 logger.exception("sweeper: sweep failed")
+            if stop.wait(self._interval):
+                return
 
     def lead(self) -> bool:
         """Take or keep the sweeper lock; True while this process holds it."""
         ttl_ms = int(self._interval * 3 * 1000)
-        return bool(self._hold(keys=[LOCK], args=[self._owner, ttl_ms]))
+        return bool(self._hold(keys=[LOCK, held_key("")], args=[self._owner, ttl_ms]))
+
+    def restore_unclaimed(self) -> list[str]:
+        """Put the messages no live worker holds back in their queues; returns their job ids."""
+        if self._restore_grace is None:
+            return []
+        now = time.time()
+        holders = self._claims.live()
+        own = [h for h in holders if h.holder == self._owner]
+        if not own or own[0].since > now - self._restore_grace:
+            # Redis was out of our reach within the grace: other workers' claims may have expired
+            # in the outage and not be written again yet.
+            return []
+        claimed = frozenset().union(*(h.tags for h in holders))
+        taken_before = min(min(h.sent_at for h in holders) - CLAIM_SLACK, now - self._restore_grace)
+        restored: list[str] = []
+        candidates = self._redis.zrangebyscore(
+            UNACKED_INDEX, "-inf", f"({taken_before}", start=0, num=SCAN_CHUNK
+        )
+        for tag in (str(t) for t in candidates):
+            if tag in claimed:
+                continue
+            raw = self._redis.hget(UNACKED, tag)
+            if raw is None:
+                continue  # acknowledged meanwhile
+            try:
+                entry = json.loads(raw)
+                target = restored_message(entry, self._queue)
+            except (ValueError, TypeError, AttributeError):
+                target = None
+            if target is None:
+                continue  # not one of our job messages: kombu's visibility timeout handles it
+            queue_list, message = target
+            if self._restore(keys=[UNACKED, UNACKED_INDEX, queue_list], args=[tag, raw, message]):
+                ids = unacked_ids(str(raw))
+                restored += ids
+                logger.warning(
+                    "sweeper: message %s (jobs %s) was taken by a worker that no longer holds "
+                    "it; put back in %s",
+                    tag,
+                    ",".join(ids),
+                    queue_list.split(SEP, 1)[0],
+                )
+        return restored
 
     def sweep(self) -> list[str]:
         """One sweep; returns the ids of the jobs published again."""
@@ -168,12 +279,8 @@ class OrphanSweeper:
         for name in self._redis.scan_iter(match=prefix + "*", count=100):
             model = str(name).removeprefix(prefix)
             ids = [str(i) for i in self._redis.zrange(str(name), 0, -1)]
-            pipe = self._redis.pipeline(transaction=False)
-            for job_id in ids:
-                pipe.hmget(key("job", job_id), ["state", "attempts", "started_at", "chunk"])
-            for job_id, (state, attempts, started, chunk) in zip(ids, pipe.execute(), strict=True):
-                if state in (JobState.QUEUED.value, JobState.RUNNING.value):
-                    found[job_id] = (model, (str(state), str(attempts), str(started), str(chunk)))
+            for job_id, fingerprint in self._jobs.unfinished(ids).items():
+                found[job_id] = (model, fingerprint)
         return found
 
     def _live_messages(
@@ -215,8 +322,10 @@ class OrphanSweeper:
         marker = key("swept", job_id, chunk, attempts)
         if not self._redis.set(marker, self._owner, nx=True, ex=max(1, int(self._interval * 5))):
             return False
-        raw = self._redis.hget(key("job", job_id), "request")
-        request = JobRequest.model_validate_json(raw) if raw else None
+        try:
+            request = self._jobs.request(job_id)
+        except JobNotFound:
+            request = None  # expired meanwhile: published at the default priority, then skipped
         settings = getattr(self._celery, "flaskmodel_settings", None)
         default = settings.jobs.default_priority if settings is not None else 5
         # The chunk the job is at (0 for tensor jobs), at its own priority.
@@ -238,12 +347,25 @@ class OrphanSweeper:
 
 
 def start_sweeper(
-    client: redis.Redis, celery: Celery, *, queue: str, interval: float, lease: float, owner: str
+    client: redis.Redis,
+    celery: Celery,
+    *,
+    queue: str,
+    interval: float,
+    lease: float,
+    owner: str,
+    restore_grace: float | None = None,
 ) -> threading.Event:
     """Run a sweeper in a daemon thread; set the returned event to stop it."""
     stop = threading.Event()
     sweeper = OrphanSweeper(
-        client, celery, queue=queue, interval=interval, lease=lease, owner=owner
+        client,
+        celery,
+        queue=queue,
+        interval=interval,
+        lease=lease,
+        owner=owner,
+        restore_grace=restore_grace,
     )
     thread = threading.Thread(target=sweeper.run, args=(stop,), name="flaskmodel-sweeper")
     thread.daemon = True
