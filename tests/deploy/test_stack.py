@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import redis
 
@@ -154,29 +155,23 @@ sys.exit(stack.run_stack(settings, ready_timeout=spec["ready_timeout"], samples=
 def _processes_mentioning(text: str) -> list[str]:
     """Command lines of live (non-zombie) processes that mention ``text``."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmdline and state != "Z":
-            found.append(f"{entry.name}: {cmdline}")
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.pid != os.getpid() and text in cmdline and proc.info["status"] != "zombie":
+            found.append(f"{proc.pid}: {cmdline}")
     return found
 
 
-def _alive(snapshot: dict[int, int]) -> list[int]:
-    """Which of the (pid → start time) processes still run."""
+def _alive(snapshot: dict[int, float]) -> list[int]:
+    """Which of the (pid → start time) processes still run (read here with psutil directly)."""
     alive = []
     for pid, start in snapshot.items():
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
+            proc = psutil.Process(pid)
+            if proc.create_time() == start and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
             continue
-        if int(fields[19]) == start and fields[0] != "Z":
-            alive.append(pid)
     return alive
 
 
@@ -419,7 +414,7 @@ def test_run_stack_cleans_up_after_supervisord_dies(
     _wait_for_text(out, "FlaskModel is up", proc, 60)
     running = descendants(proc.pid)
     supervisord = [
-        pid for pid in running if b"supervisord" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        pid for pid in running if "supervisord" in " ".join(psutil.Process(pid).cmdline())
     ]
     assert len(supervisord) == 1
     os.kill(supervisord[0], signal.SIGKILL)
@@ -477,7 +472,7 @@ def test_flaskmodel_up_end_to_end(tmp_path: Path) -> None:
             stdin=subprocess.DEVNULL,
             env=env,
         )
-    running: dict[int, int] = {}
+    running: dict[int, float] = {}
     try:
         _wait_for_text(out, "FlaskModel is up", proc, 180)
         running = descendants(proc.pid)

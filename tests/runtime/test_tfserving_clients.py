@@ -8,10 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flaskmodel.errors import DeadlineExceeded, InvalidInput, ModelNotFound, ServiceUnavailable
+from flaskmodel.errors import (
+    DeadlineExceeded,
+    InternalError,
+    InvalidInput,
+    ModelNotFound,
+    ServiceUnavailable,
+)
 from flaskmodel.runtime.remote import RemoteRuntime
 from flaskmodel.runtime.repository import ModelRepository
-from flaskmodel.runtime.tfserving_grpc import TfServingGrpcClient
+from flaskmodel.runtime.tfserving_grpc import TfServingGrpcClient, _from_proto, _to_proto
 from flaskmodel.runtime.tfserving_rest import TfServingRestClient
 from tests import procs
 from tests.runtime.conftest import SLOW_MODEL, TfServing
@@ -68,6 +74,33 @@ def test_strings_and_several_outputs(client: Client, models_root: Path) -> None:
     assert got["text_bytes"].tolist() == expected["text_bytes"].tolist()
     assert got["length"].dtype == np.int32 and got["length"].tolist() == [5, 4]
     np.testing.assert_array_equal(got["doubled"], expected["doubled"])
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(6, dtype=">f4").reshape(2, 3),  # big-endian: sent in TensorFlow's byte order
+        np.array([[True, False]]),
+        np.arange(4, dtype=np.float16),
+        np.arange(4, dtype=np.uint64) << 60,
+        np.array(["é", "text"]),  # str arrays travel as UTF-8 bytes
+    ],
+)
+def test_grpc_tensors_round_trip(array: np.ndarray) -> None:
+    got = _from_proto("out", _to_proto("in", array))
+    expected = np.char.encode(array) if array.dtype.kind == "U" else array
+    assert got.shape == expected.shape and got.tolist() == expected.tolist()
+
+
+def test_grpc_tensors_that_cannot_travel() -> None:
+    with pytest.raises(InvalidInput, match="'in'"):
+        _to_proto("in", np.array([1, "a"], dtype=object))
+    with pytest.raises(InvalidInput, match="datetime64"):
+        _to_proto("in", np.array(["2020-01-01"], dtype="datetime64[D]"))
+    bad_shape = _to_proto("in", np.arange(6, dtype=np.float32))
+    bad_shape.tensor_shape.dim[0].size = 4
+    with pytest.raises(InternalError, match="'out'"):
+        _from_proto("out", bad_shape)
 
 
 def test_errors_map_onto_the_error_tree(client: Client) -> None:

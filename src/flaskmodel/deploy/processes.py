@@ -1,66 +1,61 @@
-"""Processes by /proc: a process tree's live descendants, and killing them without pid reuse
-mistakes (each pid is remembered with its start time)."""
+"""Process trees through psutil: a process's live descendants, and killing them without pid
+reuse mistakes (each pid is remembered with its start time, ``psutil``'s ``create_time()``)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
-from pathlib import Path
+
+import psutil
 
 
-def descendants(pid: int) -> dict[int, int]:
-    """Every live descendant of ``pid`` as pid → start time (clock ticks since boot)."""
-    children: dict[int, list[int]] = {}
-    started: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _stat(int(entry.name))
-        if stat is not None:
-            children.setdefault(stat[0], []).append(int(entry.name))
-            started[int(entry.name)] = stat[1]
-    found: dict[int, int] = {}
-    todo = list(children.get(pid, []))
-    while todo:
-        child = todo.pop()
-        if child in started and child not in found:
-            found[child] = started[child]
-            todo.extend(children.get(child, []))
+def descendants(pid: int) -> dict[int, float]:
+    """Every live descendant of ``pid`` as pid → start time ({} when ``pid`` is gone)."""
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return {}
+    found: dict[int, float] = {}
+    for child in children:
+        with contextlib.suppress(psutil.Error):  # ended since it was listed
+            found[child.pid] = child.create_time()
     return found
 
 
-def kill_processes(procs: dict[int, int], *, grace: float = 0.0, wait: float = 5.0) -> list[int]:
+def running(procs: dict[int, float]) -> list[int]:
+    """Those of the listed processes (pid → start time) that still run, zombies left out."""
+    return [pid for pid, start in procs.items() if _process(pid, start) is not None]
+
+
+def kill_processes(procs: dict[int, float], *, grace: float = 0.0, wait: float = 5.0) -> list[int]:
     """End the listed processes (pid → start time; a reused pid is left alone): those still
     alive after ``grace`` seconds get SIGKILL, then up to ``wait`` seconds to be gone.
     Returns the killed pids."""
     _wait_gone(procs, grace)
-    killed = [pid for pid, start in procs.items() if _alive(pid, start)]
-    for pid in killed:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    killed = []
+    for pid, start in procs.items():
+        proc = _process(pid, start)
+        if proc is not None:
+            # psutil checks again, right before the signal, that the pid was not reused.
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+            killed.append(pid)
     _wait_gone({pid: procs[pid] for pid in killed}, wait)
     return killed
 
 
-def _wait_gone(procs: dict[int, int], timeout: float) -> None:
+def _wait_gone(procs: dict[int, float], timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while any(_alive(pid, start) for pid, start in procs.items()) and time.monotonic() < deadline:
+    while running(procs) and time.monotonic() < deadline:
         time.sleep(0.02)
 
 
-def _alive(pid: int, start: int) -> bool:
-    stat = _stat(pid)
-    return stat is not None and stat[1] == start and stat[2] != "Z"
-
-
-def _stat(pid: int) -> tuple[int, int, str] | None:
-    """(parent pid, start time, state) from /proc/<pid>/stat, or None when it is gone."""
+def _process(pid: int, start: float) -> psutil.Process | None:
+    """The process ``pid`` if it is the one started at ``start`` and not a zombie."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.create_time() != start or proc.status() == psutil.STATUS_ZOMBIE:
+            return None
+    except psutil.Error:
         return None
-    # The command name may hold spaces and parentheses; the fields after its last ')' do not.
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return int(fields[1]), int(fields[19]), fields[0]
+    return proc

@@ -93,7 +93,7 @@ def run_stack(
         except OSError as exc:
             announce(f"cannot start supervisord: {exc}")
             return 2
-        tracked: dict[int, int] = {}
+        tracked: dict[int, float] = {}
         rc = 1
         try:
             rc = _supervise(
@@ -119,7 +119,7 @@ def _supervise(
     *,
     base: str,
     signals: _StopSignals,
-    tracked: dict[int, int],
+    tracked: dict[int, float],
     ready_timeout: float,
     announce: Callable[[str], None],
     samples: str,
@@ -181,7 +181,7 @@ def stop_supervisor(
     paths: StackPaths,
     *,
     timeout: float | None = None,
-    known: dict[int, int] | None = None,
+    known: dict[int, float] | None = None,
     hurry: threading.Event | None = None,
 ) -> bool:
     """Stop supervisord and with it every program; True when all stopped in time on their own.

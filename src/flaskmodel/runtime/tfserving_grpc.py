@@ -8,7 +8,8 @@ services of ``tensorflow-serving-api``: ``ModelService/GetModelStatus`` (version
 ``grpc.experimental.gevent.init_gevent()`` runs before the first channel, so calls yield to the
 hub instead of blocking it. Status codes map onto the error tree: ``UNAVAILABLE`` → 503,
 ``DEADLINE_EXCEEDED`` → 504, ``INVALID_ARGUMENT`` / ``FAILED_PRECONDITION`` → 400, ``NOT_FOUND``
-→ 404, anything else → 500.
+→ 404, anything else → 500. Tensors are converted by TensorFlow's own ``tf.make_tensor_proto`` /
+``tf.make_ndarray`` (strings as object arrays of bytes); only the dtypes of ``TensorSpec`` pass.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+import tensorflow as tf  # this backend runs in worker processes only; imported on first use
 from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -28,7 +30,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from flaskmodel.codecs.tfserving_json import FROM_TF_DTYPES
+from flaskmodel.codecs.tfserving_json import FROM_TF_DTYPES, TF_DTYPES
 from flaskmodel.errors import (
     DeadlineExceeded,
     FlaskModelError,
@@ -39,7 +41,6 @@ from flaskmodel.errors import (
     ServiceUnavailable,
 )
 from flaskmodel.runtime.remote import RemoteRuntime
-from flaskmodel.runtime.tensor_proto import from_tensor_proto, to_tensor_proto
 from flaskmodel.schemas import ModelSpec, TensorSpec
 
 SIGNATURE = "serving_default"
@@ -155,11 +156,11 @@ class TfServingGrpcClient:
         request.model_spec.version.value = spec.version
         request.model_spec.signature_name = SIGNATURE
         for name, array in inputs.items():
-            request.inputs[name].CopyFrom(to_tensor_proto(name, array))
+            request.inputs[name].CopyFrom(_to_proto(name, array))
         reply = self._call(
             self._predict.Predict, request, f"predict of '{spec.name}' version {spec.version}"
         )
-        return {name: from_tensor_proto(name, proto) for name, proto in reply.outputs.items()}
+        return {name: _from_proto(name, proto) for name, proto in reply.outputs.items()}
 
     def runtime(self, name: str, version: int) -> RemoteRuntime:
         """One version of ``name`` on this server, as a ``ModelRuntime``."""
@@ -177,3 +178,29 @@ def _tensor(name: str, info: Any) -> TensorSpec:
     if dtype is None:
         raise ValueError(f"tensor {name!r} has unsupported dtype {info.dtype}")
     return TensorSpec(name=name, dtype=dtype, shape=shape, tensor_name=info.name or None)
+
+
+def _to_proto(name: str, array: np.ndarray) -> Any:
+    """The ``TensorProto`` of input ``name``."""
+    if array.dtype.kind not in "OSU" and array.dtype.name not in TF_DTYPES:
+        raise InvalidInput(f"input '{name}': dtype {array.dtype} cannot be sent to TF Serving")
+    if not array.dtype.isnative:  # make_tensor_proto copies the raw bytes as they are
+        array = array.astype(array.dtype.newbyteorder("="))
+    try:
+        return tf.make_tensor_proto(array)
+    except (TypeError, ValueError) as exc:  # e.g. an object array holding numbers
+        raise InvalidInput(f"input '{name}' cannot be sent to TF Serving: {exc}") from exc
+
+
+def _from_proto(name: str, proto: Any) -> np.ndarray:
+    """The numpy array of output ``name``."""
+    if types_pb2.DataType.Name(proto.dtype) not in FROM_TF_DTYPES:
+        raise InternalError(
+            f"TF Serving output '{name}' has unsupported dtype "
+            f"{types_pb2.DataType.Name(proto.dtype)}"
+        )
+    try:
+        array: np.ndarray = tf.make_ndarray(proto)
+    except (TypeError, ValueError) as exc:  # values that do not fit the shape
+        raise InternalError(f"TF Serving output '{name}' cannot be read: {exc}") from exc
+    return array
