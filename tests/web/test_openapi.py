@@ -144,3 +144,22 @@ def test_api_key_schemes_are_declared_where_a_key_may_be_asked_for(
     jobs = spec["paths"]["/v1/jobs"]["post"]
     assert jobs["security"] == [{"bearerAuth": []}, {"apiKeyHeader": []}, {}]
     assert "security" not in spec["paths"]["/healthz"]["get"]  # probes stay open
+
+
+def test_the_legacy_inference_route_is_deprecated_in_favour_of_v1_jobs(
+    spec: dict[str, Any], client: FlaskClient
+) -> None:
+    legacy = spec["paths"]["/inference/{series_uid}/{start}/{end}"]["get"]
+    assert legacy["deprecated"] is True
+    assert "POST /v1/jobs" in legacy["description"]
+    # The route that replaces it, and every other, is current.
+    deprecated = [
+        (path, method)
+        for path, item in spec["paths"].items()
+        for method, operation in item.items()
+        if operation.get("deprecated")
+    ]
+    assert deprecated == [("/inference/{series_uid}/{start}/{end}", "get")]
+    # Swagger UI's 3.0 document keeps the mark (it strikes the operation through).
+    spelled_30 = client.get("/docs/openapi-3.0.json").get_json()
+    assert spelled_30["paths"]["/inference/{series_uid}/{start}/{end}"]["get"]["deprecated"]

@@ -3,7 +3,8 @@
 The site (template ``flaskmodel.conf``) proxies to gunicorn — one, or several web hosts balanced
 by least connections — with the request limits of the ``web`` settings, answers nginx's own
 errors (every status nginx answers itself) as JSON in the app's ``{"error", "type"}`` shape,
-restricts ``/metrics`` to ``metrics.allow``, and, when ``dicom.enabled``, streams
+restricts ``/metrics`` to ``metrics.allow`` (or, with ``metrics.port``, serves it from a server of
+its own on that port only, the API port answering it 404), and, when ``dicom.enabled``, streams
 ``/dicomweb/`` (STOW-RS uploads) to the DICOM front door (``flaskmodel dicom``).
 """
 
@@ -102,9 +103,32 @@ def deploy_site(settings: Settings, *, upstreams: list[str], dicom: str | None) 
     return _site(settings, upstreams=upstreams, listen="80", dicom=dicom)
 
 
+def _metrics_listen(listen: str, port: int) -> str:
+    """The metrics server's ``listen``: the API's address (if it names one) on ``port``."""
+    host, sep, _ = listen.rpartition(":")
+    return f"{host}:{port}" if sep else str(port)
+
+
 def _site(settings: Settings, *, upstreams: list[str], listen: str, dicom: str | None) -> str:
     upstream, location = _dicom_blocks(settings, dicom)
     errors = nginx_errors("web tier", settings.web.max_request_bytes)
+    pages = _error_pages(errors, ERROR_PREFIX)
+    error_locations = _error_locations(errors, ERROR_PREFIX)
+    port = settings.metrics.port
+    metrics_server = ""
+    if port is None:
+        metrics_location = _metrics_location(settings.metrics.allow)
+    else:
+        metrics_listen = _metrics_listen(listen, port)
+        if metrics_listen == listen:
+            raise ValueError(f"metrics.port {port} is the API's port: leave it unset instead")
+        metrics_location = (
+            "\n    # metrics.port: /metrics is served on its own port only.\n"
+            "    location = /metrics { return 404; }\n"
+        )
+        metrics_server = _metrics_server(
+            metrics_listen, settings.metrics.allow, pages, error_locations
+        )
     return fill(
         "flaskmodel.conf",
         servers=_upstream_servers(upstreams),
@@ -115,11 +139,12 @@ def _site(settings: Settings, *, upstreams: list[str], listen: str, dicom: str |
         header_timeout=_nginx_seconds(settings.web.client_header_timeout),
         body_timeout=_nginx_seconds(settings.web.client_body_timeout),
         read_timeout=f"{settings.jobs.time_limit + 30}s",
-        metrics_location=_metrics_location(settings.metrics.allow),
+        metrics_location=metrics_location,
+        metrics_server=metrics_server,
         dicom_upstream=upstream,
         dicom_location=location,
-        error_pages=_error_pages(errors, ERROR_PREFIX),
-        error_locations=_error_locations(errors, ERROR_PREFIX),
+        error_pages=pages,
+        error_locations=error_locations,
     )
 
 
@@ -199,6 +224,37 @@ def _metrics_location(allow: list[str]) -> str:
         "        deny all;\n"
         "        proxy_pass http://flaskmodel_web;\n"
         "    }\n"
+    )
+
+
+def _metrics_server(listen: str, allow: list[str], pages: str, error_locations: str) -> str:
+    """The server of ``metrics.port``: ``/metrics`` (for ``allow`` only, when set), proxied to the
+    web tier like the API's; every other path answers the JSON 404."""
+    rules = "".join(f"        allow {entry};\n" for entry in allow)
+    if allow:
+        rules += "        deny all;\n"
+    return (
+        "\n# metrics.port: Prometheus scrapes here; the API port answers /metrics 404.\n"
+        "server {\n"
+        f"    listen {listen};\n"
+        "    server_name _;\n"
+        "    proxy_http_version 1.1;\n"
+        '    proxy_set_header Connection "";\n'
+        "    proxy_set_header Host $http_host;\n"
+        "    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+        "    proxy_set_header X-Forwarded-Proto $scheme;\n"
+        "    proxy_set_header X-Request-Id $request_id;\n"
+        "    proxy_connect_timeout 5s;\n"
+        "    proxy_read_timeout 60s;\n"
+        "    location = /metrics {\n"
+        f"{rules}"
+        "        proxy_pass http://flaskmodel_web;\n"
+        "    }\n"
+        "    location / { return 404; }\n"
+        "    proxy_intercept_errors off;\n"
+        f"{pages}\n"
+        f"{error_locations}"
+        "}\n"
     )
 
 

@@ -235,6 +235,10 @@ class MetricsSettings(Section):
     allow: list[str] = Field(default_factory=list)
     """Addresses or CIDR ranges nginx lets read `/metrics` (JSON list); empty: anyone who can
     reach the API."""
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """A port of its own for `/metrics` (e.g. 8002, as Triton's): nginx serves `/metrics` there
+    only and the API port answers it 404; unset: `/metrics` is on the API port. Needs nginx in
+    front (`flaskmodel up`, the deploy set's site), which also applies `allow` there."""
 
     @model_validator(mode="after")
     def _check_allow(self) -> MetricsSettings:

@@ -4,6 +4,13 @@ prometheus-client only formats here (a one-off registry holding one collector pe
 per-process registry is never used, so every scrape shows the same totals whichever gunicorn
 worker answers it. Gauges (jobs by state, queue depths, worker readiness) are read from Redis in
 one pipeline per scrape.
+
+The standard ``process_*`` series (CPU seconds, resident memory, open file descriptors, start
+time; prometheus-client's ``ProcessCollector``, read from ``/proc``) describe the one process
+answering the scrape, unlabelled as every Prometheus client exports them. Worker processes'
+figures are not summed in: CPU seconds and memory of different processes do not add up into a
+meaningful total, and labelled per-process series would need a per-process key in Redis kept
+alive and pruned; per-host node exporters or cAdvisor cover them.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import redis
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -46,6 +53,7 @@ def render(client: redis.Redis, workers: WorkerRegistry, queue_base: str) -> byt
     """The exposition text of every series."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Scrape(client, workers, queue_base))
+    ProcessCollector(registry=registry)  # registers itself; nothing where /proc is absent
     return generate_latest(registry)
 
 

@@ -91,6 +91,8 @@ class Operation:
     request: type[BaseModel] | None = None
     query: dict[str, dict[str, Any]] = field(default_factory=dict)
     headers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Why the operation is deprecated and what replaces it (``None``: current).
+    deprecated: str | None = None
 
 
 _HTML, _INT = ("text/html", {"type": "string"}), {"type": "integer", "minimum": 1}
@@ -115,7 +117,10 @@ OPERATIONS: dict[str, Operation] = {
         "Per-slice labels of a series", {200: SeriesResults}, query={"model": {"type": "string"}}
     ),
     "legacy.inference": Operation(
-        "Start a series job over slices [start, end)", {202: LegacySubmit, 200: LegacySubmit}
+        "Start a series job over slices [start, end)",
+        {202: LegacySubmit, 200: LegacySubmit},
+        deprecated='Deprecated: use `POST /v1/jobs` with `{"model", "series_uid", "slices":'
+        ' {"start", "stop"}}` (the same series job; `GET /v1/jobs/{job_id}` follows it).',
     ),
     "legacy.get_result": Operation("A job's result, or its state", {200: Open, 202: Open}),
     "predict_v1.status_or_metadata": Operation(
@@ -221,6 +226,9 @@ def _operation(
         "summary": op.summary or endpoint,
         "responses": responses,
     }
+    if op.deprecated is not None:
+        operation["deprecated"] = True
+        operation["description"] = op.deprecated
     if not is_open:
         # API keys are optional (FLASKMODEL_SECURITY__*): either scheme, or none when off.
         operation["security"] = [{name: []} for name in SECURITY_SCHEMES] + [{}]
