@@ -93,3 +93,23 @@ def test_viewer_shows_jobs_strip_and_thumbnail(
 
     pixels = decode_png(png.content)
     assert pixels.std() > 10 and np.unique(pixels).size > 3
+
+
+def test_swagger_ui_renders_the_31_document(stack: Stack, browser: object, tmp_path: Path) -> None:
+    """Swagger UI 5, served by the app, lists every operation of the OpenAPI 3.1 document and
+    strikes the deprecated one through."""
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+    from selenium.webdriver.support.ui import WebDriverWait  # noqa: PLC0415
+
+    driver = browser
+    operations = sum(
+        len(item)
+        for item in requests.get(stack.url("/openapi.json"), timeout=10).json()["paths"].values()
+    )
+    driver.get(stack.url("/docs"))  # type: ignore[attr-defined]
+    WebDriverWait(driver, 30).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) == operations
+    )
+    deprecated = driver.find_elements(By.CSS_SELECTOR, ".opblock-deprecated")  # type: ignore[attr-defined]
+    assert len(deprecated) == 1 and "/inference/" in deprecated[0].text
+    driver.save_screenshot(str(tmp_path / "docs.png"))  # type: ignore[attr-defined]

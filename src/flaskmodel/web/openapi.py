@@ -1,8 +1,8 @@
 """``/openapi.json``: OpenAPI 3.1 built from ``url_map`` (a new route shows up by itself, with a
 generic JSON answer until ``OPERATIONS`` names its pydantic schemas; the headers a route of the
-table declares, and whether it is open, come from its ``Route``). ``/docs``: Swagger UI from
-the ``swagger-ui-bundle`` package, served here (no CDN). That Swagger UI (4.x) renders only
-OpenAPI 3.0, so it reads ``/docs/openapi-3.0.json``, the same document spelled the 3.0 way.
+table declares, and whether it is open, come from its ``Route``). ``/docs``: Swagger UI 5 from
+the ``swagger-ui-py`` package's static files, served here (no CDN), rendering the 3.1 document
+as it is.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-import swagger_ui_bundle  # type: ignore[import-untyped]
 from flask import Blueprint, Flask, Response, current_app, send_from_directory, url_for
 from pydantic import BaseModel, ConfigDict, create_model
 
@@ -27,7 +27,17 @@ from flaskmodel.web.routes import route_of
 
 bp = Blueprint("openapi", __name__)
 
-ASSETS = Path(swagger_ui_bundle.swagger_ui_path)
+
+def _swagger_ui_assets() -> Path:
+    """Swagger UI's files in the ``swagger-ui-py`` package, found without importing it (its
+    ``__init__`` loads Jinja and PyYAML for framework adapters we do not use)."""
+    spec = find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("swagger-ui-py is not installed (it serves /docs)")
+    return Path(next(iter(spec.submodule_search_locations))) / "static"
+
+
+ASSETS = _swagger_ui_assets()
 #: Endpoints left out of the document: static files and the documentation itself.
 HIDDEN = re.compile(r"^(static|ui\.ui_asset|openapi\..*)$")
 _CONVERTER = re.compile(r"<(?:(?P<converter>\w+)(?:\([^)]*\))?:)?(?P<name>\w+)>")
@@ -260,56 +270,19 @@ def _version() -> str:
         return "0.0.0"
 
 
-def to_openapi_30(node: Any) -> Any:
-    """The document (or schema) in OpenAPI 3.0 spelling, for Swagger UI 4."""
-    if isinstance(node, list):
-        return [to_openapi_30(item) for item in node]
-    if not isinstance(node, dict):
-        return node
-    out = {k: to_openapi_30(v) for k, v in node.items()}
-    if out.get("openapi") == "3.1.0":
-        out["openapi"] = "3.0.3"
-    options = out.get("anyOf")
-    if isinstance(options, list) and {"type": "null"} in options:
-        rest = [o for o in options if o != {"type": "null"}]
-        del out["anyOf"]
-        if len(rest) == 1:
-            out.update({"allOf": rest} if "$ref" in rest[0] else rest[0])
-        else:
-            out["anyOf"] = rest
-        out["nullable"] = True
-    if "const" in out and not isinstance(out["const"], dict):
-        out["enum"] = [out.pop("const")]
-    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-        value = out.get(bound)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            out[plain], out[bound] = value, True
-    return out
-
-
-def _cached(app: Flask, name: str) -> dict[str, Any]:
-    """The document (``"3.1"``) or its 3.0 spelling (``"3.0"``), built once per app."""
-    cache: dict[str, dict[str, Any]] = app.extensions.setdefault("flaskmodel.openapi", {})
-    if not cache:
-        cache["3.1"] = build_spec(app)
-        cache["3.0"] = to_openapi_30(cache["3.1"])
-    return cache[name]
-
-
 @bp.get("/openapi.json")
 def openapi_json() -> dict[str, Any]:
-    return _cached(current_app, "3.1")
-
-
-@bp.get("/docs/openapi-3.0.json")
-def openapi_30_json() -> dict[str, Any]:
-    return _cached(current_app, "3.0")
+    """The document, built once per app."""
+    cached: dict[str, Any] | None = current_app.extensions.get("flaskmodel.openapi")
+    if cached is None:
+        cached = current_app.extensions["flaskmodel.openapi"] = build_spec(current_app)
+    return cached
 
 
 @bp.get("/docs")
 def docs() -> Response:
     asset = url_for("openapi.docs_asset", name="swagger-ui.css").removesuffix("swagger-ui.css")
-    spec_url = url_for("openapi.openapi_30_json")
+    spec_url = url_for("openapi.openapi_json")
     html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>FlaskModel API</title>
 <link rel="stylesheet" href="{asset}swagger-ui.css">
