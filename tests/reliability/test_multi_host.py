@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from flaskmodel.jobs.store import JobStore
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
 from flaskmodel.web import create_app
@@ -90,8 +91,11 @@ def test_hosts_share_load_survive_a_kill_and_scale(
         assert response.status_code == 202, response.get_json()
         return str(response.get_json()["job_id"])
 
+    jobs = JobStore(client, ttl=600)
+
     def ran_on(ids: list[str]) -> Counter[str]:
-        return Counter(str(client.hget(key("job", i), "worker")).split(":")[-1] for i in ids)
+        """Jobs per pid of the pool process that ran them (the record's ``worker``)."""
+        return Counter(str(view.worker.pid) for view in map(jobs.get, ids) if view.worker)
 
     a = procs.start_worker(host(base, tmp_path, "host-a"), tmp_path / "host-a.log")
     b: subprocess.Popen[bytes] | None = None
