@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from flaskmodel.settings import Settings
+from flaskmodel.storage.catalog import JOB_MAX_AGE
 from flaskmodel.storage.workers import WorkerRegistry
 from tests import databases, procs
 from tests.conftest import redis_db
@@ -54,6 +55,9 @@ def test_sigterm_drains_the_worker_and_loses_nothing(tmp_path: Path, redis_url: 
             time.sleep(0.02)
         not_ready_after = time.monotonic() - sent
         readyz = requests.get(harness.url("/readyz"), timeout=5).json()
+        # A submit may be decided on a heartbeat snapshot up to JOB_MAX_AGE old (the submits
+        # above just read one); past that it sees the worker draining.
+        time.sleep(JOB_MAX_AGE)
         draining_submit = harness.submit("slowish", [[99.0, 0.0, 0.0, 0.0]])
         harness.worker.wait(30)
         exited_after = time.monotonic() - sent
