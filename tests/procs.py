@@ -46,7 +46,7 @@ def wait_for(
 
 
 def start_redis(
-    workdir: Path, port: int | None = None, *, appendonly: bool = False
+    workdir: Path, port: int | None = None, *, appendonly: bool = False, extra: tuple[str, ...] = ()
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -69,6 +69,7 @@ def start_redis(
         # One database per test module that needs its own (more than Redis's default 16).
         "--databases",
         "32",
+        *extra,
     ]
     proc = subprocess.Popen(args)
     url = f"redis://127.0.0.1:{port}/0"

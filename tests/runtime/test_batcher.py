@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from flaskmodel.errors import DeadlineExceeded
-from flaskmodel.runtime.batcher import DynamicBatcher
+from flaskmodel.runtime.batcher import BatchStats, DynamicBatcher
 from flaskmodel.schemas import ModelSpec, TensorSpec
 
 Factory = Callable[[int, float], DynamicBatcher]
@@ -52,6 +52,15 @@ def rows(n: int, start: float = 0.0, width: int = 2) -> dict[str, np.ndarray]:
     return {"x": np.arange(n * width, dtype=np.float32).reshape(n, width) + start}
 
 
+def overlap(batcher: DynamicBatcher, recorder: Recorder) -> None:
+    """Put ``batcher`` in the state callers that overlap leave it in (its last batch merged two
+    calls), where a call waits for others; forget that batch."""
+    for future in batcher.submit_many([rows(1), rows(1)]):
+        future.result(timeout=2)
+    recorder.calls.clear()
+    batcher.stats = BatchStats()
+
+
 @pytest.fixture
 def recorder() -> Recorder:
     return Recorder()
@@ -64,6 +73,8 @@ def make(recorder: Recorder) -> Iterator[Factory]:
     def build(size: int, delay: float) -> DynamicBatcher:
         batcher = DynamicBatcher(recorder, max_batch_size=size, max_batch_delay=delay)
         made.append(batcher)
+        if batcher.enabled:
+            overlap(batcher, recorder)
         return batcher
 
     yield build
@@ -159,6 +170,30 @@ def test_jobs_and_sync_calls_share_the_batch(make: Factory, recorder: Recorder) 
     sync.result(timeout=2)
     assert [r for r, _ in recorder.calls] == [5]
     np.testing.assert_array_equal(job_result["y"], rows(4, 100)["x"] * 2)
+
+
+def test_a_lone_caller_pays_no_delay_and_overlapping_callers_wait_for_company() -> None:
+    # One client at a time: nothing else is queued and the last batch was a single call, so the
+    # call goes at once instead of waiting for company that is not coming.
+    recorder = Recorder()
+    batcher = DynamicBatcher(recorder, max_batch_size=32, max_batch_delay=5.0)
+    try:
+        started = time.monotonic()
+        for i in range(3):
+            batcher.predict(rows(1, i))
+        assert time.monotonic() - started < 1.0  # far below one 5 s delay
+        assert [r for r, _ in recorder.calls] == [1, 1, 1]
+        # Once calls overlap (a batch merged two), a call waits for others again.
+        overlap(batcher, recorder)
+        batcher.max_batch_delay = 0.15
+        first = batcher.submit(rows(1))
+        time.sleep(0.05)
+        second = batcher.submit(rows(1, 50))
+        first.result(timeout=2)
+        second.result(timeout=2)
+        assert [r for r, _ in recorder.calls] == [2]
+    finally:
+        batcher.close()
 
 
 def test_calls_queued_behind_a_busy_model_share_the_next_batch() -> None:

@@ -52,18 +52,37 @@ def test_concurrent_calls_are_merged_and_each_gets_its_rows(
     assert merged, f"no batch merged calls: {after.batch_sizes}"
 
 
-def test_a_failing_batch_fails_every_caller_with_the_cause(fake_stack: Stack) -> None:
-    rows = [[1, 2, 3, 4], [7, 0, 0, 0], [5, 6, 7.5, 8]]  # the second one poisons the batch
+def _at_once(stack: Stack, rows: list[list[float]]) -> list[requests.Response]:
+    """``rows`` sent to ``flaky`` by as many callers at once."""
     barrier = threading.Barrier(len(rows))
 
     def call(row: list[float]) -> requests.Response:
         barrier.wait()
         body = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": row}]}
-        return requests.post(fake_stack.url("/v2/models/flaky/infer"), json=body, timeout=30)
+        return requests.post(stack.url("/v2/models/flaky/infer"), json=body, timeout=30)
 
-    before = fake_stack.stats("flaky")
     with ThreadPoolExecutor(len(rows)) as pool:
-        responses = list(pool.map(call, rows))
+        return list(pool.map(call, rows))
+
+
+def _overlapping(stack: Stack, callers: int) -> None:
+    """Leave ``flaky``'s batcher as overlapping callers do (its last batch merged them all), so
+    the next call waits for company: a lone caller's call goes at once and would run alone."""
+    for _ in range(10):
+        before = stack.stats("flaky")
+        _at_once(stack, [[1, 2, 3, 4]] * callers)
+        wanted = before.requests + callers
+        after = stack.stats_after("flaky", lambda s, wanted=wanted: s.requests >= wanted)
+        if after.batches == before.batches + 1:
+            return
+    raise AssertionError(f"{callers} callers at once never shared a batch")
+
+
+def test_a_failing_batch_fails_every_caller_with_the_cause(fake_stack: Stack) -> None:
+    rows = [[1, 2, 3, 4], [7, 0, 0, 0], [5, 6, 7.5, 8]]  # the second one poisons the batch
+    _overlapping(fake_stack, len(rows))
+    before = fake_stack.stats("flaky")
+    responses = _at_once(fake_stack, rows)
     for response in responses:
         assert response.status_code == 500, response.text
         assert "fails on 7.0" in response.json()["error"]

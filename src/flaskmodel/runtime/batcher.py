@@ -1,7 +1,9 @@
 """``DynamicBatcher``: merges concurrent calls of one model version into model batches.
 
-Triton's semantics: a batch goes at once when it is full (``max_batch_size`` examples), and no
-call waits longer than ``max_batch_delay`` for others to join it. Either knob at 0 turns merging
+A batch goes at once when it is full (``max_batch_size`` examples), and no call waits longer
+than ``max_batch_delay`` for others to join it. A call waits only while callers overlap (the
+last batch merged two or more calls): a lone caller's call goes at once, so a single client pays
+no batching delay, and calls already queued always join the batch. Either knob at 0 turns merging
 off: ``predict`` then calls the model directly and ``submit`` runs calls one at a time. Calls
 whose deadline passed before their batch ran are dropped, never computed; a failing batch fails
 every call in it with the cause. ``BatchStats`` records batch sizes and queue waits.
@@ -107,6 +109,7 @@ class DynamicBatcher:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._last_calls = 0  # calls merged into the last batch (read by the loop thread only)
 
     @property
     def spec(self) -> ModelSpec:
@@ -220,7 +223,10 @@ class DynamicBatcher:
             # Calls already queued join at once, even when the head's delay is up: under load
             # every head is older than the delay, and waiting only for new arrivals would run
             # one call per batch exactly when batching matters most.
-            lingering = all(c.linger for c in pending)
+            # A lone caller is not charged for batching it cannot get: with nothing else queued
+            # and the last batch a single call, the batch goes now. Once callers overlap (the
+            # last batch merged calls), a batch waits up to the delay for others to join.
+            lingering = self._last_calls > 1 and all(c.linger for c in pending)
             remaining = send_at - time.monotonic() if lingering else 0.0
             try:
                 if remaining > 0:
@@ -251,6 +257,7 @@ class DynamicBatcher:
         started = time.monotonic()
         waits = [started - c.enqueued for c in live]
         rows = sum(c.rows for c in live)
+        self._last_calls = len(live)
         try:
             outputs = self.runtime.predict(merge_inputs([c.inputs for c in live]))
             parts = split_outputs(outputs, [c.rows for c in live])

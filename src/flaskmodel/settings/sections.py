@@ -216,8 +216,9 @@ class BatchingSettings(Section):
     """Most examples one model call merges from concurrent requests (per model: `max_batch_size`
     in `flaskmodel.json`). 0 turns dynamic batching off."""
     max_batch_delay_ms: float = 2.0
-    """Longest a request waits for others to fill its batch; a full batch goes at once (per model:
-    `max_batch_delay_ms` in `flaskmodel.json`). 0 turns dynamic batching off."""
+    """Longest a request waits for others to fill its batch, only while requests overlap (a lone
+    request goes at once); a full batch goes at once (per model: `max_batch_delay_ms` in
+    `flaskmodel.json`). 0 turns dynamic batching off."""
     sync_timeout_seconds: float = 30.0
     """Default deadline of a synchronous predict/infer: 504 past it, and work not started by then
     is dropped."""

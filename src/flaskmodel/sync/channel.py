@@ -9,9 +9,9 @@ monkey-patching):
   pipeline: one ``LPUSH`` of all frames per model queue. Under gevent it runs once the request
   greenlets that are ready have queued theirs, so concurrent calls share round trips without any
   added delay;
-- the **receiver** ``BLPOP``s the reply list, takes whatever else is there in the same round trip
-  and wakes each waiting call by its request id. Replies nobody waits for any more (the caller's
-  deadline passed) are dropped.
+- the **receiver** waits on the reply list, takes whatever is there in one round trip
+  (``BLMPOP``) and wakes each waiting call by its request id. Replies nobody waits for any more
+  (the caller's deadline passed) are dropped.
 
 Workers push replies to the list named in the request header and refresh its TTL, so the list of
 a web process that died expires on its own. Thread-safe, and fork-safe: a process that inherits
@@ -31,14 +31,15 @@ import redis
 
 from flaskmodel.codecs import raw
 from flaskmodel.errors import FlaskModelError, ServiceUnavailable
+from flaskmodel.storage.lists import ListPopper
 from flaskmodel.storage.pipelines import execute
 from flaskmodel.sync import frames
 
 logger = logging.getLogger(__name__)
 
-# Replies taken per round trip besides the one BLPOP returned.
-DRAIN = 255
-# The receiver's BLPOP timeout: how often it notices a stop request.
+# Most replies taken per round trip.
+DRAIN = 256
+# The receiver's blocking-pop timeout: how often it notices a stop request.
 RECEIVE_POLL_SECONDS = 1.0
 # Pause after a Redis error before the receiver tries again.
 RETRY_SECONDS = 0.2
@@ -136,17 +137,17 @@ class SyncChannel:
                         waiter.done.set()
 
     def _receive_loop(self) -> None:
+        popper = ListPopper(self._redis)
         while not self._stop.is_set():
             try:
-                popped = self._redis.blpop([self._reply_list], timeout=RECEIVE_POLL_SECONDS)
-                if popped is None:
-                    continue
-                more = self._redis.lpop(self._reply_list, DRAIN) or []
+                popped = popper.pop_many(
+                    [self._reply_list], timeout=RECEIVE_POLL_SECONDS, direction="LEFT", count=DRAIN
+                )
             except Exception as exc:  # noqa: BLE001 - the receiver must outlive any error
                 logger.warning("sync calls: cannot read replies: %s", exc)
                 self._stop.wait(RETRY_SECONDS)
                 continue
-            for blob in [popped[1], *more]:
+            for blob in popped[1] if popped else []:
                 self._deliver(blob)
 
     def _deliver(self, blob: bytes) -> None:

@@ -1,7 +1,7 @@
 """``SyncConsumer``: the worker side of synchronous calls (the lean Redis protocol, not Celery).
 
-One thread per worker process ``BRPOP``s ``flaskmodel:sync:<model>`` for every model the process
-serves, takes whatever else is already queued for that model in the same round trip, drops
+One thread per worker process waits on ``flaskmodel:sync:<model>`` for every model the process
+serves and takes whatever is queued for that model in the same round trip (``BLMPOP``), drops
 requests whose deadline has passed (their caller has gone: the work is not computed) and hands
 the rest to the model version's ``DynamicBatcher`` without waiting. A second thread sends the
 replies, all those ready in one pipeline: one ``LPUSH`` + ``EXPIRE`` per web process's reply list
@@ -27,14 +27,15 @@ from flaskmodel.codecs import raw
 from flaskmodel.errors import DeadlineExceeded, FlaskModelError, InvalidInput
 from flaskmodel.runtime.batcher import DynamicBatcher
 from flaskmodel.runtime.repository import ModelRepository
+from flaskmodel.storage.lists import ListPopper
 from flaskmodel.storage.pipelines import execute
 from flaskmodel.sync import frames
 
 logger = logging.getLogger(__name__)
 
 Outcome = dict[str, np.ndarray] | FlaskModelError | Exception
-# Requests taken per round trip besides the one BRPOP returned.
-DRAIN = 127
+# Most requests taken per round trip.
+DRAIN = 128
 # How often the list of served models is re-read (new model folders appear without restart).
 MODELS_REFRESH_SECONDS = 5.0
 
@@ -52,6 +53,7 @@ class SyncConsumer:
     ) -> None:
         self._redis = client
         self._push = frames.register_push(client)
+        self._popper = ListPopper(client)
         self._repository = repository
         self._reply_ttl = reply_ttl
         self._poll = poll_seconds
@@ -81,7 +83,7 @@ class SyncConsumer:
             thread.join(5)
 
     def _consume(self) -> None:
-        keys: list[bytes | str] = []
+        keys: list[str] = []
         refreshed = 0.0
         turn = 0
         while not self._stop.is_set():
@@ -91,20 +93,18 @@ class SyncConsumer:
             if not keys:
                 self._stop.wait(self._poll)
                 continue
-            # BRPOP serves its keys in order: rotate so a busy model cannot starve the others.
+            # The pop serves its keys in order: rotate so a busy model cannot starve the others.
             turn = (turn + 1) % len(keys)
             order = keys[turn:] + keys[:turn]
             try:
-                popped = self._redis.brpop(order, timeout=self._poll)
-                if popped is None:
-                    continue
-                queue_key, first = popped
-                more = self._redis.rpop(queue_key, DRAIN) or []
+                popped = self._popper.pop_many(
+                    order, timeout=self._poll, direction="RIGHT", count=DRAIN
+                )
             except redis.RedisError as exc:
                 logger.warning("sync consumer: redis unavailable: %s", exc)
                 self._stop.wait(self._poll)
                 continue
-            for blob in [first, *more]:
+            for blob in popped[1] if popped else []:
                 self._dispatch(blob)
 
     def _dispatch(self, blob: bytes) -> None:
