@@ -6,6 +6,7 @@ of each answer, and which client address a keyless caller's bucket is named by
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -203,6 +204,25 @@ def test_gcra_script_against_redis(redis_url: str) -> None:
     assert {dict(r.headers)["RateLimit-Policy"] for r in results} == {'"default";q=4;w=1'}
     left = [dict(r.headers)["RateLimit"] for r in results]
     assert left == [f'"default";r={n};t=1' for n in (3, 2, 1, 0, 0, 0)]
+
+
+def test_concurrent_checks_share_round_trips_and_the_bucket_stays_exact(redis_url: str) -> None:
+    # 40 threads check at once: their checks are decided together (one script call per round
+    # trip), in order, so exactly the burst is allowed, whoever comes first.
+    client = connect(Settings(redis={"url": redis_db(redis_url, databases.RATE_LIMIT)}))
+    limiter = RateLimiter(client, per_second=0.01, burst=15)
+    caller = f"test-{time.time_ns()}"
+    start = threading.Barrier(40)
+
+    def check() -> float | None:
+        start.wait(5)
+        return limiter.check(caller).wait
+
+    with ThreadPoolExecutor(40) as pool:
+        waits = list(pool.map(lambda _: check(), range(40)))
+    client.close()
+    assert waits.count(None) == 15
+    assert all(w is not None and w > 0 for w in waits if w is not None)
 
 
 @pytest.mark.parametrize(
