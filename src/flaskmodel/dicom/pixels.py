@@ -127,7 +127,7 @@ def _window_of(item: Any) -> tuple[float, float] | None:
 @dataclass(frozen=True)
 class _FrameFile:
     """A parsed multi-frame file: the data set (pixel data still encoded) and, per frame, what
-    rescales it and its window. Read-only once built, so the decode threads share it."""
+    rescales it and its window. Read-only once built, so threads may share it."""
 
     ds: Any
     rescale: list[Any]  # per frame: the data set holding its RescaleSlope/Intercept
@@ -171,7 +171,7 @@ def _frame_file(path: Path, rel: str) -> _FrameFile:
 
 def _parse_frames(ds: Any, rel: str) -> _FrameFile:
     # pydicom converts raw elements on first access, writing them back into the data set; convert
-    # them all here so the decode threads only read.
+    # them all here so threads that share the data set only read.
     for _ in ds:
         pass
     groups = frame_groups(ds, rel)

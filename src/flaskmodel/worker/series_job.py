@@ -15,25 +15,20 @@ import base64
 import logging
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
 import redis
 
 from flaskmodel.dicom.headers import SliceRef
-from flaskmodel.dicom.pixels import file_window, load_hu
 from flaskmodel.dicom.postprocess import PostprocessResult, postprocess
-from flaskmodel.dicom.preprocess import PreprocessConfig, preprocess_slice, resolve_window
+from flaskmodel.dicom.preprocess import PreprocessConfig, resolve_window
 from flaskmodel.dicom.series import Series, scan_series
-from flaskmodel.dicom.thumbnail import render_thumbnail
 from flaskmodel.errors import InvalidRequest, JobCancelled
 from flaskmodel.jobs.series_results import SeriesResults
 from flaskmodel.jobs.slices import SeriesProgress
 from flaskmodel.jobs.store import JobStore
-from flaskmodel.logs import JOB_ID, job_context
+from flaskmodel.logs import JOB_ID
 from flaskmodel.metrics.catalogue import SLICE_DECODE, SLICE_PREPROCESS
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.base import ModelRuntime
@@ -41,12 +36,10 @@ from flaskmodel.runtime.repository import ModelConfig, ModelRepository
 from flaskmodel.schemas import JobRequest, JobState, ModelSpec
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import key
+from flaskmodel.worker.decode_pool import Prepared, decode_pool
 from flaskmodel.worker.series_source import fetch_series
 
 logger = logging.getLogger(__name__)
-
-# Decoding (JPEG 2000 ~30 ms a slice) runs in native code that releases the GIL.
-DECODE_THREADS = 2
 
 
 def run_series(
@@ -82,28 +75,25 @@ def run_series(
     offset = series.slices.index(slices[0])
     index_of = {s.key: offset + i for i, s in enumerate(slices)}
     chunk = todo[: batch_size * settings.series.chunk_batches]
-    with ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="dicom") as pool:
-        for first in range(0, len(chunk), batch_size):
-            if jobs.state(job_id) is not JobState.RUNNING:
-                raise JobCancelled(f"job '{job_id}' was cancelled; stopped before a batch")
-            batch = chunk[first : first + batch_size]
-            tick = time.perf_counter()
-            prepared = _prepare_batch(pool, batch, settings, preprocess, request.model)
-            images = [p.image for p in prepared]
-            # Summed across the decode threads: CPU time spent, not wall time.
-            timings["decode"] += sum(p.decode_seconds for p in prepared)
-            timings["preprocess"] += sum(p.preprocess_seconds for p in prepared)
-            inputs = {image_input: np.stack(images)}
-            tick2 = time.perf_counter()
-            outputs = runtime.predict(inputs, linger=False)  # a whole batch: no batch delay
-            timings["inference"] += time.perf_counter() - tick2
-            scores = np.asarray(outputs[score_output], dtype=np.float64).reshape(len(batch), -1)
-            _store_batch(client, settings, progress, job_id, batch, scores, prepared, index_of)
-            done.update(ref.key for ref in batch)
-            jobs.set_progress(job_id, sum(s.key in done for s in slices), len(slices))
-            logger.debug(
-                "job %s: batch of %d in %.3fs", job_id, len(batch), time.perf_counter() - tick
-            )
+    for first in range(0, len(chunk), batch_size):
+        if jobs.state(job_id) is not JobState.RUNNING:
+            raise JobCancelled(f"job '{job_id}' was cancelled; stopped before a batch")
+        batch = chunk[first : first + batch_size]
+        tick = time.perf_counter()
+        prepared = _prepare_batch(batch, settings, preprocess, request.model)
+        images = [p.image for p in prepared]
+        # Summed across the decode processes: CPU time spent, not wall time.
+        timings["decode"] += sum(p.decode_seconds for p in prepared)
+        timings["preprocess"] += sum(p.preprocess_seconds for p in prepared)
+        inputs = {image_input: np.stack(images)}
+        tick2 = time.perf_counter()
+        outputs = runtime.predict(inputs, linger=False)  # a whole batch: no batch delay
+        timings["inference"] += time.perf_counter() - tick2
+        scores = np.asarray(outputs[score_output], dtype=np.float64).reshape(len(batch), -1)
+        _store_batch(client, settings, progress, job_id, batch, scores, prepared, index_of)
+        done.update(ref.key for ref in batch)
+        jobs.set_progress(job_id, sum(s.key in done for s in slices), len(slices))
+        logger.debug("job %s: batch of %d in %.3fs", job_id, len(batch), time.perf_counter() - tick)
     if len(chunk) < len(todo):
         timings["total"] = time.perf_counter() - started
         progress.add_timings(job_id, timings)
@@ -201,49 +191,17 @@ def _store_batch(
 
 
 def _prepare_batch(
-    pool: ThreadPoolExecutor,
-    batch: list[SliceRef],
-    settings: Settings,
-    config: PreprocessConfig,
-    model: str,
+    batch: list[SliceRef], settings: Settings, config: PreprocessConfig, model: str
 ) -> list[Prepared]:
-    """The batch's slices read and preprocessed in the decode threads (which log about this
-    job too), their per-slice times recorded in the process's metrics."""
-    prepare = partial(_prepare, settings=settings, config=config, job_id=JOB_ID.get())
-    prepared = list(pool.map(prepare, batch))
+    """The batch's slices read and preprocessed in this process's decode processes (which log
+    about this job too), their per-slice times recorded in the process's metrics."""
+    prepared = decode_pool(settings.log).prepare(
+        batch, settings.data_root, config, thumbnails=settings.series.thumbnails,
+        job_id=JOB_ID.get(),
+    )  # fmt: skip
     RECORDER.observe_many(SLICE_DECODE, (model,), [p.decode_seconds for p in prepared])
     RECORDER.observe_many(SLICE_PREPROCESS, (model,), [p.preprocess_seconds for p in prepared])
     return prepared
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """One slice ready for the model, its thumbnail (PNG) and what it cost."""
-
-    image: np.ndarray
-    thumbnail: bytes | None
-    decode_seconds: float
-    preprocess_seconds: float
-
-
-def _prepare(
-    ref: SliceRef, *, settings: Settings, config: PreprocessConfig, job_id: str | None
-) -> Prepared:
-    """One slice as model input (and, when enabled, its thumbnail for the results viewer)."""
-    with job_context(job_id):
-        return _prepare_slice(ref, settings, config)
-
-
-def _prepare_slice(ref: SliceRef, settings: Settings, config: PreprocessConfig) -> Prepared:
-    tick = time.perf_counter()
-    hu = load_hu(ref, settings.data_root)
-    window = file_window(ref, settings.data_root) if config.window == "file" else None
-    tock = time.perf_counter()
-    image = preprocess_slice(hu, config, window)
-    thumbnail = None
-    if settings.series.thumbnails:
-        thumbnail = render_thumbnail(hu, resolve_window(config, window))
-    return Prepared(image, thumbnail, tock - tick, time.perf_counter() - tock)
 
 
 def _image_signature(spec: ModelSpec) -> tuple[str, str]:
