@@ -1,14 +1,23 @@
-"""Request bodies for each benchmark scenario, and the check that a server's answer is right."""
+"""Request bodies for each benchmark scenario, and the check that a server's answer is right.
+
+``scenarios`` are FlaskModel's three protocols for both models; ``baseline_scenarios`` are what
+the naive Flask baseline (``bench.baseline``) is driven with: M1 in TF Serving REST JSON, M2 as a
+raw float32 body.
+"""
 
 from __future__ import annotations
 
 import json
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# Direct connections only: a configured HTTP proxy must not see requests to our own loopback.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,26 @@ def scenarios(work: Path, items: int = 1) -> list[Scenario]:
     return out
 
 
+#: The naive baseline's scenarios (``Scenario.name``), by the model they are measured with.
+BASELINE_JSON = "naive Flask, TF Serving REST JSON"
+BASELINE_RAW = "naive Flask, raw float32 body"
+BASELINE_SCENARIO = {"tiny": BASELINE_JSON, "ct": BASELINE_RAW}
+
+
+def baseline_scenarios(work: Path, items: int = 1) -> list[Scenario]:
+    """M1 ``tiny`` as TF Serving REST JSON and M2 ``ct`` as a raw little-endian float32 body."""
+    rest = work / "tiny-baseline.json"
+    rest.write_text(json.dumps({"instances": _input("tiny", items).tolist()}))
+    raw = work / "ct-raw.bin"
+    raw.write_bytes(_input("ct", items).astype("<f4").tobytes())
+    return [
+        Scenario(BASELINE_JSON, "tiny", "/v1/models/tiny:predict", rest, items),
+        Scenario(
+            BASELINE_RAW, "ct", "/raw/ct", raw, items, content_type="application/octet-stream"
+        ),
+    ]
+
+
 def expected(models_root: Path, model: str, items: int) -> np.ndarray:
     """What the model itself answers for the scenario's input."""
     from flaskmodel.runtime.savedmodel import SavedModelRuntime  # noqa: PLC0415
@@ -76,22 +105,41 @@ def expected(models_root: Path, model: str, items: int) -> np.ndarray:
     return np.asarray(next(iter(runtime.predict({name: _input(model, items)}).values())))
 
 
-def answer(base: str, scenario: Scenario) -> np.ndarray:
-    """POST the scenario's body once and decode the output tensor from the answer."""
-    headers = {"Content-Type": scenario.content_type}
+def post(
+    base: str, scenario: Scenario, headers: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[int, dict[str, str], bytes]:
+    """POST the scenario's body once: the status, the answer's header fields (names in lower
+    case) and its body; an error status is returned, not raised."""
+    sent = {"Content-Type": scenario.content_type, **(headers or {})}
     if scenario.header_length is not None:
-        headers["Inference-Header-Content-Length"] = str(scenario.header_length)
+        sent["Inference-Header-Content-Length"] = str(scenario.header_length)
     request = urllib.request.Request(
-        base + scenario.path, data=scenario.body.read_bytes(), headers=headers, method="POST"
+        base + scenario.path, data=scenario.body.read_bytes(), headers=sent, method="POST"
     )
-    with urllib.request.urlopen(request, timeout=60) as response:
-        raw = response.read()
-        length = response.headers.get("Inference-Header-Content-Length")
+    try:
+        with _opener.open(request, timeout=timeout) as response:
+            return response.status, _fields(response.headers.items()), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, _fields(exc.headers.items()), exc.read()
+
+
+def _fields(items: list[tuple[str, str]]) -> dict[str, str]:
+    return {name.lower(): value for name, value in items}
+
+
+def answer(base: str, scenario: Scenario, headers: dict[str, str] | None = None) -> np.ndarray:
+    """POST the scenario's body once and decode the output tensor from the answer."""
+    status, fields, raw = post(base, scenario, headers)
+    if status != 200:
+        raise RuntimeError(f"{scenario.name} {scenario.model}: HTTP {status}: {raw[:300]!r}")
+    length = fields.get("inference-header-content-length")
     if length is not None:
         header = json.loads(raw[: int(length)])
         output = header["outputs"][0]
         data = np.frombuffer(raw[int(length) :][: output["parameters"]["binary_data_size"]], "<f4")
         return data.reshape(output["shape"])
+    if fields.get("content-type", "").startswith("application/octet-stream"):
+        return np.frombuffer(raw, "<f4").reshape(scenario.items, -1)
     body: dict[str, Any] = json.loads(raw)
     if "predictions" in body:
         return np.asarray(body["predictions"], dtype=np.float32)

@@ -1,4 +1,5 @@
-"""The benchmark's Markdown report: machine, commit, date, settings, and one row per cell."""
+"""The benchmark's Markdown report: machine, commit, date, settings, one row per cell (each
+FlaskModel protocol row also as a ratio to the naive baseline's cell), and issue 17's targets."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flaskmodel.bench.inprocess import Limit
+from flaskmodel.bench.targets import (
+    BASELINE,
+    FLASKMODEL,
+    KEYS,
+    p50_ratio,
+    targets,
+    throughput_ratio,
+)
 from flaskmodel.bench.wrk import Cell
 
 
@@ -21,6 +30,7 @@ class Row:
     cell: Cell
     limit: float | None  # in-process items/s this row is compared with
     errors: int  # transport errors plus unexpected answers
+    stack: str = FLASKMODEL  # the server measured (``bench.targets``: FLASKMODEL, KEYS, BASELINE)
 
     @property
     def items_per_second(self) -> float:
@@ -57,24 +67,54 @@ class Report:
                 for x in self.limits
             ],
             "",
-            "## Through the stack (nginx → gunicorn → Redis → worker), driven by wrk",
+            "## Through the servers, driven by wrk",
             "",
-            "| scenario | model | connections | items/s | p50 ms | p99 ms | errors | "
-            "requests | of in-process limit |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            _SERVERS,
+            "",
+            "| server | scenario | model | connections | items/s | p50 ms | p99 ms | errors | "
+            "requests | of in-process limit | × baseline | p50 × baseline |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for row in self.rows:
             cell = row.cell
             share = f"{row.items_per_second / row.limit:.0%}" if row.limit else "–"
             lines.append(
-                f"| {row.scenario} | {row.model} | {cell.connections} | "
+                f"| {row.stack} | {row.scenario} | {row.model} | {cell.connections} | "
                 f"{row.items_per_second:,.1f} | {cell.p50_ms:.1f} | {cell.p99_ms:.1f} | "
-                f"{row.errors} | "
-                f"{cell.requests} | {share} |"
+                f"{row.errors} | {cell.requests} | {share} | "
+                f"{_times(throughput_ratio(row, self.rows))} | "
+                f"{_times(p50_ratio(row, self.rows))} |"
             )
+        lines += [
+            "",
+            "## Targets (issue 17)",
+            "",
+            "Ratios to the naive Flask baseline (gunicorn, one sync worker a core, the models "
+            "loaded in each, one request one signature call) measured in this run.",
+            "",
+            "| target | measured | met |",
+            "| --- | --- | --- |",
+            *[f"| {t.name} | {t.measured} | {_MET[t.met]} |" for t in targets(self.rows)],
+        ]
         if self.notes:
             lines += ["", "## Notes", "", *[f"- {n}" for n in self.notes]]
         return "\n".join(lines) + "\n"
+
+
+_SERVERS = (
+    f"{FLASKMODEL}: the stack (nginx → gunicorn → Redis → worker); {KEYS}: a second stack alike "
+    "with one API key and a per-key rate limit that counts every request; "
+    f"{BASELINE}: the naive baseline (gunicorn sync workers, no nginx). The cells of one model "
+    "and connection count ran one right after another (baseline first), so a slow minute of the "
+    "host hits them alike. × baseline: items/s over the baseline's cell of the same model and "
+    "connections (M1: its REST JSON cell; M2: its raw float32 body cell); p50 × baseline: the "
+    "same at 1 connection, for p50 latency."
+)
+_MET = {True: "yes", False: "**no**", None: "–"}
+
+
+def _times(ratio: float | None) -> str:
+    return "–" if ratio is None else f"{ratio:.2f}×"
 
 
 def commit() -> str:

@@ -36,11 +36,16 @@ f:close()
 """
 
 # A fixed POST; responses other than 200 count as errors; completed = requests answered 200.
+# $WRK_HEADERS adds header fields, one "Name: value" a line (e.g. an API key).
 POST_SCRIPT = (
     _THREADS
     + _POST_BODY
     + """
 wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "application/json"
+for line in string.gmatch(os.getenv("WRK_HEADERS") or "", "[^\\n]+") do
+  local name, value = string.match(line, "^([^:]+):%s*(.*)$")
+  if name then wrk.headers[name] = value end
+end
 local header_length = os.getenv("WRK_HEADER_LENGTH")
 if header_length and header_length ~= "" then
   wrk.headers["Inference-Header-Content-Length"] = header_length
@@ -133,8 +138,10 @@ def run_wrk(
     content_type: str = "application/json",
     header_length: int | None = None,
     one_thread_per_connection: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> Cell:
-    """Run wrk once against ``url`` with a Lua ``script``; raises if wrk fails."""
+    """Run wrk once against ``url`` with a Lua ``script``; raises if wrk fails. ``headers`` are
+    sent with every request of ``POST_SCRIPT``."""
     lua = work_dir / f"script-{abs(hash(script))}.lua"
     lua.write_text(script)
     threads = connections if one_thread_per_connection else min(connections, 2)
@@ -146,6 +153,7 @@ def run_wrk(
         "WRK_BODY": str(body),
         "WRK_CONTENT_TYPE": content_type,
         "WRK_HEADER_LENGTH": "" if header_length is None else str(header_length),
+        "WRK_HEADERS": "\n".join(f"{name}: {value}" for name, value in (headers or {}).items()),
         "PATH": "/usr/bin:/bin",
     }
     out = subprocess.run(
