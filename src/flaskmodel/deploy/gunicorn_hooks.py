@@ -28,9 +28,10 @@ logger = logging.getLogger(__name__)
 
 def post_worker_init(worker: Any) -> None:
     """Gunicorn hook (after the app is loaded): SIGTERM marks the app draining, then stops; the
-    ``Date`` header is formatted once a second, not per response; the loaded app is exempt from
-    the garbage collector's full passes (``heap``)."""
+    ``Date`` header is formatted once a second, not per response; a small response goes out in
+    one send; the loaded app is exempt from the garbage collector's full passes (``heap``)."""
     _cache_http_date()
+    one_send_per_response()
     heap.freeze()
     extensions = getattr(worker.wsgi, "extensions", {})
     services = extensions.get("flaskmodel")
@@ -67,3 +68,41 @@ def _cache_http_date() -> None:
 
     http_date.cached = True  # type: ignore[attr-defined]
     util.http_date = http_date
+
+
+#: Largest body sent in the same ``sendall`` as its headers (a larger one is not copied).
+ONE_SEND_MAX_BODY = 64 * 1024
+
+
+def one_send_per_response() -> None:
+    """Gunicorn writes a response's headers and its body with two ``sendall`` calls, two system
+    calls (and two reads for nginx) per answer; a response whose length is known and whose body
+    comes in one piece up to ``ONE_SEND_MAX_BODY`` (every JSON or binary inference answer) goes
+    in one. The header block is built as ``Response.send_headers`` builds it."""
+    from gunicorn import util  # noqa: PLC0415 - in the worker, after patching
+    from gunicorn.http.wsgi import Response  # noqa: PLC0415
+
+    if getattr(Response.write, "one_send", False):
+        return
+    write = Response.write
+
+    def one_send(self: Any, arg: Any) -> None:
+        if (
+            self.headers_sent
+            or self.chunked
+            or getattr(self, "_omits_body", False)
+            or not isinstance(arg, bytes)
+            or self.response_length is None
+            or len(arg) > min(self.response_length, ONE_SEND_MAX_BODY)
+        ):
+            write(self, arg)
+            return
+        lines = self.default_headers()
+        lines.extend([f"{k}: {v}\r\n" for k, v in self.headers])
+        head = util.to_bytestring("{}\r\n".format("".join(lines)), "latin-1")
+        self.headers_sent = True
+        self.sent += len(arg)
+        util.write(self.sock, head + arg)
+
+    one_send.one_send = True  # type: ignore[attr-defined]
+    Response.write = one_send
