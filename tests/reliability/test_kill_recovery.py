@@ -17,6 +17,7 @@ result written once (the records' ``result_writes`` ledger). And the control: wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -193,6 +194,10 @@ def kill(harness: Harness, kind: str, watch: Watch, seen: set[str]) -> float:
         procs.wait_for(
             lambda: not any(Path(f"/proc/{p}").exists() for p in pool), 10, "pool gone with it"
         )
+        # What else the frozen group held (the pool processes' decode children) thaws, reads
+        # the end of its closed stdin and exits, as it would had it not been frozen.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(harness.worker.pid, signal.SIGCONT)
     else:
         os.kill(pool[0], signal.SIGKILL)
         at = time.time()
