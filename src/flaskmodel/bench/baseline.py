@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import numpy as np
 from flask import Flask, Response, abort, request
 
+from flaskmodel.bench.payloads import answers
 from flaskmodel.demo.models import import_tensorflow
 from flaskmodel.deploy.stack import free_port
 
@@ -152,19 +152,13 @@ def start_baseline(
 
 def _wait(baseline: Baseline, ready: Path, timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     while time.monotonic() < deadline:
         if baseline.process.poll() is not None:
             raise RuntimeError(
                 f"the baseline's gunicorn exited with {baseline.process.returncode}:\n"
                 + log.read_text(errors="replace")[-3000:]
             )
-        if len(list(ready.iterdir())) >= baseline.workers:
-            try:
-                with opener.open(baseline.base + "/healthz", timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
+        if len(list(ready.iterdir())) >= baseline.workers and answers(baseline.base + "/healthz"):
+            return
         time.sleep(0.25)
     raise RuntimeError(f"the baseline was not ready within {timeout:.0f} s (see {log})")

@@ -123,6 +123,15 @@ def post(
         return exc.code, _fields(exc.headers.items()), exc.read()
 
 
+def answers(url: str, timeout: float = 5) -> bool:
+    """Whether a GET of ``url`` answers 200 now (a server still starting does not)."""
+    try:
+        with _opener.open(url, timeout=timeout) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
 def _fields(items: list[tuple[str, str]]) -> dict[str, str]:
     return {name.lower(): value for name, value in items}
 

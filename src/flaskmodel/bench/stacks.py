@@ -18,11 +18,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flaskmodel.bench.payloads import Scenario, post
+from flaskmodel.bench.payloads import Scenario, answers, post
 from flaskmodel.deploy.stack import free_port
 
 #: The keys-on stack's rate limit: counted on every request, never reached by the bench.
@@ -43,17 +42,13 @@ class Stack:
 
     def wait_ready(self, timeout: float = 240) -> None:
         deadline = time.monotonic() + timeout
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 out = self.log.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"flaskmodel up exited with {self.process.returncode}:\n{out}")
-            try:
-                with opener.open(self.base + "/readyz", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
+            if answers(self.base + "/readyz", timeout=2):
+                return
+            time.sleep(0.5)
         raise RuntimeError(f"the stack at {self.base} did not become ready")
 
     def stop(self) -> None:
