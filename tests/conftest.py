@@ -231,15 +231,17 @@ TYPED_SPEC = {
 @pytest.fixture(scope="session")
 def fake_stack(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Stack]:
     """A stack of fake models on Redis database 1: ``slow`` (400 ms a call, batching off),
-    ``fake`` (batching 50 ms), ``flaky`` (fails on 7.0, batching 300 ms) and ``typed`` (every
-    numeric dtype family)."""
+    ``fake`` (batching 50 ms), ``flaky`` (fails on 7.0, batching 300 ms, batch size not tuned:
+    its tests need calls made at once in one batch, which a probe of the tuner may cut) and
+    ``typed`` (every numeric dtype family)."""
     root = tmp_path_factory.mktemp("fake-stack-models")
     write_fake_model(root, "slow", 1, {**FAKE_SPEC, "delay_ms": SLOW_MS})
     (root / "slow" / "flaskmodel.json").write_text(json.dumps({"max_batch_delay_ms": 0}))
     write_fake_model(root, "fake", 1, FAKE_SPEC)
     (root / "fake" / "flaskmodel.json").write_text(json.dumps({"max_batch_delay_ms": 50}))
     write_fake_model(root, "flaky", 1, {**FAKE_SPEC, "fail_on": 7.0})
-    (root / "flaky" / "flaskmodel.json").write_text(json.dumps({"max_batch_delay_ms": 300}))
+    flaky = {"max_batch_delay_ms": 300, "tune_batch_size": False}
+    (root / "flaky" / "flaskmodel.json").write_text(json.dumps(flaky))
     write_fake_model(root, "typed", 1, TYPED_SPEC)
     logs = tmp_path_factory.mktemp("fake-stack-logs")
     settings = Settings(

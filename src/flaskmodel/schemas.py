@@ -202,6 +202,8 @@ class BatchStatsView(BaseModel):
     queue_wait_seconds_sum: float = 0.0
     queue_wait_seconds_max: float = 0.0
     queue_wait_buckets: dict[str, int] = Field(default_factory=dict)
+    batch_size_limit: int | None = None
+    """The most examples a batch takes now, as the batch-size tuner chose it (None: not tuned)."""
 
 
 class ModelAdvert(BaseModel):

@@ -6,7 +6,9 @@ last batch merged two or more calls): a lone caller's call goes at once, so a si
 no batching delay, and calls already queued always join the batch. Either knob at 0 turns merging
 off: ``predict`` then calls the model directly and ``submit`` runs calls one at a time. Calls
 whose deadline passed before their batch ran are dropped, never computed; a failing batch fails
-every call in it with the cause. ``BatchStats`` records batch sizes and queue waits.
+every call in it with the cause. ``BatchStats`` records batch sizes and queue waits. With
+``tune``, batches take up to the size a ``SizeTuner`` found cheapest per example (at most
+``max_batch_size``).
 
 A call made with ``linger=False`` does not wait for others: its batch takes the calls already
 queued and goes. Series jobs send their batches so: each is a model-sized batch already and
@@ -31,6 +33,7 @@ from flaskmodel.errors import DeadlineExceeded, FlaskModelError, ServiceUnavaila
 from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.base import ModelRuntime
+from flaskmodel.runtime.batch_sizes import SizeTuner
 from flaskmodel.runtime.batching import (
     BatchKey,
     batch_key,
@@ -77,6 +80,10 @@ class BatchStats:
                 bucket = next((str(b) for b in WAIT_BUCKETS if wait <= b), "+Inf")
                 view.queue_wait_buckets[bucket] += 1
 
+    def limit(self, size: int) -> None:
+        with self._lock:
+            self._view.batch_size_limit = size
+
     def snapshot(self) -> BatchStatsView:
         with self._lock:
             return self._view.model_copy(deep=True)
@@ -97,13 +104,22 @@ class DynamicBatcher:
     """Wraps one loaded ``ModelRuntime``; calls from any thread, model calls on one thread."""
 
     def __init__(
-        self, runtime: ModelRuntime, *, max_batch_size: int, max_batch_delay: float
+        self,
+        runtime: ModelRuntime,
+        *,
+        max_batch_size: int,
+        max_batch_delay: float,
+        tune: bool = False,
     ) -> None:
         self.runtime = runtime
         self.max_batch_size = max_batch_size
         self.max_batch_delay = max_batch_delay
         self.enabled = max_batch_size > 0 and max_batch_delay > 0
+        # ``tune``: batches up to the size that costs least per example (``SizeTuner``).
+        self.tuner = SizeTuner(max_batch_size) if tune and self.enabled else None
         self.stats = BatchStats()
+        if self.tuner is not None:
+            self.stats.limit(self.tuner.limit)
         # A call, the calls of one ``submit_many``, or None (stop).
         self._queue: queue.SimpleQueue[_Call | list[_Call] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -202,8 +218,7 @@ class DynamicBatcher:
                     break
                 _add(pending, first)
             stopping = self._collect(pending)
-            limit = self.max_batch_size if self.enabled else 1
-            chosen, _ = plan_batch([(c.key, c.rows) for c in pending], limit)
+            chosen, _ = plan_batch([(c.key, c.rows) for c in pending], self._next_limit(pending))
             taken = set(chosen)
             batch = [pending[i] for i in chosen]
             pending = [c for i, c in enumerate(pending) if i not in taken]
@@ -211,13 +226,22 @@ class DynamicBatcher:
         for call in pending:
             call.future.set_exception(ServiceUnavailable(f"model '{self.spec.name}' shut down"))
 
+    def _next_limit(self, pending: list[_Call]) -> int:
+        """The most examples the next batch takes."""
+        if not self.enabled:
+            return 1
+        if self.tuner is None:
+            return self.max_batch_size
+        return self.tuner.next_limit(sum(c.rows for c in pending if c.key == pending[0].key))
+
     def _collect(self, pending: list[_Call]) -> bool:
         """Wait for more calls until the head's batch is full or its delay is up; True: stop."""
         if not self.enabled:
             return False
         send_at = pending[0].enqueued + self.max_batch_delay
+        limit = self.max_batch_size if self.tuner is None else self.tuner.limit
         while True:
-            _, full = plan_batch([(c.key, c.rows) for c in pending], self.max_batch_size)
+            _, full = plan_batch([(c.key, c.rows) for c in pending], limit)
             if full:
                 return False
             # Calls already queued join at once, even when the head's delay is up: under load
@@ -274,8 +298,12 @@ class DynamicBatcher:
             for call in live:
                 call.future.set_exception(exc)
             return
+        seconds = time.monotonic() - started
+        if self.tuner is not None:
+            self.tuner.record(rows, seconds)
+            self.stats.limit(self.tuner.limit)
         self.stats.batch(rows, waits)
-        self._record(rows, waits, time.monotonic() - started)
+        self._record(rows, waits, seconds)
         for call, part in zip(live, parts, strict=True):
             call.future.set_result(part)
 

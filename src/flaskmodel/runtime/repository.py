@@ -63,6 +63,7 @@ class ModelConfig(BaseModel):
     batch_size: int | None = None
     max_batch_size: int | None = Field(default=None, ge=0)
     max_batch_delay_ms: float | None = Field(default=None, ge=0)
+    tune_batch_size: bool | None = None
     version_labels: dict[str, int] = Field(default_factory=dict)
 
 
@@ -290,7 +291,16 @@ class ModelRepository:
             size,
             delay,
         )
-        return DynamicBatcher(runtime, max_batch_size=size, max_batch_delay=delay / 1000.0)
+        return DynamicBatcher(
+            runtime,
+            max_batch_size=size,
+            max_batch_delay=delay / 1000.0,
+            tune=(
+                self._batching.tune_batch_size
+                if config.tune_batch_size is None
+                else config.tune_batch_size
+            ),
+        )
 
     def _open(self, name: str, version: int) -> ModelRuntime:
         path = self.root / name / str(version)

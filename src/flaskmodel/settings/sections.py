@@ -219,6 +219,10 @@ class BatchingSettings(Section):
     """Longest a request waits for others to fill its batch, only while requests overlap (a lone
     request goes at once); a full batch goes at once (per model: `max_batch_delay_ms` in
     `flaskmodel.json`). 0 turns dynamic batching off."""
+    tune_batch_size: bool = True
+    """Learn, per model, the batch size up to `max_batch_size` that costs least time per example
+    on this host, from the batches it runs, and batch up to that (docs/batching.md); off: every
+    batch takes up to `max_batch_size`."""
     sync_timeout_seconds: float = 30.0
     """Default deadline of a synchronous predict/infer: 504 past it, and work not started by then
     is dropped."""

@@ -1,0 +1,95 @@
+"""``SizeTuner``: the largest batch worth making of one model on this host, learned from the
+batches the model runs.
+
+Batching pays for small models (``tiny``: a batch of 32 costs about what one example costs) but
+not always for big ones: the benchmark's convolutional CT model ran 10-15 % slower per slice at
+batch 8-16 than at batch 1-2 on one 2-core CPU, and slightly faster on another. So the batcher
+measures instead of assuming. Every model call is filed under the size of the ladder (1, 2, 4, ...,
+``max_batch_size``) at or below its examples, as seconds per example. While more examples are
+queued than a batch takes, some batches are cut at another size of the ladder (a probe: often
+while a size has too few samples, rarely once all have them). The limit becomes the size with
+the lowest median seconds per example when that beats what is in force (the limit, or while the
+queue never fills it the largest size seen) by more than ``margin``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+#: Recent samples kept per size (older ones roll out, so the choice follows the host's load).
+SAMPLES = 9
+#: Samples a size needs before it can be chosen.
+MIN_SAMPLES = 5
+#: Batches between probes while some size has too few samples, and once all have enough.
+PROBE_EVERY_LEARNING = 2
+PROBE_EVERY_SETTLED = 32
+#: Gain over the size in force a size needs to take its place (0.05: 5 % less time per example).
+MARGIN = 0.05
+
+
+def ladder(max_size: int) -> list[int]:
+    """1, 2, 4, ... below ``max_size``, then ``max_size``."""
+    sizes = []
+    size = 1
+    while size < max_size:
+        sizes.append(size)
+        size *= 2
+    return [*sizes, max_size]
+
+
+class SizeTuner:
+    """Chooses each batch's limit; used by one batcher's loop thread only."""
+
+    def __init__(self, max_size: int, *, margin: float = MARGIN) -> None:
+        self.sizes = ladder(max_size)
+        self.limit = max_size
+        self.margin = margin
+        self._times: dict[int, deque[float]] = {s: deque(maxlen=SAMPLES) for s in self.sizes}
+        self._since_probe = 0
+        self._turn = 0
+
+    def next_limit(self, queued: int) -> int:
+        """The most examples the next batch takes, ``queued`` being how many wait: the limit,
+        or now and then another size of the ladder that the queue can fill (the one with the
+        fewest samples, in turn among equals)."""
+        candidates = [s for s in self.sizes if s != self.limit and s <= queued]
+        if queued <= 1 or not candidates:
+            return self.limit
+        self._since_probe += 1
+        fewest = min(len(self._times[s]) for s in candidates)
+        every = PROBE_EVERY_LEARNING if fewest < MIN_SAMPLES else PROBE_EVERY_SETTLED
+        if self._since_probe < every:
+            return self.limit
+        self._since_probe = 0
+        least = [s for s in candidates if len(self._times[s]) == fewest]
+        self._turn += 1
+        return least[self._turn % len(least)]
+
+    def record(self, rows: int, seconds: float) -> None:
+        """A model call of ``rows`` examples took ``seconds``; the limit may move."""
+        if rows < 1:
+            return
+        size = max(s for s in self.sizes if s <= rows) if rows < self.sizes[-1] else self.sizes[-1]
+        self._times[size].append(seconds / rows)
+        self._decide()
+
+    def per_example(self) -> dict[int, float]:
+        """Median seconds per example of each size with enough samples."""
+        return {
+            size: statistics.median(times)
+            for size, times in self._times.items()
+            if len(times) >= MIN_SAMPLES
+        }
+
+    def _decide(self) -> None:
+        known = self.per_example()
+        if len(known) < 2:
+            return
+        # What is in force: batches at the limit, or, while the queue never fills the limit,
+        # batches of what is queued (the largest size with samples).
+        best = min(known, key=known.__getitem__)
+        below = (s for s in known if s < self.limit)
+        in_force = self.limit if self.limit in known else max(below, default=best)
+        if known[best] < known[in_force] * (1 - self.margin):
+            self.limit = best

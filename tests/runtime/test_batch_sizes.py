@@ -1,0 +1,152 @@
+"""``SizeTuner`` on its own (recorded timings), and the batcher it steers under concurrent callers
+with models whose cost per example falls or grows with the batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flaskmodel.runtime.base import ModelRuntime
+from flaskmodel.runtime.batch_sizes import MIN_SAMPLES, PROBE_EVERY_SETTLED, SizeTuner, ladder
+from flaskmodel.runtime.batcher import DynamicBatcher
+from flaskmodel.runtime.savedmodel import SavedModelRuntime
+from flaskmodel.schemas import ModelSpec
+from tests.runtime.test_batcher import SPEC
+
+
+def test_the_ladder_is_powers_of_two_then_the_maximum() -> None:
+    assert ladder(32) == [1, 2, 4, 8, 16, 32]
+    assert ladder(12) == [1, 2, 4, 8, 12]
+    assert ladder(1) == [1]
+
+
+def feed(tuner: SizeTuner, per_example: dict[int, float], rounds: int = MIN_SAMPLES) -> None:
+    for _ in range(rounds):
+        for size, seconds in per_example.items():
+            tuner.record(size, seconds * size)
+
+
+def test_the_limit_moves_to_the_size_cheapest_per_example() -> None:
+    tuner = SizeTuner(32)
+    feed(tuner, {1: 0.050, 2: 0.048, 4: 0.055, 8: 0.060, 32: 0.065})
+    assert tuner.limit == 2
+    assert tuner.per_example()[2] == 0.048
+
+
+def test_a_gain_within_the_margin_keeps_the_limit() -> None:
+    tuner = SizeTuner(32)
+    feed(tuner, {1: 0.0300, 32: 0.0310})  # 3 % cheaper at 1: not worth a change
+    assert tuner.limit == 32
+    feed(tuner, {1: 0.0300, 32: 0.0330}, rounds=9)  # 9 % cheaper: moves
+    assert tuner.limit == 1
+
+
+def test_batching_that_pays_keeps_the_top_size() -> None:
+    tuner = SizeTuner(32)
+    feed(tuner, {1: 0.26e-3, 2: 0.14e-3, 4: 0.07e-3, 8: 0.04e-3, 16: 0.02e-3, 32: 0.01e-3})
+    assert tuner.limit == 32
+
+
+def test_calls_are_filed_under_the_ladder_size_at_or_below_them() -> None:
+    tuner = SizeTuner(32)
+    for _ in range(MIN_SAMPLES):
+        tuner.record(12, 0.12)  # 8 <= 12 < 16
+        tuner.record(40, 0.40)  # one call above the maximum: filed under it
+    assert tuner.per_example() == {8: 0.01, 32: 0.01}
+
+
+def test_while_the_queue_never_fills_the_limit_the_largest_size_seen_is_in_force() -> None:
+    tuner = SizeTuner(32)  # e.g. 16 clients: batches of 8-15, never 32
+    feed(tuner, {2: 0.050, 8: 0.060})
+    assert tuner.limit == 2
+
+
+def test_probes_cut_batches_only_when_more_wait_than_they_take() -> None:
+    tuner = SizeTuner(32)
+    assert [tuner.next_limit(1) for _ in range(10)] == [32] * 10  # a lone call: no probe
+    limits = [tuner.next_limit(6) for _ in range(40)]
+    probes = [size for size in limits if size != 32]
+    assert probes and set(probes) <= {1, 2, 4}  # sizes 6 queued calls can fill
+    assert len(probes) == 20  # every 2nd batch while sizes lack samples
+
+
+def test_once_every_size_has_samples_probes_are_rare() -> None:
+    tuner = SizeTuner(8)
+    feed(tuner, {1: 0.09, 2: 0.08, 4: 0.07, 8: 0.01})
+    limits = [tuner.next_limit(100) for _ in range(PROBE_EVERY_SETTLED * 4)]
+    assert tuner.limit == 8
+    assert sum(size != 8 for size in limits) == 4
+
+
+class Costly:
+    """A model whose call sleeps ``fixed + per_example(rows) * rows`` seconds."""
+
+    def __init__(self, fixed: float, per_example: float, growth: float) -> None:
+        self.fixed, self.per_example, self.growth = fixed, per_example, growth
+
+    @property
+    def spec(self) -> ModelSpec:
+        return SPEC
+
+    def load(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(inputs["x"])
+        time.sleep(self.fixed + self.per_example * (1 + self.growth * (rows - 1)) * rows)
+        return {"y": inputs["x"] * 2}
+
+
+def drive(
+    model: ModelRuntime, callers: int, seconds: float, x: dict[str, np.ndarray] | None = None
+) -> DynamicBatcher:
+    """``callers`` threads call ``model`` through a tuned batcher for ``seconds``; each answer is
+    checked against the model called alone."""
+    batcher = DynamicBatcher(model, max_batch_size=32, max_batch_delay=0.002, tune=True)
+    stop = time.monotonic() + seconds
+    x = x or {"x": np.ones((1, 2), dtype=np.float32)}
+    want = model.predict(x)
+
+    def call() -> None:
+        while time.monotonic() < stop:
+            got = batcher.predict(x)
+            for name, value in want.items():
+                np.testing.assert_allclose(got[name], value, rtol=1e-5)
+
+    threads = [threading.Thread(target=call) for _ in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    batcher.close()
+    return batcher
+
+
+def test_a_model_slower_per_example_in_bigger_batches_gets_small_batches() -> None:
+    # 2 ms an example alone, 12 % more per example with each example added to the batch.
+    batcher = drive(Costly(0.0, 0.002, 0.12), callers=16, seconds=4)
+    assert batcher.tuner is not None
+    assert batcher.tuner.limit <= 2
+    assert batcher.stats.snapshot().batch_size_limit == batcher.tuner.limit
+
+
+def test_a_model_whose_batches_cost_as_much_as_one_example_keeps_big_batches() -> None:
+    batcher = drive(Costly(0.003, 0.00005, 0.0), callers=64, seconds=3)
+    assert batcher.tuner is not None
+    assert batcher.tuner.limit >= 16
+
+
+def test_the_real_tiny_model_keeps_big_batches(models_root: Path) -> None:
+    # tiny (the demo MLP, real TensorFlow): a batch of 32 costs about what one example costs.
+    runtime = SavedModelRuntime("tiny", 1, models_root / "tiny" / "1")
+    runtime.load()
+    x = {"x": np.linspace(0, 1, 32, dtype=np.float32).reshape(1, 32)}
+    batcher = drive(runtime, callers=48, seconds=4, x=x)
+    assert batcher.tuner is not None
+    assert batcher.tuner.limit >= 16, batcher.tuner.per_example()
