@@ -13,8 +13,7 @@ from flaskmodel.runtime.base import ModelRuntime
 from flaskmodel.runtime.batch_sizes import MIN_SAMPLES, PROBE_EVERY_SETTLED, SizeTuner, ladder
 from flaskmodel.runtime.batcher import DynamicBatcher
 from flaskmodel.runtime.savedmodel import SavedModelRuntime
-from flaskmodel.schemas import ModelSpec
-from tests.runtime.test_batcher import SPEC
+from tests.runtime.test_batcher import Recorder
 
 
 def test_the_ladder_is_powers_of_two_then_the_maximum() -> None:
@@ -81,21 +80,13 @@ def test_once_every_size_has_samples_probes_are_rare() -> None:
     assert sum(size != 8 for size in limits) == 4
 
 
-class Costly:
-    """A model whose call sleeps ``fixed + per_example(rows) * rows`` seconds."""
+class Costly(Recorder):
+    """A model whose call sleeps ``fixed + per_example * (1 + growth * (rows - 1)) * rows``
+    seconds and doubles its input."""
 
     def __init__(self, fixed: float, per_example: float, growth: float) -> None:
+        super().__init__()
         self.fixed, self.per_example, self.growth = fixed, per_example, growth
-
-    @property
-    def spec(self) -> ModelSpec:
-        return SPEC
-
-    def load(self) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = len(inputs["x"])

@@ -120,3 +120,31 @@ def test_the_children_never_import_tensorflow() -> None:
     check = "import sys, flaskmodel.worker.decode_pool; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_process_pool_stops_its_children_when_its_process_exits() -> None:
+    # The pool every series job of a process shares (``decode_pool``): a process that ran a series
+    # job and exits must not leave its decode children behind.
+    script = f"""
+from pathlib import Path
+from flaskmodel.dicom.preprocess import PreprocessConfig
+from flaskmodel.dicom.series import scan_series
+from flaskmodel.settings.sections import LogSettings
+from flaskmodel.worker.decode_pool import decode_pool
+pool = decode_pool(LogSettings(level="WARNING"))
+refs = list(scan_series(Path({str(SAMPLES)!r}), {CHEST!r}).slices)[:2]
+pool.prepare(refs, Path({str(SAMPLES)!r}), PreprocessConfig(input_size=(64, 64), window="file"),
+             thumbnails=False, job_id=None)
+print(" ".join(str(pid) for pid in pool.pids()))
+"""
+    out = subprocess.run(
+        [sys.executable, "-W", "error::ResourceWarning", "-c", script],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    pids = [int(pid) for pid in out.stdout.split()]
+    assert pids, out.stderr
+    assert "ResourceWarning" not in out.stderr
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)

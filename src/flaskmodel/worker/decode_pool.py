@@ -20,6 +20,7 @@ fails it with ``DicomReadError`` instead of taking the worker down.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pickle
@@ -262,4 +263,12 @@ def decode_pool(log: LogSettings) -> DecodePool:
     with _POOL_LOCK:
         if _POOL is None or _POOL.owner != os.getpid():
             _POOL = DecodePool(log=log)
+            atexit.register(_close_own, _POOL)
         return _POOL
+
+
+def _close_own(pool: DecodePool) -> None:
+    """At exit, stop the children of ``pool`` if this process made it (a forked process inherits
+    its parent's exit handlers, not its children)."""
+    if pool.owner == os.getpid():
+        pool.close()
