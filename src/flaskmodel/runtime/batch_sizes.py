@@ -14,6 +14,7 @@ queue never fills it the largest size seen) by more than ``margin``.
 
 from __future__ import annotations
 
+import bisect
 import statistics
 from collections import deque
 
@@ -46,6 +47,7 @@ class SizeTuner:
         self.limit = max_size
         self.margin = margin
         self._times: dict[int, deque[float]] = {s: deque(maxlen=SAMPLES) for s in self.sizes}
+        self._medians: dict[int, float] = {}  # of the sizes with enough samples
         self._since_probe = 0
         self._turn = 0
 
@@ -70,20 +72,19 @@ class SizeTuner:
         """A model call of ``rows`` examples took ``seconds``; the limit may move."""
         if rows < 1:
             return
-        size = max(s for s in self.sizes if s <= rows) if rows < self.sizes[-1] else self.sizes[-1]
-        self._times[size].append(seconds / rows)
-        self._decide()
+        size = self.sizes[bisect.bisect_right(self.sizes, rows) - 1]  # a bigger call: the top
+        times = self._times[size]
+        times.append(seconds / rows)
+        if len(times) >= MIN_SAMPLES:
+            self._medians[size] = statistics.median(times)
+            self._decide()
 
     def per_example(self) -> dict[int, float]:
         """Median seconds per example of each size with enough samples."""
-        return {
-            size: statistics.median(times)
-            for size, times in self._times.items()
-            if len(times) >= MIN_SAMPLES
-        }
+        return dict(self._medians)
 
     def _decide(self) -> None:
-        known = self.per_example()
+        known = self._medians
         if len(known) < 2:
             return
         # What is in force: batches at the limit, or, while the queue never fills the limit,

@@ -53,10 +53,11 @@ WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1
 class BatchStats:
     """Thread-safe counters of one batcher (read with ``snapshot``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None) -> None:
         self._lock = threading.Lock()
         self._view = BatchStatsView(
-            queue_wait_buckets={str(b): 0 for b in WAIT_BUCKETS} | {"+Inf": 0}
+            queue_wait_buckets={str(b): 0 for b in WAIT_BUCKETS} | {"+Inf": 0},
+            batch_size_limit=limit,
         )
 
     def submitted(self, rows: int) -> None:
@@ -68,9 +69,14 @@ class BatchStats:
         with self._lock:
             self._view.expired += count
 
-    def batch(self, rows: int, waits: list[float], *, failed: bool = False) -> None:
+    def batch(
+        self, rows: int, waits: list[float], *, failed: bool = False, limit: int | None = None
+    ) -> None:
+        """One model call; ``limit``: the tuner's batch size limit after it."""
         with self._lock:
             view = self._view
+            if limit is not None:
+                view.batch_size_limit = limit
             view.batches += 1
             view.failed_batches += int(failed)
             view.batch_sizes[rows] = view.batch_sizes.get(rows, 0) + 1
@@ -79,10 +85,6 @@ class BatchStats:
                 view.queue_wait_seconds_max = max(view.queue_wait_seconds_max, wait)
                 bucket = next((str(b) for b in WAIT_BUCKETS if wait <= b), "+Inf")
                 view.queue_wait_buckets[bucket] += 1
-
-    def limit(self, size: int) -> None:
-        with self._lock:
-            self._view.batch_size_limit = size
 
     def snapshot(self) -> BatchStatsView:
         with self._lock:
@@ -117,9 +119,7 @@ class DynamicBatcher:
         self.enabled = max_batch_size > 0 and max_batch_delay > 0
         # ``tune``: batches up to the size that costs least per example (``SizeTuner``).
         self.tuner = SizeTuner(max_batch_size) if tune and self.enabled else None
-        self.stats = BatchStats()
-        if self.tuner is not None:
-            self.stats.limit(self.tuner.limit)
+        self.stats = BatchStats(None if self.tuner is None else self.tuner.limit)
         # A call, the calls of one ``submit_many``, or None (stop).
         self._queue: queue.SimpleQueue[_Call | list[_Call] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -299,10 +299,11 @@ class DynamicBatcher:
                 call.future.set_exception(exc)
             return
         seconds = time.monotonic() - started
+        limit = None
         if self.tuner is not None:
             self.tuner.record(rows, seconds)
-            self.stats.limit(self.tuner.limit)
-        self.stats.batch(rows, waits)
+            limit = self.tuner.limit
+        self.stats.batch(rows, waits, limit=limit)
         self._record(rows, waits, seconds)
         for call, part in zip(live, parts, strict=True):
             call.future.set_result(part)
