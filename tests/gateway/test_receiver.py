@@ -15,9 +15,11 @@ from typing import Any
 import pydicom
 import pytest
 import requests
+from waitress.server import create_server
+from waitress.wasyncore import close_all
 
 from flaskmodel.dicom.network.store import StoredInstance
-from flaskmodel.gateway.receiver import Receiver, start_receiver
+from flaskmodel.gateway.receiver import Receiver, _serve, start_receiver
 from flaskmodel.settings import Settings
 from tests.dicom.network.dimse import (
     AE_TITLE,
@@ -258,3 +260,19 @@ def test_stop_closes_both_ports(start: StartReceiver) -> None:
     for port in ports:
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_listener_loop_ends_quietly_on_sockets_closed_by_stop() -> None:
+    """``stop`` closes waitress's sockets from its own thread; the loop's next ``select`` then
+    meets a closed descriptor. After ``stop`` began that ends the loop; before, it is an error."""
+    for stopping in (True, False):
+        server = create_server(lambda environ, start_response: [], host="127.0.0.1", port=0)
+        server.socket.close()
+        stopped = threading.Event()
+        if stopping:
+            stopped.set()
+            _serve(server, stopped)
+        else:
+            with pytest.raises(OSError):
+                _serve(server, stopped)
+        close_all(server._map)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,7 @@ class Receiver:
     http_thread: threading.Thread
     http_port: int | None
     unix_socket: Path | None
-    _stopped: threading.Event = field(default_factory=threading.Event)
+    _stopped: threading.Event
 
     @property
     def scp_port(self) -> int:
@@ -123,7 +123,8 @@ def start_receiver(
         scp.stop()
         raise
     server.channel_class = _json_error_channel(dicom.max_stow_bytes)
-    thread = threading.Thread(target=server.run, name="stow-http", daemon=True)
+    stopped = threading.Event()
+    thread = threading.Thread(target=_serve, args=(server, stopped), name="stow-http", daemon=True)
     thread.start()
     http_port = None if unix_socket is not None else int(server.effective_port)
     logger.info(
@@ -132,4 +133,14 @@ def start_receiver(
         scp.port,
         unix_socket if unix_socket is not None else f"{dicom.http_host}:{http_port}",
     )
-    return Receiver(store, scp, server, thread, http_port, unix_socket)
+    return Receiver(store, scp, server, thread, http_port, unix_socket, stopped)
+
+
+def _serve(server: Any, stopped: threading.Event) -> None:
+    """Run waitress's loop. ``stop`` closes its sockets from another thread, so the loop's
+    ``select`` may then fail on a closed descriptor: after ``stop`` that is the loop's end."""
+    try:
+        server.run()
+    except (OSError, ValueError):
+        if not stopped.is_set():
+            raise
