@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -141,3 +142,37 @@ def test_the_real_tiny_model_keeps_big_batches(models_root: Path) -> None:
     batcher = drive(runtime, callers=48, seconds=4, x=x)
     assert batcher.tuner is not None
     assert batcher.tuner.limit >= 16, batcher.tuner.per_example()
+
+
+def test_the_limit_climbs_back_when_big_batches_pay_again() -> None:
+    # First big batches cost more per example (the limit falls to 1-2), then the host changes and
+    # a batch costs what one example costs: probes above the limit must find that out.
+    model = Costly(0.0, 0.002, 0.12)
+    batcher = DynamicBatcher(model, max_batch_size=32, max_batch_delay=0.002, tune=True)
+    tuner = batcher.tuner
+    assert tuner is not None
+    x = {"x": np.ones((1, 2), dtype=np.float32)}
+
+    def call(until: float) -> None:
+        while time.monotonic() < until:
+            np.testing.assert_allclose(batcher.predict(x)["y"], x["x"] * 2)
+
+    def load_until(callers: int, done: Callable[[], bool], most: float) -> None:
+        """``callers`` threads call in rounds of a second until ``done`` or ``most`` seconds."""
+        give_up = time.monotonic() + most
+        while not done() and time.monotonic() < give_up:
+            until = time.monotonic() + 1
+            threads = [threading.Thread(target=call, args=(until,)) for _ in range(callers)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+    try:
+        load_until(16, lambda: tuner.limit <= 2, most=10)
+        assert tuner.limit <= 2, tuner.per_example()
+        model.fixed, model.per_example, model.growth = 0.003, 0.00005, 0.0
+        load_until(64, lambda: tuner.limit >= 16, most=15)
+        assert tuner.limit >= 16, tuner.per_example()
+    finally:
+        batcher.close()

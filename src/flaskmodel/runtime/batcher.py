@@ -217,8 +217,9 @@ class DynamicBatcher:
                 if first is None:
                     break
                 _add(pending, first)
-            stopping = self._collect(pending)
-            chosen, _ = plan_batch([(c.key, c.rows) for c in pending], self._next_limit(pending))
+            limit = self._next_limit(pending)
+            stopping = self._collect(pending, limit)
+            chosen, _ = plan_batch([(c.key, c.rows) for c in pending], limit)
             taken = set(chosen)
             batch = [pending[i] for i in chosen]
             pending = [c for i, c in enumerate(pending) if i not in taken]
@@ -227,19 +228,22 @@ class DynamicBatcher:
             call.future.set_exception(ServiceUnavailable(f"model '{self.spec.name}' shut down"))
 
     def _next_limit(self, pending: list[_Call]) -> int:
-        """The most examples the next batch takes."""
+        """The most examples the next batch takes. The tuner may probe any size that what waits
+        can fill: the head's examples held here and the calls still in the queue (a size above
+        the limit too, which the limit alone would never let the batch reach)."""
         if not self.enabled:
             return 1
         if self.tuner is None:
             return self.max_batch_size
-        return self.tuner.next_limit(sum(c.rows for c in pending if c.key == pending[0].key))
+        held = sum(c.rows for c in pending if c.key == pending[0].key)
+        return self.tuner.next_limit(held + self._queue.qsize())
 
-    def _collect(self, pending: list[_Call]) -> bool:
-        """Wait for more calls until the head's batch is full or its delay is up; True: stop."""
+    def _collect(self, pending: list[_Call], limit: int) -> bool:
+        """Wait for more calls until the head's batch of ``limit`` examples is full or its delay
+        is up; True: stop."""
         if not self.enabled:
             return False
         send_at = pending[0].enqueued + self.max_batch_delay
-        limit = self.max_batch_size if self.tuner is None else self.tuner.limit
         while True:
             _, full = plan_batch([(c.key, c.rows) for c in pending], limit)
             if full:
