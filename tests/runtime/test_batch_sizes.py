@@ -95,15 +95,18 @@ class Costly(Recorder):
         return {"y": inputs["x"] * 2}
 
 
-def drive(
-    model: ModelRuntime, callers: int, seconds: float, x: dict[str, np.ndarray] | None = None
-) -> DynamicBatcher:
-    """``callers`` threads call ``model`` through a tuned batcher for ``seconds``; each answer is
-    checked against the model called alone."""
-    batcher = DynamicBatcher(model, max_batch_size=32, max_batch_delay=0.002, tune=True)
+def tuned(model: ModelRuntime) -> DynamicBatcher:
+    return DynamicBatcher(model, max_batch_size=32, max_batch_delay=0.002, tune=True)
+
+
+ONE_ROW = {"x": np.ones((1, 2), dtype=np.float32)}
+
+
+def load(batcher: DynamicBatcher, x: dict[str, np.ndarray], callers: int, seconds: float) -> None:
+    """``callers`` threads call ``batcher`` with ``x`` for ``seconds``; each answer is checked
+    against the model called alone."""
     stop = time.monotonic() + seconds
-    x = x or {"x": np.ones((1, 2), dtype=np.float32)}
-    want = model.predict(x)
+    want = batcher.runtime.predict(x)
 
     def call() -> None:
         while time.monotonic() < stop:
@@ -116,6 +119,14 @@ def drive(
         thread.start()
     for thread in threads:
         thread.join()
+
+
+def drive(
+    model: ModelRuntime, callers: int, seconds: float, x: dict[str, np.ndarray] | None = None
+) -> DynamicBatcher:
+    """``load`` on a new tuned batcher of ``model``, closed after."""
+    batcher = tuned(model)
+    load(batcher, x or ONE_ROW, callers, seconds)
     batcher.close()
     return batcher
 
@@ -148,25 +159,15 @@ def test_the_limit_climbs_back_when_big_batches_pay_again() -> None:
     # First big batches cost more per example (the limit falls to 1-2), then the host changes and
     # a batch costs what one example costs: probes above the limit must find that out.
     model = Costly(0.0, 0.002, 0.12)
-    batcher = DynamicBatcher(model, max_batch_size=32, max_batch_delay=0.002, tune=True)
+    batcher = tuned(model)
     tuner = batcher.tuner
     assert tuner is not None
-    x = {"x": np.ones((1, 2), dtype=np.float32)}
-
-    def call(until: float) -> None:
-        while time.monotonic() < until:
-            np.testing.assert_allclose(batcher.predict(x)["y"], x["x"] * 2)
 
     def load_until(callers: int, done: Callable[[], bool], most: float) -> None:
-        """``callers`` threads call in rounds of a second until ``done`` or ``most`` seconds."""
+        """``load`` in rounds of a second until ``done`` or ``most`` seconds."""
         give_up = time.monotonic() + most
         while not done() and time.monotonic() < give_up:
-            until = time.monotonic() + 1
-            threads = [threading.Thread(target=call, args=(until,)) for _ in range(callers)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            load(batcher, ONE_ROW, callers, 1)
 
     try:
         load_until(16, lambda: tuner.limit <= 2, most=10)
