@@ -1,4 +1,5 @@
-"""``SyncChannel`` against a real Redis: shared round trips, routing by id, deadlines, outages."""
+"""``SyncChannel`` against a real Redis: shared round trips, routing by id, deadlines, outages,
+rate-limit counts made with the push."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 import redis
 
 from flaskmodel.codecs import raw
-from flaskmodel.errors import ServiceUnavailable
+from flaskmodel.errors import RateLimited, ServiceUnavailable
+from flaskmodel.storage.gcra import Ticket
 from flaskmodel.sync.channel import SyncChannel
+from flaskmodel.web.ratelimit import RateLimiter
 from tests import procs
 
 
@@ -118,3 +121,57 @@ def test_redis_down_fails_the_call_with_service_unavailable() -> None:
     finally:
         channel.close()
     assert time.monotonic() - started < 3
+
+
+def ticket(client: redis.Redis, burst: int) -> Ticket:
+    """A request's count against a bucket of its own (``burst`` requests, none refilled during
+    the test); counted by the limiter's own script when the push has not counted it."""
+    limiter = RateLimiter(client, per_second=0.001, burst=burst)
+    return Ticket(f"test:rate:{uuid.uuid4().hex}", limiter.bucket, limiter.ticket("x").check)
+
+
+def test_a_ticket_is_counted_with_the_push_and_a_refused_frame_is_never_queued(
+    binary_client: redis.Redis, channel: SyncChannel
+) -> None:
+    queue = f"test:sync:{uuid.uuid4().hex}"
+    first = ticket(binary_client, burst=1)
+    second = Ticket(first.key, first.bucket, first.check)
+    request_id, frame = request(channel, 1.0)
+    assert channel.call(queue, request_id, frame, timeout=0.3, ticket=first) is None  # no worker
+    assert first.verdict is not None and not first.refused
+    started = time.monotonic()
+    request_id, frame = request(channel, 2.0)
+    assert channel.call(queue, request_id, frame, timeout=10, ticket=second) is None
+    assert time.monotonic() - started < 2  # answered at once, not at its deadline
+    assert second.refused
+    with pytest.raises(RateLimited, match=r"burst 1\) reached"):
+        second.admit()
+    queued = [raw.decode(blob).tensors["x"][0, 0] for blob in binary_client.lrange(queue, 0, -1)]
+    assert queued == [1.0]  # only the allowed request's frame
+
+
+def test_a_reply_before_the_push_is_answered_waits_for_the_count(
+    binary_client: redis.Redis, channel: SyncChannel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker can answer before the sender has read the push's reply: the call must still
+    return with its ticket counted (by the push, once), not count it a second time."""
+    queue = f"test:sync:{uuid.uuid4().hex}"
+    send = channel._send
+    monkeypatch.setattr(channel, "_send", lambda batch: (time.sleep(0.5), send(batch)))
+    stop, pops = threading.Event(), []
+    worker = threading.Thread(target=echo_worker, args=(binary_client, queue, stop, pops))
+    worker.start()
+    counted = ticket(binary_client, burst=2)
+    request_id, frame = request(channel, 1.0)
+    # The reply, as the worker would send it, lands while the sender still sleeps.
+    reply = raw.encode({"id": request_id}, {"x": np.full((1, 2), 2.0, np.float32)})
+    threading.Timer(0.2, binary_client.lpush, (channel.reply_list, reply)).start()
+    try:
+        answered = channel.call(queue, request_id, frame, timeout=10, ticket=counted)
+    finally:
+        stop.set()
+        worker.join(5)
+    assert answered is not None and answered.header["id"] == request_id
+    assert counted.verdict is not None and not counted.refused
+    # Counted once: a second request of the bucket (burst 2) is still allowed, a third not.
+    assert [counted.check(counted.key)[0] for _ in range(2)] == [1, 0]

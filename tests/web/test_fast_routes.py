@@ -20,6 +20,7 @@ from flask import Flask
 from werkzeug.test import Client, TestResponse
 
 from flaskmodel.demo.series import DEMO_SERIES_UID
+from flaskmodel.jobs.keys import owner_index
 from flaskmodel.metrics.recorder import METRICS_KEY, RECORDER
 from flaskmodel.settings import Settings
 from flaskmodel.storage.redis import connect
@@ -356,6 +357,54 @@ def test_a_rate_limit_is_hit_alike(secured: Callable[..., Pair]) -> None:
         ('"default";q=2;w=2000', f'"default";r={left};t=1000') for left in (1, 0, 0)
     ]
     assert pair.passed.calls == 0, "the fast layer handed a request to Flask"
+
+
+def test_a_refused_request_does_nothing_it_asked_for(
+    secured: Callable[..., Pair], stack: Stack
+) -> None:
+    """The fast layer leaves an infer's count to its handler (made with the push of its frame,
+    ``tests/sync/test_channel.py``), but a ``Prefer: respond-async`` infer is counted before its
+    job is made: refused, it makes none, through the fast layer as through Flask."""
+    owner, dave = f"dave{uuid.uuid4().hex[:8]}", f"dave-{uuid.uuid4().hex}"
+    pair = secured(api_keys=[f"{owner} {dave}"], rate_limit_per_second=0.001, rate_limit_burst=1)
+    headers = {"X-API-Key": dave}
+    client = connect(stack.settings)
+    assert pair.fast.post("/v1/models/tiny:predict", json=ROW, headers=headers).status_code == 200
+    asked = {"json": V2_ROW, "headers": {**headers, "Prefer": "respond-async"}}
+    answers = pair.both("POST", "/v2/models/tiny/infer", **asked)
+    assert [a.status_code for a in answers] == [429, 429]
+    assert_same(answers)
+    assert client.zcard(owner_index(owner)) == 0, "a refused request made a job"
+    refused = pair.fast.post("/v2/models/tiny/infer", json=V2_ROW, headers=headers)
+    assert refused.status_code == 429
+    assert refused.headers["RateLimit"] == '"default";r=0;t=1000'
+    assert pair.passed.calls == 0, "the fast layer handed a request to Flask"
+    client.close()
+
+
+def test_a_sync_call_is_counted_with_its_push(
+    secured: Callable[..., Pair], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No round trip of its own for the count of a predict or infer that reaches the push; one
+    that fails before it (bad input) is counted after its handler, as if before it."""
+    erin = f"erin-{uuid.uuid4().hex}"
+    pair = secured(api_keys=[erin], rate_limit_per_second=0.001, rate_limit_burst=10)
+    limiter = pair.app.extensions["flaskmodel"].rate_limiter
+    checks: list[str] = []
+    check = limiter._checks.call
+    monkeypatch.setattr(limiter._checks, "call", lambda key: (checks.append(key), check(key))[1])
+    headers = {"Authorization": f"Bearer {erin}"}
+    sent = [
+        pair.fast.post("/v1/models/tiny:predict", json=ROW, headers=headers),
+        pair.fast.post("/v2/models/tiny/infer", json=V2_ROW, headers=headers),
+    ]
+    assert [a.status_code for a in sent] == [200, 200]
+    assert checks == []
+    bad = pair.fast.post("/v1/models/tiny:predict", json={"instances": [[1.0]]}, headers=headers)
+    assert bad.status_code == 400
+    assert len(checks) == 1
+    fields = [a.headers["RateLimit"] for a in (*sent, bad)]
+    assert fields == [f'"default";r={left};t=1000' for left in (9, 8, 7)]
 
 
 def test_every_route_carries_the_same_rate_limit_fields(secured: Callable[..., Pair]) -> None:

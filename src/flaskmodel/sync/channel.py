@@ -8,7 +8,9 @@ monkey-patching):
 - the **sender** takes every request frame queued since it last ran and pushes them in one
   pipeline: one ``LPUSH`` of all frames per model queue. Under gevent it runs once the request
   greenlets that are ready have queued theirs, so concurrent calls share round trips without any
-  added delay;
+  added delay. A call with a rate-limit ``Ticket`` not yet counted is counted in the same script
+  call that pushes its frame (``frames.GATED_PUSH_SCRIPT``): a refused call returns at once, its
+  frame never queued;
 - the **receiver** waits on the reply list, takes whatever is there in one round trip
   (``BLMPOP``) and wakes each waiting call by its request id. Replies nobody waits for any more
   (the caller's deadline passed) are dropped.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ import redis
 
 from flaskmodel.codecs import raw
 from flaskmodel.errors import FlaskModelError, ServiceUnavailable
+from flaskmodel.storage.gcra import Bucket, Ticket
 from flaskmodel.storage.lists import ListPopper
 from flaskmodel.storage.pipelines import execute
 from flaskmodel.sync import frames
@@ -45,9 +49,18 @@ RECEIVE_POLL_SECONDS = 1.0
 RETRY_SECONDS = 0.2
 
 
+@dataclass(frozen=True)
+class _Outgoing:
+    queue: str
+    frame: bytes
+    request_id: str
+    ticket: Ticket | None  # counted with the push; None: counted already, or not limited
+
+
 @dataclass
 class _Waiter:
     done: threading.Event = field(default_factory=threading.Event)
+    sent: threading.Event | None = None  # set once the push's count is in the ticket
     reply: raw.Frame | None = None
     error: Exception | None = None
 
@@ -71,8 +84,9 @@ class SyncChannel:
                 return
             self._reply_list = frames.reply_list_key(uuid.uuid4().hex)
             self._push = frames.register_push(self._redis)
+            self._gated = frames.register_gated_push(self._redis)
             self._waiters: dict[str, _Waiter] = {}
-            self._outbox: list[tuple[str, bytes, str]] = []
+            self._outbox: list[_Outgoing] = []
             self._wake = threading.Event()
             for target, name in ((self._send_loop, "sync-send"), (self._receive_loop, "sync-recv")):
                 threading.Thread(target=target, name=name, daemon=True).start()
@@ -84,16 +98,30 @@ class SyncChannel:
         self.ensure_started()
         return self._reply_list
 
-    def call(self, queue: str, request_id: str, frame: bytes, timeout: float) -> raw.Frame | None:
-        """Send ``frame`` to ``queue`` and wait for its reply; None when ``timeout`` passes."""
+    def call(
+        self,
+        queue: str,
+        request_id: str,
+        frame: bytes,
+        timeout: float,
+        ticket: Ticket | None = None,
+    ) -> raw.Frame | None:
+        """Send ``frame`` to ``queue`` and wait for its reply; None when ``timeout`` passes, or
+        at once when the count of ``ticket`` (one not counted yet), made with the push, refused
+        it (``ticket.refused``)."""
         self.ensure_started()
-        waiter = _Waiter()
+        # A reply can come before the sender has read the push's answer: the caller waits for
+        # both, so that its ticket is counted once.
+        waiter = _Waiter(sent=None if ticket is None else threading.Event())
+        deadline = time.monotonic() + timeout
         with self._lock:
             self._waiters[request_id] = waiter
-            self._outbox.append((queue, frame, request_id))
+            self._outbox.append(_Outgoing(queue, frame, request_id, ticket))
         self._wake.set()
         try:
             waiter.done.wait(timeout)
+            if waiter.sent is not None:
+                waiter.sent.wait(max(deadline - time.monotonic(), 0))
         finally:
             with self._lock:
                 self._waiters.pop(request_id, None)
@@ -116,25 +144,45 @@ class SyncChannel:
             if batch:
                 self._send(batch)
 
-    def _send(self, batch: list[tuple[str, bytes, str]]) -> None:
-        by_queue: dict[str, list[bytes]] = defaultdict(list)
-        for queue, frame, _ in batch:
-            by_queue[queue].append(frame)
+    def _send(self, batch: list[_Outgoing]) -> None:
+        plain: dict[str, list[bytes]] = defaultdict(list)
+        gated: dict[tuple[str, Bucket], list[tuple[_Outgoing, Ticket]]] = defaultdict(list)
+        for out in batch:
+            if out.ticket is None:
+                plain[out.queue].append(out.frame)
+            else:
+                gated[out.queue, out.ticket.bucket].append((out, out.ticket))
         pipe = self._redis.pipeline(transaction=False)
-        for queue, queued in by_queue.items():
-            # Every entry is dead after its deadline: a queue nobody consumes goes away.
+        # Every entry is dead after its deadline: a queue nobody consumes goes away.
+        for queue, queued in plain.items():
             frames.queue_push(pipe, self._push, queue, queued, self._queue_ttl)
+        for (queue, bucket), outs in gated.items():
+            items = [(out.frame, ticket.key) for out, ticket in outs]
+            frames.queue_gated_push(pipe, self._gated, queue, items, bucket, self._queue_ttl)
         try:
-            execute(pipe, self._push)
+            replies = execute(pipe, self._push, self._gated)
         except Exception as exc:  # noqa: BLE001 - every caller must hear of it, not wait
             logger.warning("sync calls: %d requests not sent: %s", len(batch), exc)
-            failure = ServiceUnavailable(f"redis unavailable: {exc}")
-            with self._lock:
-                for _, _, request_id in batch:
-                    waiter = self._waiters.get(request_id)
-                    if waiter is not None:
-                        waiter.error = failure
-                        waiter.done.set()
+            self._answer(batch, ServiceUnavailable(f"redis unavailable: {exc}"))
+            return
+        for outs, flat in zip(gated.values(), replies[len(plain) :], strict=True):
+            for i, (_, ticket) in enumerate(outs):
+                ticket.verdict = (int(flat[2 * i]), int(flat[2 * i + 1]))
+        self._answer([out for outs in gated.values() for out, _ in outs], None)
+
+    def _answer(self, outs: list[_Outgoing], error: Exception | None) -> None:
+        """Tell the callers of ``outs`` that their push is done: with ``error``, or refused by
+        its ticket (both wake them now), or sent (they wait on for the reply)."""
+        with self._lock:
+            for out in outs:
+                waiter = self._waiters.get(out.request_id)
+                if waiter is None:
+                    continue
+                if waiter.sent is not None:
+                    waiter.sent.set()
+                if error is not None or (out.ticket is not None and out.ticket.refused):
+                    waiter.error = error
+                    waiter.done.set()
 
     def _receive_loop(self) -> None:
         popper = ListPopper(self._redis)

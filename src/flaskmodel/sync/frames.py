@@ -4,7 +4,9 @@ A web process ``LPUSH``es request frames to ``flaskmodel:sync:<model>``, each he
 process's reply list ``flaskmodel:replies:<channel>`` (``reply_to``); a worker process ``BRPOP``s
 the requests, computes them (through the model's dynamic batcher) and ``LPUSH``es the reply
 frames to those lists, refreshing their short TTL (see ``flaskmodel.sync.channel``). Both pushes
-go through ``PUSH_SCRIPT``, which keeps frames out of the AOF and the replicas.
+go through ``PUSH_SCRIPT``, which keeps frames out of the AOF and the replicas. A request whose
+rate-limit count is still to be made (``storage.gcra.Ticket``) is pushed by ``GATED_PUSH_SCRIPT``
+instead, which counts it first and queues its frame only when its caller's bucket allows it.
 
 The frames themselves are ``flaskmodel.codecs.raw``'s.
 """
@@ -15,6 +17,7 @@ import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
+from flaskmodel.storage.gcra import DECIDE, Bucket
 from flaskmodel.storage.pipelines import queue_script
 from flaskmodel.storage.redis import key
 
@@ -51,3 +54,46 @@ def queue_push(pipe: Pipeline, push: Script, list_key: str, items: list[bytes], 
     """Queue on ``pipe`` the push of ``items`` to ``list_key`` (as ``LPUSH``, oldest first) and
     its TTL, neither logged; run it with ``storage.pipelines.execute(pipe, push)``."""
     queue_script(pipe, push, [list_key], [ttl, *items])
+
+
+# KEYS[1]: the list; KEYS[2..]: each frame's rate-limit key. ARGV: TTL, interval, burst, the
+# frames. Counts each request (replicated and logged, as the limiter's own script does), pushes
+# the allowed ones as ``PUSH_SCRIPT`` does, and answers allowed (0/1) and TAT - now per frame.
+GATED_PUSH_SCRIPT = (
+    DECIDE
+    + """
+local now, interval = clock(), tonumber(ARGV[2])
+local tolerance = (tonumber(ARGV[3]) - 1) * interval
+local out, allowed = {}, {}
+for i = 2, #KEYS do
+  local ok, ahead = decide(KEYS[i], now, interval, tolerance)
+  out[2 * i - 3], out[2 * i - 2] = ok, ahead
+  if ok == 1 then allowed[#allowed + 1] = ARGV[i + 2] end
+end
+redis.set_repl(redis.REPL_NONE)
+for i = 1, #allowed, 1000 do
+  redis.call('LPUSH', KEYS[1], unpack(allowed, i, math.min(i + 999, #allowed)))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return out
+"""
+)
+
+
+def register_gated_push(client: redis.Redis) -> Script:
+    """``GATED_PUSH_SCRIPT`` registered on ``client`` (queue it with ``queue_gated_push``)."""
+    return client.register_script(GATED_PUSH_SCRIPT)
+
+
+def queue_gated_push(
+    pipe: Pipeline,
+    push: Script,
+    list_key: str,
+    items: list[tuple[bytes, str]],
+    bucket: Bucket,
+    ttl: int,
+) -> None:
+    """Queue on ``pipe`` the push of each ``(frame, rate-limit key)`` of ``items`` that its
+    bucket allows; its reply: allowed (0/1) and TAT - now (µs) per item, flat."""
+    frames_, keys = [frame for frame, _ in items], [rate_key for _, rate_key in items]
+    queue_script(pipe, push, [list_key, *keys], [ttl, *bucket.args(), *frames_])

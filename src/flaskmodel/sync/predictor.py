@@ -22,6 +22,7 @@ from flaskmodel.jobs.records import JobRecords
 from flaskmodel.schemas import ModelAdvert, ModelSpec
 from flaskmodel.settings import BatchingSettings
 from flaskmodel.storage.catalog import CALL_MAX_AGE, ModelCatalog
+from flaskmodel.storage.gcra import Ticket
 from flaskmodel.sync import frames
 from flaskmodel.sync.channel import SyncChannel
 
@@ -71,8 +72,14 @@ class SyncPredictor:
         *,
         outputs: list[str] | None = None,
         timeout: float | None = None,
+        ticket: Ticket | None = None,
     ) -> dict[str, np.ndarray]:
-        """The model's outputs for ``inputs`` (validated against ``spec`` by the caller)."""
+        """The model's outputs for ``inputs`` (validated against ``spec`` by the caller).
+        ``ticket``: the request's rate-limit count, made with the push unless made before;
+        ``RateLimited`` when it refuses the request (which then never reaches a worker)."""
+        if ticket is not None and ticket.verdict is not None:
+            ticket.admit()  # counted before: a refused request goes no further
+            ticket = None
         budget = self.timeout(timeout)
         request_id = os.urandom(16).hex()  # as unique as a uuid4, cheaper to make
         deadline = time.time() + budget
@@ -87,7 +94,10 @@ class SyncPredictor:
             },
             inputs,
         )
-        decoded = self._channel.call(frames.sync_queue_key(spec.name), request_id, frame, budget)
+        queue = frames.sync_queue_key(spec.name)
+        decoded = self._channel.call(queue, request_id, frame, budget, ticket)
+        if ticket is not None:
+            ticket.admit()  # counted with the push: raises when it refused the call
         if decoded is None:
             raise DeadlineExceeded(
                 f"model '{spec.name}' version {spec.version} did not answer within {budget:g} s"

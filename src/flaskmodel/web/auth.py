@@ -16,6 +16,11 @@ Every other request, unknown paths included, is checked in this order:
 
 Handlers get the caller as ``Call.owner``: the key id jobs are recorded under, or None when
 authentication is off (then every job is everyone's).
+
+A route whose handler counts its request itself (``Route.counts_itself``: the sync calls, whose
+count rides with the push of their frame) gets the count as a ``Ticket`` (``Call.rate``) instead
+of a decision, when the caller may pass otherwise; the adapter then settles it (``settle``) once
+the handler is done, for the header fields and, when the handler never counted it, the count.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, NamedTuple
 
-from flaskmodel.errors import FlaskModelError, RateLimited, Unauthorized
+from flaskmodel.errors import FlaskModelError, Unauthorized
+from flaskmodel.storage.gcra import Ticket
 from flaskmodel.web.apikeys import presented_key
 from flaskmodel.web.ratelimit import Headers
 from flaskmodel.web.services import Services
@@ -54,11 +60,13 @@ _MEMO_CHARS = 256
 
 class Admission(NamedTuple):
     """The gate's answer: the caller's key id (None: authentication off), the rate-limit header
-    fields of every answer to it, and the error to answer instead (None: let it through)."""
+    fields of every answer to it, the error to answer instead (None: let it through), and the
+    rate-limit count left to the handler (``ticket``; then the fields come from ``settle``)."""
 
     owner: str | None
     headers: Headers
     refusal: FlaskModelError | None
+    ticket: Ticket | None = None
 
 
 _OPEN = Admission(None, (), None)
@@ -128,13 +136,16 @@ def _parse(address: str) -> tuple[IP | None, str]:
 
 
 class Gate:
-    """``admit(environ)``: the ``Admission`` of one request (both adapters call it)."""
+    """``admit(environ)``: the ``Admission`` of one request (both adapters call it);
+    ``settle(ticket)``: the header fields and refusal of a count left to the handler."""
 
     def __init__(self, svc: Services) -> None:
         self._svc = svc
         self.proxies = TrustedProxies(svc.settings.web.trusted_proxies)
 
-    def admit(self, environ: dict[str, Any]) -> Admission:
+    def admit(self, environ: dict[str, Any], *, defer: bool = False) -> Admission:
+        """``defer``: the handler may count the request (the ``Ticket`` of an ``Admission``
+        that lets the caller through)."""
         svc = self._svc
         keys, limiter = svc.keys, svc.rate_limiter
         if limiter is None and not keys.enabled:
@@ -149,15 +160,12 @@ class Gate:
             else:
                 forwarded = environ.get("HTTP_X_FORWARDED_FOR")
                 caller = f"addr:{self.proxies.client(environ.get('REMOTE_ADDR'), forwarded)}"
-            wait, headers = limiter.check(caller)
-            if wait is not None:
-                security = svc.settings.security
-                limited = RateLimited(
-                    f"rate limit of {security.rate_limit_per_second:g} requests per "
-                    f"second (burst {security.rate_limit_burst}) reached; retry in {wait:.2f} s",
-                    retry_after=wait,
-                )
-                return Admission(key_id, headers, limited)
+            ticket = limiter.ticket(caller)
+            if defer and (key_id is not None or not keys.enabled):
+                return Admission(key_id, headers, None, ticket)
+            headers, refusal = self.settle(ticket)
+            if refusal is not None:
+                return Admission(key_id, headers, refusal)
         if keys.enabled and key_id is None:
             unknown = Unauthorized(
                 "a valid API key is required: send 'Authorization: Bearer <key>' or "
@@ -165,3 +173,11 @@ class Gate:
             )
             return Admission(None, headers, unknown)
         return Admission(key_id, headers, None)
+
+    def settle(self, ticket: Ticket) -> tuple[Headers, FlaskModelError | None]:
+        """The rate-limit header fields of ``ticket``'s request, counted now unless it was
+        already, and the refusal to answer when the count refused it."""
+        limiter = self._svc.rate_limiter
+        assert limiter is not None  # only a limiter makes tickets
+        wait, headers = limiter.verdict(ticket)
+        return headers, None if wait is None else limiter.bucket.refusal(wait)

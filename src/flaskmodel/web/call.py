@@ -19,6 +19,7 @@ from urllib.parse import parse_qsl
 from werkzeug.wsgi import get_input_stream
 
 from flaskmodel.codecs import compact_json
+from flaskmodel.storage.gcra import Ticket
 
 JSON = "application/json"
 
@@ -46,6 +47,9 @@ class Call:
     body: Callable[[], bytes]  # reads the body once (413 past ``web.max_request_bytes``)
     owner: str | None = None  # the caller's API key id; None with authentication off
     script_root: str = ""  # where the app is mounted (URLs it answers start with it)
+    #: The request's rate-limit count, left to the handler (``Route.counts_itself``): made with
+    #: its sync call's push, or by ``Ticket.admit`` before anything else with an effect.
+    rate: Ticket | None = None
 
 
 def environ_keys(headers: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -59,9 +63,10 @@ def make_call(
     headers: tuple[tuple[str, str], ...],
     owner: str | None,
     limit: int,
+    rate: Ticket | None = None,
 ) -> Call:
     """The ``Call`` of a WSGI request (``headers`` from ``environ_keys``; ``limit``: the most
-    body bytes read)."""
+    body bytes read; ``rate``: a count left to the handler)."""
     query = environ.get("QUERY_STRING")
     return Call(
         params,
@@ -70,6 +75,7 @@ def make_call(
         partial(read_body, environ, limit),
         owner,
         environ.get("SCRIPT_NAME", "").rstrip("/"),  # as werkzeug's ``script_root``
+        rate,
     )
 
 

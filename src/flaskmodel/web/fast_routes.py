@@ -7,9 +7,12 @@ own work. This WSGI layer answers them with the same code as the Flask views, st
 the path matched by the app's own ``url_map`` (so both agree on the route and its parameters),
 ``RequestMetrics`` around the request, ``Gate`` for API keys and rate limits (its header fields
 after the reply's own), the route's handler on a ``Call`` made by ``make_call``, errors answered
-by ``error_reply`` and every reply written by ``encode``. Everything else goes to Flask
-untouched: paths of other routes, methods a route does not declare (``HEAD``, ``OPTIONS``),
-paths Flask would redirect or refuse.
+by ``error_reply`` and every reply written by ``encode``. One step differs, not what it answers:
+on a route that ``counts_itself``, the rate-limit count is left to the handler (made with the
+push of its sync call, no round trip of its own) and settled after it; a request the limit
+refuses gets the same 429 as from Flask, and nothing it asked for was done. Everything else
+goes to Flask untouched: paths of other routes, methods a route does not declare (``HEAD``,
+``OPTIONS``), paths Flask would redirect or refuse.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from flask import Flask
 from werkzeug.exceptions import HTTPException
 
 from flaskmodel.logs import set_job_id
+from flaskmodel.storage.gcra import Ticket
 from flaskmodel.web.auth import Gate
 from flaskmodel.web.call import encode, make_call
 from flaskmodel.web.errors import error_reply
@@ -93,15 +97,25 @@ class FastRoutes:
         started = self._metrics.begin(params)
         owner: str | None = None
         rate_headers: Headers = ()
+        ticket: Ticket | None = None
         try:
             if not route.open:
-                owner, rate_headers, refusal = self._gate.admit(environ)
+                owner, rate_headers, refusal, ticket = self._gate.admit(
+                    environ, defer=route.counts_itself
+                )
                 if refusal is not None:
                     raise refusal
-            call = make_call(environ, params, route.environ_headers, owner, self._limit)
+            call = make_call(environ, params, route.environ_headers, owner, self._limit, ticket)
             reply = route.handler(svc, call)
         except Exception as exc:  # noqa: BLE001 - answered as the app answers it (logged there)
             reply = error_reply(exc, self._limit)
+        if ticket is not None:  # counted by the handler, or now: as if before it, like Flask
+            try:
+                rate_headers, refusal = self._gate.settle(ticket)
+                if refusal is not None:
+                    reply = error_reply(refusal, self._limit)
+            except Exception as exc:  # noqa: BLE001 - as the app answers a failed check
+                reply = error_reply(exc, self._limit)
         status, headers, data = encode(reply)
         headers.extend(rate_headers)
         start_response(_STATUS_LINES.get(status) or f"{status} Unknown", headers)

@@ -123,7 +123,8 @@ def infer(svc: Services, call: Call) -> Reply:
     respond_async, wait = read_prefer(call.headers.get("Prefer"))
     if respond_async or wait is not None:
         return _as_job(svc, call, infer_request, advert, spec, inputs, wait)
-    outputs = svc.sync.predict(spec, inputs, outputs=wanted, timeout=_timeout(infer_request))
+    timeout = _timeout(infer_request)
+    outputs = svc.sync.predict(spec, inputs, outputs=wanted, timeout=timeout, ticket=call.rate)
     return _response(infer_request, advert, spec, outputs)
 
 
@@ -146,6 +147,8 @@ def _as_job(
     inputs: dict[str, np.ndarray],
     wait: float | None,
 ) -> Reply:
+    if call.rate is not None:
+        call.rate.admit()  # counted before the job is made
     job = JobRequest(model=spec.name, version=spec.version, inputs=encode_columnar(inputs))
     status, body, headers = submit_job(svc, job, call)
     job_id = body["job_id"]

@@ -101,7 +101,7 @@ def predict(svc: Services, call: Call) -> Reply:
     # The parsed JSON (for a CT slice, megabytes of Python floats) goes before the wait: many
     # requests wait on the workers at once, and the web process should not hold all of it.
     del body
-    outputs = svc.sync.predict(spec, arrays)
+    outputs = svc.sync.predict(spec, arrays, ticket=call.rate)
     ordered = {t.name: outputs[t.name] for t in spec.outputs if t.name in outputs}
     return 200, encode_outputs(ordered, row_format=rows), {}
 

@@ -1,12 +1,14 @@
 """The route table: every API route once, with the handler that answers it.
 
 Each ``Route`` names its URL rule (werkzeug's syntax), methods, handler (``Services, Call ->
-Reply``, no web framework), metrics label, the headers its handler reads, and two flags:
-``fast`` (the fast WSGI layer, ``web.fast_routes``, answers it without Flask) and ``open`` (no
-API key, no rate limit). Both adapters are generated from this table: the Flask views
-(``web.views``) and the fast layer, which matches paths with the Flask app's own ``url_map``, so
-the two cannot disagree about which route a request is. The Flask-only views (static files, the
-API description, Swagger UI) are not routes of this table.
+Reply``, no web framework), metrics label, the headers its handler reads, and three flags:
+``fast`` (the fast WSGI layer, ``web.fast_routes``, answers it without Flask), ``open`` (no
+API key, no rate limit) and ``counts_itself`` (the fast layer leaves the request's rate-limit
+count to the handler, ``Call.rate``: its sync call's push makes it, and a handler must
+``admit`` it before anything else with an effect). Both adapters are generated from this
+table: the Flask views (``web.views``) and the fast layer, which matches paths with the Flask
+app's own ``url_map``, so the two cannot disagree about which route a request is. The Flask-only
+views (static files, the API description, Swagger UI) are not routes of this table.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class Route:
     handler: Handler
     fast: bool = False
     open: bool = False
+    counts_itself: bool = False
     headers: tuple[str, ...] = ()
     label: str = ""  # the metrics label; the rule when empty
     #: ``<module>.<handler>``: the Flask endpoint and the OpenAPI operation.
@@ -51,7 +54,11 @@ _JOB = "/v1/jobs/<job_id>"
 _LEGACY = "/inference/<series_uid>/<int:start>/<int:end>"
 _V2_MODEL = "/v2/models/<name>"
 _V2_VERSION = "/v2/models/<name>/versions/<version>"
-_INFER_HEADERS = (HEADER_LENGTH, "Prefer", IDEMPOTENCY)
+_INFER: dict[str, Any] = {
+    "fast": True,
+    "counts_itself": True,
+    "headers": (HEADER_LENGTH, "Prefer", IDEMPOTENCY),
+}
 
 ROUTES: tuple[Route, ...] = (
     Route("/healthz", GET, health.healthz, open=True),
@@ -75,7 +82,7 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route("/get_result/<task_id>", GET, legacy.get_result),
     Route("/v1/models/<path:path>", GET, predict_v1.status_or_metadata),
-    Route("/v1/models/<path:path>", POST, predict_v1.predict, fast=True),
+    Route("/v1/models/<path:path>", POST, predict_v1.predict, fast=True, counts_itself=True),
     Route("/v2", GET, infer_v2.server_metadata),
     Route("/v2/health/live", GET, infer_v2.live, open=True),
     Route("/v2/health/ready", GET, infer_v2.ready, open=True),
@@ -83,8 +90,8 @@ ROUTES: tuple[Route, ...] = (
     Route(_V2_VERSION, GET, infer_v2.model_metadata),
     Route(_V2_MODEL + "/ready", GET, infer_v2.model_ready),
     Route(_V2_VERSION + "/ready", GET, infer_v2.model_ready),
-    Route(_V2_MODEL + "/infer", POST, infer_v2.infer, fast=True, headers=_INFER_HEADERS),
-    Route(_V2_VERSION + "/infer", POST, infer_v2.infer, fast=True, headers=_INFER_HEADERS),
+    Route(_V2_MODEL + "/infer", POST, infer_v2.infer, **_INFER),
+    Route(_V2_VERSION + "/infer", POST, infer_v2.infer, **_INFER),
 )
 
 

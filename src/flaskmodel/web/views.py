@@ -67,9 +67,10 @@ def init_hooks(app: Flask, svc: Services) -> None:
         route = route_of(request.url_rule)
         if route.open if route is not None else request.endpoint in OPEN_ENDPOINTS:
             return
-        g.owner, g.rate_headers, refusal = gate.admit(request.environ)
-        if refusal is not None:
-            raise refusal
+        admission = gate.admit(request.environ)
+        g.owner, g.rate_headers = admission.owner, admission.headers
+        if admission.refusal is not None:
+            raise admission.refusal
 
     @app.after_request
     def _finish(response: Response) -> Response:
