@@ -11,7 +11,8 @@ import redis
 
 from flaskmodel.codecs import raw
 from flaskmodel.errors import InvalidInput
-from flaskmodel.storage.pipelines import execute
+from flaskmodel.storage.gcra import Bucket
+from flaskmodel.storage.link import Link
 from flaskmodel.sync import frames
 from tests import procs
 
@@ -80,15 +81,21 @@ def test_pushed_frames_keep_their_order_and_ttl_and_stay_out_of_the_aof(
     proc, url = procs.start_redis(tmp_path / "redis", appendonly=True)
     try:
         client = redis.Redis.from_url(url)
+        link = Link(client)
         push = frames.register_push(client)
         items = [raw.encode({"id": f"r{i}"}, {"x": np.full(4, i, np.float32)}) for i in range(3)]
         items += [b"SECRET-PAYLOAD-%d" % i for i in range(2500)]  # past one LPUSH's 1,000
-        pipe = client.pipeline(transaction=False)
-        frames.queue_push(pipe, push, "flaskmodel:sync:m", items, 30)
-        execute(pipe, push)
+        link.run([frames.push_command(push, "flaskmodel:sync:m", items, 30)], [push])
         assert 0 < client.ttl("flaskmodel:sync:m") <= 30
         popped = client.rpop("flaskmodel:sync:m", len(items))
         assert popped == items  # LPUSH + RPOP: first in, first out
+        # The gated push: each request's rate-limit count is logged, its frame is not.
+        gated = frames.register_gated_push(client)
+        counted = [(b"GATED-PAYLOAD-%d" % i, "flaskmodel:rate:key:aof-test") for i in range(3)]
+        command = frames.gated_push_command(gated, "flaskmodel:sync:g", counted, Bucket(1, 2), 30)
+        (verdicts,) = link.run([command], [gated])
+        assert verdicts[::2] == [1, 1, 0]  # a burst of 2
+        assert client.rpop("flaskmodel:sync:g", 3) == [b"GATED-PAYLOAD-0", b"GATED-PAYLOAD-1"]
         client.set("marker-after-the-push", "1")
         aof = tmp_path / "redis" / "appendonlydir"
 
@@ -97,6 +104,8 @@ def test_pushed_frames_keep_their_order_and_ttl_and_stay_out_of_the_aof(
 
         procs.wait_for(lambda: b"marker-after-the-push" in logged(), 10, "the AOF write", proc)
         assert b"SECRET-PAYLOAD" not in logged() and b'"r1"' not in logged()
+        assert b"GATED-PAYLOAD" not in logged() and b"flaskmodel:rate:key:aof-test" in logged()
+        link.close()
         client.close()
     finally:
         procs.stop(proc)

@@ -1,4 +1,5 @@
-"""``ListPopper``: many entries per blocking pop, with BLMPOP and on a server without it."""
+"""``ListPopper``: many entries per blocking pop, with BLMPOP and on a server without it, through
+the client's pool and through a ``Link`` of its own."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from flaskmodel.storage.link import Link
 from flaskmodel.storage.lists import ListPopper
 from tests.procs import start_redis, stop
 
@@ -26,12 +28,19 @@ def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[redis.Red
     stop(proc)
 
 
+@pytest.fixture(params=["pool", "link"])
+def popper(request: pytest.FixtureRequest, client: redis.Redis) -> Iterator[ListPopper]:
+    link = Link(client) if request.param == "link" else None
+    yield ListPopper(client, link)
+    if link is not None:
+        link.close()
+
+
 def _key(name: str) -> str:
     return f"test:lists:{name}:{os.urandom(4).hex()}"
 
 
-def test_pop_many_takes_what_is_queued_in_order(client: redis.Redis) -> None:
-    popper = ListPopper(client)
+def test_pop_many_takes_what_is_queued_in_order(client: redis.Redis, popper: ListPopper) -> None:
     empty, full = _key("empty"), _key("full")
     client.rpush(full, b"a", b"b", b"c")
     assert popper.pop_many([empty, full], timeout=1, direction="LEFT", count=2) == (
@@ -42,12 +51,12 @@ def test_pop_many_takes_what_is_queued_in_order(client: redis.Redis) -> None:
     assert popper.pop_many([empty, full], timeout=0.1, direction="LEFT", count=5) is None
 
 
-def test_pop_many_wakes_on_a_push(client: redis.Redis) -> None:
+def test_pop_many_wakes_on_a_push(client: redis.Redis, popper: ListPopper) -> None:
     key = _key("later")
     pusher = threading.Timer(0.2, lambda: client.lpush(key, b"x"))
     pusher.start()
     started = time.monotonic()
-    got = ListPopper(client).pop_many([key], timeout=5, direction="RIGHT", count=10)
+    got = popper.pop_many([key], timeout=5, direction="RIGHT", count=10)
     pusher.join()
     assert got == (key, [b"x"])
     assert time.monotonic() - started < 4  # woken by the push, not by the timeout

@@ -157,7 +157,7 @@ def test_a_reply_before_the_push_is_answered_waits_for_the_count(
     return with its ticket counted (by the push, once), not count it a second time."""
     queue = f"test:sync:{uuid.uuid4().hex}"
     send = channel._send
-    monkeypatch.setattr(channel, "_send", lambda batch: (time.sleep(0.5), send(batch)))
+    monkeypatch.setattr(channel, "_send", lambda *args: (time.sleep(0.5), send(*args)))
     stop, pops = threading.Event(), []
     worker = threading.Thread(target=echo_worker, args=(binary_client, queue, stop, pops))
     worker.start()

@@ -3,7 +3,8 @@
 ``pop_many`` waits for the first of ``keys`` to hold entries and takes up to ``count`` of them
 with one ``BLMPOP`` (Redis 7.0+). On an older server (``BLMPOP`` unknown) it falls back to
 ``BLPOP``/``BRPOP`` for the first entry and ``LPOP``/``RPOP`` with a count for the rest: one round
-trip more per wake-up, which is what the hot receive loops cost before.
+trip more per wake-up, which is what the hot receive loops cost before. With a ``Link`` (a loop's
+own connection) the ``BLMPOP`` goes through it.
 """
 
 from __future__ import annotations
@@ -12,14 +13,17 @@ from typing import Literal, cast
 
 import redis
 
+from flaskmodel.storage.link import Link
+
 Direction = Literal["LEFT", "RIGHT"]
 
 
 class ListPopper:
     """``pop_many`` for one client; remembers whether the server knows ``BLMPOP``."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, link: Link | None = None) -> None:
         self._redis = client
+        self._link = link
         self._blmpop = True
 
     def pop_many(
@@ -28,9 +32,13 @@ class ListPopper:
         """The key that had entries and up to ``count`` of them, or None after ``timeout``."""
         if self._blmpop:
             try:
-                popped = self._redis.blmpop(
-                    timeout, len(keys), *keys, direction=direction, count=count
-                )
+                if self._link is not None:
+                    command = ("BLMPOP", timeout, len(keys), *keys, direction, "COUNT", count)
+                    (popped,) = self._link.run([command])
+                else:
+                    popped = self._redis.blmpop(
+                        timeout, len(keys), *keys, direction=direction, count=count
+                    )
             except redis.ResponseError as exc:
                 if "unknown command" not in str(exc).lower():
                     raise

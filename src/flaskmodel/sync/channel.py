@@ -35,8 +35,8 @@ import redis
 from flaskmodel.codecs import raw
 from flaskmodel.errors import FlaskModelError, ServiceUnavailable
 from flaskmodel.storage.gcra import Bucket, Ticket
+from flaskmodel.storage.link import Command, Link
 from flaskmodel.storage.lists import ListPopper
-from flaskmodel.storage.pipelines import execute
 from flaskmodel.sync import frames
 
 logger = logging.getLogger(__name__)
@@ -136,15 +136,17 @@ class SyncChannel:
             self._wake.set()
 
     def _send_loop(self) -> None:
+        link = Link(self._redis)
         while not self._stop.is_set():
             self._wake.wait()
             self._wake.clear()
             with self._lock:
                 batch, self._outbox = self._outbox, []
             if batch:
-                self._send(batch)
+                self._send(batch, link)
+        link.close()
 
-    def _send(self, batch: list[_Outgoing]) -> None:
+    def _send(self, batch: list[_Outgoing], link: Link) -> None:
         plain: dict[str, list[bytes]] = defaultdict(list)
         gated: dict[tuple[str, Bucket], list[tuple[_Outgoing, Ticket]]] = defaultdict(list)
         for out in batch:
@@ -152,15 +154,16 @@ class SyncChannel:
                 plain[out.queue].append(out.frame)
             else:
                 gated[out.queue, out.ticket.bucket].append((out, out.ticket))
-        pipe = self._redis.pipeline(transaction=False)
         # Every entry is dead after its deadline: a queue nobody consumes goes away.
-        for queue, queued in plain.items():
-            frames.queue_push(pipe, self._push, queue, queued, self._queue_ttl)
+        ttl = self._queue_ttl
+        commands: list[Command] = [
+            frames.push_command(self._push, queue, queued, ttl) for queue, queued in plain.items()
+        ]
         for (queue, bucket), outs in gated.items():
             items = [(out.frame, ticket.key) for out, ticket in outs]
-            frames.queue_gated_push(pipe, self._gated, queue, items, bucket, self._queue_ttl)
+            commands.append(frames.gated_push_command(self._gated, queue, items, bucket, ttl))
         try:
-            replies = execute(pipe, self._push, self._gated)
+            replies = link.run(commands, (self._push, self._gated))
         except Exception as exc:  # noqa: BLE001 - every caller must hear of it, not wait
             logger.warning("sync calls: %d requests not sent: %s", len(batch), exc)
             self._answer(batch, ServiceUnavailable(f"redis unavailable: {exc}"))
@@ -185,7 +188,8 @@ class SyncChannel:
                     waiter.done.set()
 
     def _receive_loop(self) -> None:
-        popper = ListPopper(self._redis)
+        link = Link(self._redis)
+        popper = ListPopper(self._redis, link)
         while not self._stop.is_set():
             try:
                 popped = popper.pop_many(
@@ -197,6 +201,7 @@ class SyncChannel:
                 continue
             for blob in popped[1] if popped else []:
                 self._deliver(blob)
+        link.close()
 
     def _deliver(self, blob: bytes) -> None:
         try:

@@ -14,11 +14,10 @@ The frames themselves are ``flaskmodel.codecs.raw``'s.
 from __future__ import annotations
 
 import redis
-from redis.client import Pipeline
 from redis.commands.core import Script
 
 from flaskmodel.storage.gcra import DECIDE, Bucket
-from flaskmodel.storage.pipelines import queue_script
+from flaskmodel.storage.link import Command
 from flaskmodel.storage.redis import key
 
 
@@ -46,14 +45,14 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 
 
 def register_push(client: redis.Redis) -> Script:
-    """``PUSH_SCRIPT`` registered on ``client`` (queue it with ``queue_push``)."""
+    """``PUSH_SCRIPT`` registered on ``client`` (its commands made by ``push_command``)."""
     return client.register_script(PUSH_SCRIPT)
 
 
-def queue_push(pipe: Pipeline, push: Script, list_key: str, items: list[bytes], ttl: int) -> None:
-    """Queue on ``pipe`` the push of ``items`` to ``list_key`` (as ``LPUSH``, oldest first) and
-    its TTL, neither logged; run it with ``storage.pipelines.execute(pipe, push)``."""
-    queue_script(pipe, push, [list_key], [ttl, *items])
+def push_command(push: Script, list_key: str, items: list[bytes], ttl: int) -> Command:
+    """The push of ``items`` to ``list_key`` (as ``LPUSH``, oldest first) and its TTL, neither
+    logged (run it with ``storage.link.Link.run(..., [push])``)."""
+    return ("EVALSHA", push.sha, 1, list_key, ttl, *items)
 
 
 # KEYS[1]: the list; KEYS[2..]: each frame's rate-limit key. ARGV: TTL, interval, burst, the
@@ -81,19 +80,16 @@ return out
 
 
 def register_gated_push(client: redis.Redis) -> Script:
-    """``GATED_PUSH_SCRIPT`` registered on ``client`` (queue it with ``queue_gated_push``)."""
+    """``GATED_PUSH_SCRIPT`` registered on ``client`` (its commands made by
+    ``gated_push_command``)."""
     return client.register_script(GATED_PUSH_SCRIPT)
 
 
-def queue_gated_push(
-    pipe: Pipeline,
-    push: Script,
-    list_key: str,
-    items: list[tuple[bytes, str]],
-    bucket: Bucket,
-    ttl: int,
-) -> None:
-    """Queue on ``pipe`` the push of each ``(frame, rate-limit key)`` of ``items`` that its
-    bucket allows; its reply: allowed (0/1) and TAT - now (µs) per item, flat."""
-    frames_, keys = [frame for frame, _ in items], [rate_key for _, rate_key in items]
-    queue_script(pipe, push, [list_key, *keys], [ttl, *bucket.args(), *frames_])
+def gated_push_command(
+    push: Script, list_key: str, items: list[tuple[bytes, str]], bucket: Bucket, ttl: int
+) -> Command:
+    """The push of each ``(frame, rate-limit key)`` of ``items`` that its bucket allows; its
+    reply: allowed (0/1) and TAT - now (µs) per item, flat."""
+    keys = [rate_key for _, rate_key in items]
+    frames_ = [frame for frame, _ in items]
+    return ("EVALSHA", push.sha, 1 + len(keys), list_key, *keys, ttl, *bucket.args(), *frames_)

@@ -27,8 +27,8 @@ from flaskmodel.codecs import raw
 from flaskmodel.errors import DeadlineExceeded, FlaskModelError, InvalidInput
 from flaskmodel.runtime.batcher import DynamicBatcher
 from flaskmodel.runtime.repository import ModelRepository
+from flaskmodel.storage.link import Link
 from flaskmodel.storage.lists import ListPopper
-from flaskmodel.storage.pipelines import execute
 from flaskmodel.sync import frames
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,6 @@ class SyncConsumer:
     ) -> None:
         self._redis = client
         self._push = frames.register_push(client)
-        self._popper = ListPopper(client)
         self._repository = repository
         self._reply_ttl = reply_ttl
         self._poll = poll_seconds
@@ -83,6 +82,8 @@ class SyncConsumer:
             thread.join(5)
 
     def _consume(self) -> None:
+        link = Link(self._redis)
+        popper = ListPopper(self._redis, link)
         keys: list[str] = []
         refreshed = 0.0
         turn = 0
@@ -97,15 +98,14 @@ class SyncConsumer:
             turn = (turn + 1) % len(keys)
             order = keys[turn:] + keys[:turn]
             try:
-                popped = self._popper.pop_many(
-                    order, timeout=self._poll, direction="RIGHT", count=DRAIN
-                )
+                popped = popper.pop_many(order, timeout=self._poll, direction="RIGHT", count=DRAIN)
             except redis.RedisError as exc:
                 logger.warning("sync consumer: redis unavailable: %s", exc)
                 self._stop.wait(self._poll)
                 continue
             for blob in popped[1] if popped else []:
                 self._dispatch(blob)
+        link.close()
 
     def _dispatch(self, blob: bytes) -> None:
         try:
@@ -155,6 +155,13 @@ class SyncConsumer:
         self._replies.put((header, exc if isinstance(exc, Exception) else future.result()))
 
     def _send(self) -> None:
+        link = Link(self._redis)
+        try:
+            self._send_replies(link)
+        finally:
+            link.close()
+
+    def _send_replies(self, link: Link) -> None:
         stopping = False
         while not stopping:
             item = self._replies.get()
@@ -173,11 +180,10 @@ class SyncConsumer:
             by_list: dict[str, list[bytes]] = defaultdict(list)
             for header, outcome in batch:
                 by_list[str(header.get("reply_to"))].append(reply_frame(header, outcome))
-            pipe = self._redis.pipeline(transaction=False)
-            for target, replies in by_list.items():
-                frames.queue_push(pipe, self._push, target, replies, self._reply_ttl)
+            ttl = self._reply_ttl
+            pushes = [frames.push_command(self._push, to, got, ttl) for to, got in by_list.items()]
             try:
-                execute(pipe, self._push)
+                link.run(pushes, [self._push])
             except redis.RedisError as exc:
                 logger.warning("sync consumer: %d replies lost: %s", len(batch), exc)
 
