@@ -2,7 +2,23 @@
 
 from __future__ import annotations
 
+from flaskmodel.bench.cells import _median
 from flaskmodel.bench.memory import soak_note
+from flaskmodel.bench.report import Row
+from flaskmodel.bench.wrk import Cell
+
+
+def _round(per_second: float, errors: int, p99_ms: float) -> Row:
+    cell = Cell(64, int(per_second), int(per_second), 1.0, 10.0, p99_ms, errors)
+    return Row("V2 binary", "tiny", 1, cell, None, errors)
+
+
+def test_a_cell_of_rounds_is_its_median_round_with_every_rounds_errors() -> None:
+    rounds = [_round(3000, 0, 20.0), _round(1000, 2, 90.0), _round(2000, 1, 30.0)]
+    row = _median(rounds)
+    assert (row.items_per_second, row.cell.p99_ms, row.errors) == (2000, 30.0, 3)
+    # An even count: the lower of the two middle rounds, never a figure no round measured.
+    assert _median(rounds[:2]).items_per_second == 1000
 
 
 def test_soak_note_reports_each_worker_and_the_largest_growth() -> None:

@@ -2,8 +2,10 @@
 
 For each model and connection count the cells run one right after another: the naive Flask
 baseline's, FlaskModel's three protocols, then (M1) the same three on the keys-on stack, so a
-slow minute of the shared host hits every server alike and the ratios stay honest. Every answer
-is checked against the model before any load is applied. Then the job round trips.
+slow minute of the shared host hits every server alike and the ratios stay honest. M1's cells
+run in ``Plan.rounds`` such rounds of shorter cells, and each server's row is its median round
+(by items/s; its errors those of every round), so one noisy spell moves no ratio on its own.
+Every answer is checked against the model before any load is applied. Then the job round trips.
 
 A server keeps working on what a cell left queued after wrk has closed its connections (a sync
 worker's accept queue, FlaskModel's model queue), which would slow down the next cell, another
@@ -13,6 +15,8 @@ server's included; so after each cell one more request is sent to the same serve
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,13 +44,15 @@ from flaskmodel.bench.wrk import JOB_SCRIPT, JOB_WAIT_SCRIPT, POST_SCRIPT, run_w
 @dataclass(frozen=True)
 class Plan:
     """How much to measure: wrk connection counts and seconds per cell (M1, M2; an M2 cell at 64
-    connections answers each request after ~2 s, so it needs longer), seconds per limit."""
+    connections answers each request after ~2 s, so it needs longer), seconds per limit, and
+    the rounds an M1 cell's seconds are split into."""
 
     connections: tuple[int, ...]
     ct_connections: tuple[int, ...]
     seconds: float
     ct_seconds: float
     limit_seconds: float
+    rounds: int = 1
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,9 @@ def drive(
 ) -> None:
     """Every inference cell, interleaved by (model, connections), then the job round trips."""
     baselines = {s.model: s for s in baseline_scenarios(work)}
-    for model, counts, seconds in (
-        ("tiny", plan.connections, plan.seconds),
-        ("ct", plan.ct_connections, plan.ct_seconds),
+    for model, counts, seconds, rounds in (
+        ("tiny", plan.connections, math.ceil(plan.seconds / plan.rounds), plan.rounds),
+        ("ct", plan.ct_connections, plan.ct_seconds, 1),
     ):
         targets = [_Target(BASELINE, servers.baseline, {}, baselines[model])]
         targets += [
@@ -97,12 +103,15 @@ def drive(
         before = worker_rss(servers.stack.process.pid)
         inferences = 0
         for count in counts:
-            for target in targets:
-                row = _cell(target, count, seconds, work, limits, say)
-                report.rows.append(row)
-                _drain(target, say)
+            runs: list[list[Row]] = [[] for _ in targets]
+            for _ in range(rounds):
+                for target, rows in zip(targets, runs, strict=True):
+                    rows.append(_cell(target, count, seconds, work, limits, say))
+                    _drain(target, say)
+            for target, rows in zip(targets, runs, strict=True):
+                report.rows.append(_median(rows))
                 if target.stack == FLASKMODEL:
-                    inferences += row.cell.completed * row.items_per_request
+                    inferences += sum(r.cell.completed * r.items_per_request for r in rows)
         if model == "tiny" and before:
             after = worker_rss(servers.stack.process.pid)
             report.notes.append(soak_note(before, after, inferences))
@@ -129,6 +138,13 @@ def _cell(
     errors = cell.errors + cell.requests - cell.completed
     limit = max(x.items_per_second for x in limits if x.model == scenario.model)
     return Row(scenario.name, scenario.model, scenario.items, cell, limit, errors, target.stack)
+
+
+def _median(rows: list[Row]) -> Row:
+    """The round with the median items/s (the lower middle one of an even count), with the
+    errors of every round."""
+    middle = sorted(rows, key=lambda row: row.items_per_second)[(len(rows) - 1) // 2]
+    return dataclasses.replace(middle, errors=sum(row.errors for row in rows))
 
 
 def _drain(target: _Target, say: Callable[[str], None], timeout: float = 600) -> None:

@@ -28,9 +28,10 @@ from flaskmodel.bench.stacks import Stack, start_stack
 FULL = Plan(
     connections=(1, 16, 64, 256),
     ct_connections=(1, 16, 64),
-    seconds=10.0,
+    seconds=12.0,
     ct_seconds=10.0,
     limit_seconds=3.0,
+    rounds=3,
 )
 QUICK = Plan(
     connections=(1, 64),
@@ -38,6 +39,7 @@ QUICK = Plan(
     seconds=4.0,
     ct_seconds=8.0,
     limit_seconds=1.0,
+    rounds=2,
 )
 
 
