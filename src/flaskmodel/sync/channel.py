@@ -6,7 +6,7 @@ and a pooled connection held for the whole wait. Instead each web process keeps 
 monkey-patching):
 
 - the **sender** takes every request frame queued since it last ran and pushes them in one
-  pipeline: one ``LPUSH`` of all frames per model queue. Under gevent it runs once the request
+  round trip: one ``LPUSH`` of all frames per model queue. Under gevent it runs once the request
   greenlets that are ready have queued theirs, so concurrent calls share round trips without any
   added delay. A call with a rate-limit ``Ticket`` not yet counted is counted in the same script
   call that pushes its frame (``frames.GATED_PUSH_SCRIPT``): a refused call returns at once, its

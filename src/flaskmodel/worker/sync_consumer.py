@@ -4,7 +4,7 @@ One thread per worker process waits on ``flaskmodel:sync:<model>`` for every mod
 serves and takes whatever is queued for that model in the same round trip (``BLMPOP``), drops
 requests whose deadline has passed (their caller has gone: the work is not computed) and hands
 the rest to the model version's ``DynamicBatcher`` without waiting. A second thread sends the
-replies, all those ready in one pipeline: one ``LPUSH`` + ``EXPIRE`` per web process's reply list
+replies, all those ready in one round trip: one ``LPUSH`` + ``EXPIRE`` per web process's reply list
 (the request header's ``reply_to``).
 Synchronous calls are at-most-once: a request held by a worker that dies is answered by the
 caller's deadline (504); durable work goes through jobs.
