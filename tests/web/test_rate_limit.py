@@ -78,7 +78,7 @@ def test_per_key_limit_is_shared_by_all_workers(tmp_path: Path, redis_url: str) 
         client = connect(settings)
         elsewhere = RateLimiter(client, per_second=rate, burst=size)
         started = time.monotonic()
-        assert [elsewhere.check("key:a").wait for _ in range(4)] == [None] * 4
+        assert [elsewhere.verdict(elsewhere.ticket("key:a")).wait for _ in range(4)] == [None] * 4
         client.close()
         answers = burst(lambda: session.get(url, headers={"X-API-Key": KEY_A}, timeout=10), 60)
         elapsed = time.monotonic() - started
@@ -194,7 +194,7 @@ def test_gcra_script_against_redis(redis_url: str) -> None:
     client = connect(Settings(redis={"url": redis_db(redis_url, databases.RATE_LIMIT)}))
     limiter = RateLimiter(client, per_second=10, burst=4)
     caller = f"test-{time.time_ns()}"
-    results = [limiter.check(caller) for _ in range(6)]
+    results = [limiter.verdict(limiter.ticket(caller)) for _ in range(6)]
     client.close()
     assert [r.wait for r in results[:4]] == [None] * 4
     waits = [r.wait for r in results[4:]]
@@ -216,7 +216,7 @@ def test_concurrent_checks_share_round_trips_and_the_bucket_stays_exact(redis_ur
 
     def check() -> float | None:
         start.wait(5)
-        return limiter.check(caller).wait
+        return limiter.verdict(limiter.ticket(caller)).wait
 
     with ThreadPoolExecutor(40) as pool:
         waits = list(pool.map(lambda _: check(), range(40)))

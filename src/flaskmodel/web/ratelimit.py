@@ -43,9 +43,9 @@ class Verdict(NamedTuple):
 
 
 class RateLimiter:
-    """``check(caller)``: the ``Verdict`` on one more request of ``caller`` (one script call,
-    pipelined with the concurrent checks of this process); ``ticket(caller)`` and
-    ``verdict(ticket)``: the same, with the count made by whoever needs it first."""
+    """``verdict(ticket(caller))``: the ``Verdict`` on one more request of ``caller``, its count
+    made by whoever needs it first: the push of its sync call, or one script call here,
+    pipelined with the concurrent checks of this process."""
 
     def __init__(self, client: redis.Redis, *, per_second: float, burst: int) -> None:
         self.bucket = Bucket(per_second, burst)
@@ -65,9 +65,6 @@ class RateLimiter:
     def ticket(self, caller: str) -> Ticket:
         """One request of ``caller``, not counted yet."""
         return Ticket(key("rate", caller), self.bucket, self._checks.call)
-
-    def check(self, caller: str) -> Verdict:
-        return self.verdict(self.ticket(caller))
 
     def verdict(self, ticket: Ticket) -> Verdict:
         """The ``Verdict`` of ``ticket``'s count (made now unless it was already)."""
