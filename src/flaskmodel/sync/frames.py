@@ -34,14 +34,18 @@ def reply_list_key(channel: str) -> str:
 # LPUSH of frames and EXPIRE of their list, kept out of the AOF and the replicas (REPL_NONE): a
 # synchronous call is at-most-once and dead after its deadline, so replaying it after a restart is
 # worthless, while logging it was most of Redis's work per call (a CT slice: a 256 KiB AOF write
-# per request). The pops are still logged; replayed, they pop nothing.
-PUSH_SCRIPT = """
-redis.set_repl(redis.REPL_NONE)
-for i = 2, #ARGV, 1000 do
-  redis.call('LPUSH', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+# per request). The pops are still logged; replayed, they pop nothing. ``push(key, items, first,
+# ttl)``: ``items[first..]`` so pushed (1,000 to an LPUSH); both scripts end with it.
+_PUSH = """
+local function push(key, items, first, ttl)
+  redis.set_repl(redis.REPL_NONE)
+  for i = first, #items, 1000 do
+    redis.call('LPUSH', key, unpack(items, i, math.min(i + 999, #items)))
+  end
+  redis.call('EXPIRE', key, ttl)
 end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
 """
+PUSH_SCRIPT = _PUSH + "push(KEYS[1], ARGV, 2, ARGV[1])\n"
 
 
 def register_push(client: redis.Redis) -> Script:
@@ -60,6 +64,7 @@ def push_command(push: Script, list_key: str, items: list[bytes], ttl: int) -> C
 # the allowed ones as ``PUSH_SCRIPT`` does, and answers allowed (0/1) and TAT - now per frame.
 GATED_PUSH_SCRIPT = (
     DECIDE
+    + _PUSH
     + """
 local now, interval = clock(), tonumber(ARGV[2])
 local tolerance = (tonumber(ARGV[3]) - 1) * interval
@@ -69,11 +74,7 @@ for i = 2, #KEYS do
   out[2 * i - 3], out[2 * i - 2] = ok, ahead
   if ok == 1 then allowed[#allowed + 1] = ARGV[i + 2] end
 end
-redis.set_repl(redis.REPL_NONE)
-for i = 1, #allowed, 1000 do
-  redis.call('LPUSH', KEYS[1], unpack(allowed, i, math.min(i + 999, #allowed)))
-end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
+push(KEYS[1], allowed, 1, ARGV[1])
 return out
 """
 )
