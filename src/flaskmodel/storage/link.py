@@ -13,7 +13,7 @@ Not thread-safe: one loop, one link. As the pool does when it hands out a connec
 connection that Redis closed, or that holds unread data, is made again before commands are sent;
 the connection's retry policy applies as for a pipeline; and an ``EVALSHA`` that Redis answers
 ``NOSCRIPT`` (its script cache emptied by a restart) loads the script and runs that command
-again, as ``storage.pipelines.execute`` does.
+again (``storage.pipelines.rerun_lost_scripts``, as for a pipeline).
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from typing import Any
 
 import redis
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
+
+from flaskmodel.storage.pipelines import rerun_lost_scripts
 
 Command = tuple[Any, ...]
 
@@ -42,17 +44,13 @@ class Link:
         replies: list[Any] = conn.retry.call_with_retry(
             lambda: self._round_trip(commands), lambda _: conn.disconnect()
         )
-        by_sha = {script.sha: script for script in scripts}
-        for i, reply in enumerate(replies):
-            if isinstance(reply, NoScriptError) and commands[i][1] in by_sha:
-                script = by_sha[commands[i][1]]
-                (script.sha,) = self.run([("SCRIPT", "LOAD", script.script)])
-                if isinstance(script.sha, bytes):
-                    script.sha = script.sha.decode()
-                replies[i] = self.run([commands[i]])[0]
-            elif isinstance(reply, Exception):
-                raise reply
-        return replies
+        return rerun_lost_scripts(
+            replies,
+            commands,
+            scripts,
+            lambda script: self.run([("SCRIPT", "LOAD", script.script)])[0],
+            lambda _, command: self.run([tuple(command)])[0],
+        )
 
     def close(self) -> None:
         self._conn.disconnect()
