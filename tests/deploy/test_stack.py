@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import pytest
 import redis
@@ -452,6 +453,15 @@ def test_flaskmodel_up_end_to_end(tmp_path: Path) -> None:
             "outputs": [{"name": "y", "dtype": "float32", "shape": [None, 3]}],
         },
     )
+    write_fake_model(
+        models,
+        "slice",
+        1,
+        {
+            "inputs": [{"name": "image", "dtype": "float32", "shape": [None, 256, 256, 1]}],
+            "outputs": [{"name": "scores", "dtype": "float32", "shape": [None, 3]}],
+        },
+    )
     run_dir = tmp_path / "run"
     port, dicom_port = procs.free_port(), procs.free_port()
     env = _env() | {
@@ -495,6 +505,19 @@ def test_flaskmodel_up_end_to_end(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, job
             time.sleep(0.2)
         assert job["state"] == "SUCCEEDED", job
+        # A CT slice as TF Serving JSON (over 1 MiB) is answered; nginx holds such a body in
+        # memory (checked in its log after the stop: no temporary file, so no warning).
+        pixels = np.random.default_rng(7).random((1, 256, 256, 1), dtype=np.float32)
+        body = json.dumps({"instances": pixels.tolist()}).encode()
+        assert len(body) > 1024 * 1024
+        request = urllib.request.Request(
+            base + "/v1/models/slice:predict",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with _opener.open(request, timeout=60) as response:
+            assert response.status == 200
+            assert len(json.load(response)["predictions"]) == 1
         # The DICOM front door: C-ECHO on its port, STOW-RS through nginx, a storescu hint.
         echo = ["echoscu", "-aec", "FLASKMODEL", "127.0.0.1", str(dicom_port)]
         assert subprocess.run(echo, capture_output=True, check=False).returncode == 0
@@ -516,6 +539,9 @@ def test_flaskmodel_up_end_to_end(tmp_path: Path) -> None:
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, out.read_text()[-3000:]
+        nginx_log = (run_dir / "logs" / "nginx.log").read_text(errors="replace")
+        assert "POST /v1/models/slice:predict" in nginx_log
+        assert "buffered to a temporary file" not in nginx_log
     finally:
         if proc.poll() is None:
             running.update(descendants(proc.pid))
