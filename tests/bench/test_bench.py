@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from flaskmodel.bench.cells import _median
+from flaskmodel.bench.cells import _median, schedule
 from flaskmodel.bench.memory import soak_note
 from flaskmodel.bench.report import Row
+from flaskmodel.bench.run import FULL, QUICK
 from flaskmodel.bench.wrk import Cell
 
 
@@ -19,6 +20,14 @@ def test_a_cell_of_rounds_is_its_median_round_with_every_rounds_errors() -> None
     assert (row.items_per_second, row.cell.p99_ms, row.errors) == (2000, 30.0, 3)
     # An even count: the lower of the two middle rounds, never a figure no round measured.
     assert _median(rounds[:2]).items_per_second == 1000
+
+
+def test_every_model_runs_in_the_plans_rounds() -> None:
+    for plan in (FULL, QUICK):
+        (_, _, m1_seconds, m1_rounds), (_, _, m2_seconds, m2_rounds) = schedule(plan)
+        assert m1_rounds == m2_rounds == plan.rounds > 1
+        assert m1_seconds * m1_rounds >= plan.seconds  # M1's cell split into its rounds
+        assert m2_seconds == plan.ct_seconds  # each M2 round a whole cell
 
 
 def test_soak_note_reports_each_worker_and_the_largest_growth() -> None:

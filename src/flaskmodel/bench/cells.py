@@ -3,8 +3,10 @@
 For each model and connection count the cells run one right after another: the naive Flask
 baseline's, FlaskModel's three protocols, then (M1) the same three on the keys-on stack, so a
 slow minute of the shared host hits every server alike and the ratios stay honest. M1's cells
-run in ``Plan.rounds`` such rounds of shorter cells, and each server's row is its median round
-(by items/s; its errors those of every round), so one noisy spell moves no ratio on its own.
+run in ``Plan.rounds`` such rounds of shorter cells, M2's in as many rounds of full cells (an M2
+answer takes up to ~2 s, so a short cell would hold too few); each server's row is its median
+round (by items/s; its errors those of every round), so one noisy spell moves no ratio on its
+own.
 Every answer is checked against the model before any load is applied. Then the job round trips.
 
 A server keeps working on what a cell left queued after wrk has closed its connections (a sync
@@ -45,7 +47,8 @@ from flaskmodel.bench.wrk import JOB_SCRIPT, JOB_WAIT_SCRIPT, POST_SCRIPT, run_w
 class Plan:
     """How much to measure: wrk connection counts and seconds per cell (M1, M2; an M2 cell at 64
     connections answers each request after ~2 s, so it needs longer), seconds per limit, and
-    the rounds an M1 cell's seconds are split into."""
+    the rounds every cell runs in (M1's seconds are split into them; each M2 round is a whole
+    cell)."""
 
     connections: tuple[int, ...]
     ct_connections: tuple[int, ...]
@@ -83,10 +86,7 @@ def drive(
 ) -> None:
     """Every inference cell, interleaved by (model, connections), then the job round trips."""
     baselines = {s.model: s for s in baseline_scenarios(work)}
-    for model, counts, seconds, rounds in (
-        ("tiny", plan.connections, math.ceil(plan.seconds / plan.rounds), plan.rounds),
-        ("ct", plan.ct_connections, plan.ct_seconds, 1),
-    ):
+    for model, counts, seconds, rounds in schedule(plan):
         targets = [_Target(BASELINE, servers.baseline, {}, baselines[model])]
         targets += [
             _Target(FLASKMODEL, servers.stack.base, {}, s)
@@ -116,6 +116,14 @@ def drive(
             after = worker_rss(servers.stack.process.pid)
             report.notes.append(soak_note(before, after, inferences))
     _jobs(servers.stack.base, work, plan.seconds, report, say)
+
+
+def schedule(plan: Plan) -> list[tuple[str, tuple[int, ...], float, int]]:
+    """Per model: its connection counts, seconds per round and rounds."""
+    return [
+        ("tiny", plan.connections, math.ceil(plan.seconds / plan.rounds), plan.rounds),
+        ("ct", plan.ct_connections, plan.ct_seconds, plan.rounds),
+    ]
 
 
 def _cell(

@@ -106,10 +106,10 @@ _SERVERS = (
     "with one API key and a per-key rate limit that counts every request; "
     f"{BASELINE}: the naive baseline (gunicorn sync workers, no nginx). The cells of one model "
     "and connection count ran one right after another (baseline first), so a slow minute of the "
-    "host hits them alike; M1's in rounds of shorter cells, each row its median round (its "
-    "requests and latencies; errors: of every round). × baseline: items/s over the baseline's "
-    "cell of the same model and connections (M1: its REST JSON cell; M2: its raw float32 body "
-    "cell); p50 × baseline: the same at 1 connection, for p50 latency."
+    "host hits them alike, in rounds (M1: of shorter cells; M2: of whole cells), each row its "
+    "median round (its requests and latencies; errors: of every round). × baseline: items/s "
+    "over the baseline's cell of the same model and connections (M1: its REST JSON cell; M2: "
+    "its raw float32 body cell); p50 × baseline: the same at 1 connection, for p50 latency."
 )
 _MET = {True: "yes", False: "**no**", None: "–"}
 
