@@ -133,6 +133,11 @@ def test_metrics_aggregate_every_process(observed_stack: Stack) -> None:
     assert value(after, "flaskmodel_model_ready_workers", model="ct_classifier") == 1
     ready = [k for k in after if k[0] == "flaskmodel_worker_ready"]
     assert len(ready) == 1 and after[ready[0]] == 1
+    # The batch-size tuner's choice, per worker process and model version.
+    limits = [
+        k for k in after if k[0] == "flaskmodel_batch_size_limit" and ("model", "tiny") in k[1]
+    ]
+    assert len(limits) == 1 and 1 <= after[limits[0]] <= 32
 
     # Every scrape, whichever gunicorn worker answers it, shows the same totals.
     seen = {requests_of(scrape(stack), PREDICT, "200") for _ in range(6)}

@@ -159,6 +159,20 @@ MODEL_WORKERS = Metric(
     "Ready worker processes serving each model.",
     ("model",),
 )
-GAUGES: tuple[Metric, ...] = (JOBS, QUEUE_DEPTH, WORKER_READY, WORKERS, MODEL_WORKERS)
+BATCH_SIZE_LIMIT = Metric(
+    "flaskmodel_batch_size_limit",
+    "gauge",
+    "The most examples a batch of each model version takes in each live worker process, as its "
+    "batch-size tuner chose it (absent where batching is not tuned).",
+    ("worker", "model", "version"),
+)
+GAUGES: tuple[Metric, ...] = (
+    JOBS,
+    QUEUE_DEPTH,
+    WORKER_READY,
+    WORKERS,
+    MODEL_WORKERS,
+    BATCH_SIZE_LIMIT,
+)
 
 BY_NAME = {m.name: m for m in RECORDED}

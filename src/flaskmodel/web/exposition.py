@@ -74,15 +74,26 @@ class _Scrape(Collector):
         ready = GaugeMetricFamily(
             catalogue.WORKER_READY.name, catalogue.WORKER_READY.help, labels=["worker"]
         )
+        limit = GaugeMetricFamily(
+            catalogue.BATCH_SIZE_LIMIT.name,
+            catalogue.BATCH_SIZE_LIMIT.help,
+            labels=["worker", "model", "version"],
+        )
         per_model: Counter[str] = Counter()
         models: set[str] = set()
         for beat in beats:
             ready.add_metric([beat.worker_id], 1.0 if beat.ready else 0.0)
+            for advert in beat.models.values():
+                for version, stats in advert.stats.items():
+                    if stats.batch_size_limit is not None:
+                        labels = [beat.worker_id, advert.name, str(version)]
+                        limit.add_metric(labels, stats.batch_size_limit)
             states["draining" if beat.draining else "ready" if beat.ready else "loading"] += 1
             models.update(beat.models, beat.errors)
             if beat.ready:
                 per_model.update(list(beat.models))  # names, not the adverts
         yield ready
+        yield limit
         workers = GaugeMetricFamily(
             catalogue.WORKERS.name, catalogue.WORKERS.help, labels=["state"]
         )
