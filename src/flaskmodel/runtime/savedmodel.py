@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from flaskmodel.errors import InvalidInput, ModelNotFound
+from flaskmodel.runtime.flat_call import FlatCall
 from flaskmodel.schemas import ModelSpec, TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class SavedModelRuntime:
         self._version = version
         self._path = path
         self._fn: Any = None
+        self._flat: FlatCall | None = None
         self._spec: ModelSpec | None = None
 
     @property
@@ -74,6 +76,7 @@ class SavedModelRuntime:
         ]
         self._keep = loaded  # the signature needs its owner alive
         self._fn = fn
+        self._flat = FlatCall.probe(tf, fn, self._name)
         self._spec = ModelSpec(
             name=self._name, version=self._version, inputs=inputs, outputs=outputs
         )
@@ -93,9 +96,11 @@ class SavedModelRuntime:
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         tf = _tf()
-        tensors = {name: tf.constant(value) for name, value in inputs.items()}
+        flat = self._flat
         try:
-            result = self._fn(**tensors)
+            result = None if flat is None else flat(tf, inputs)
+            if result is None:
+                result = self._fn(**{name: tf.constant(value) for name, value in inputs.items()})
         except tf.errors.InvalidArgumentError as exc:
             # The input's fault (TF Serving answers 400 for it too), not the server's.
             raise InvalidInput(f"model '{self._name}': {exc.message}") from exc
@@ -103,4 +108,5 @@ class SavedModelRuntime:
 
     def close(self) -> None:
         self._fn = None
+        self._flat = None
         self._keep = None
