@@ -9,8 +9,8 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from flaskmodel.errors import DeadlineExceeded
-from flaskmodel.runtime.batcher import BatchStats, DynamicBatcher
+from flaskmodel.errors import DeadlineExceeded, ServiceUnavailable
+from flaskmodel.runtime.batcher import SLOW_CALL_SAMPLES, BatchStats, DynamicBatcher
 from flaskmodel.schemas import ModelSpec, TensorSpec
 
 Factory = Callable[[int, float], DynamicBatcher]
@@ -28,6 +28,9 @@ class Recorder:
     def __init__(self, delay: float = 0.0) -> None:
         self.calls: list[tuple[int, int]] = []  # (rows, calling thread)
         self.delay = delay
+        self._lock = threading.Lock()
+        self._running = 0
+        self.most_at_once = 0  # model calls that ran at the same time
 
     @property
     def spec(self) -> ModelSpec:
@@ -41,8 +44,15 @@ class Recorder:
 
     def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.calls.append((len(inputs["x"]), threading.get_ident()))
-        if self.delay:
-            time.sleep(self.delay)
+        with self._lock:
+            self._running += 1
+            self.most_at_once = max(self.most_at_once, self._running)
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+        finally:
+            with self._lock:
+                self._running -= 1
         if np.any(inputs["x"] == 7):
             raise ValueError("poisoned row in the batch")
         return {"y": inputs["x"] * 2}
@@ -233,3 +243,63 @@ def test_a_call_that_does_not_linger_goes_without_the_delay() -> None:
     finally:
         batcher.close()
     assert [r for r, _ in recorder.calls] == [3, 1, 5]
+
+
+def test_a_slow_model_runs_two_batches_at_once() -> None:
+    # As TF Serving's num_batch_threads: once a model's median call is slow, a batch that forms
+    # while another runs goes to the model at once, on a second loop.
+    recorder = Recorder(delay=0.1)
+    batcher = DynamicBatcher(recorder, max_batch_size=4, max_batch_delay=0.005, batch_threads=2)
+    try:
+        for i in range(SLOW_CALL_SAMPLES):
+            batcher.predict(rows(1, 100 + 10 * i))
+            assert batcher.loops == (1 if i < SLOW_CALL_SAMPLES - 1 else 2)
+        assert recorder.most_at_once == 1
+        futures = [batcher.submit(rows(1, 10 * i)) for i in range(8)]
+        for i, future in enumerate(futures):
+            np.testing.assert_array_equal(future.result(timeout=5)["y"], rows(1, 10 * i)["x"] * 2)
+        assert recorder.most_at_once == 2
+        assert len({thread for _, thread in recorder.calls}) == 2
+        assert sum(r for r, _ in recorder.calls) == SLOW_CALL_SAMPLES + 8
+        stats = batcher.stats.snapshot()
+        assert stats.requests == stats.items == SLOW_CALL_SAMPLES + 8
+        # A model that is no longer slow is back to one loop.
+        recorder.delay = 0.0
+        for i in range(20 * SLOW_CALL_SAMPLES):
+            batcher.predict(rows(1, 100 + 10 * i))
+            if batcher.loops == 1:
+                break
+        assert batcher.loops == 1
+        recorder.delay = 0.1
+        for i in range(SLOW_CALL_SAMPLES):
+            batcher.predict(rows(1, 100 + 10 * i))
+        assert batcher.loops == 2
+        # Closing stops both loops, after the calls queued before it (as with one loop).
+        busy = [batcher.submit(rows(4, 100 + 100 * i), linger=False) for i in range(3)]
+        time.sleep(0.03)
+        threads = list(batcher._threads)
+    finally:
+        batcher.close()
+    assert [f.exception(timeout=5) for f in busy] == [None, None, None]
+    assert len(threads) == 2 and not any(thread.is_alive() for thread in threads)
+    with pytest.raises(ServiceUnavailable):
+        batcher.submit(rows(1))
+
+
+def test_a_fast_model_and_one_without_merging_keep_one_batch_thread() -> None:
+    fast = Recorder()
+    batcher = DynamicBatcher(fast, max_batch_size=4, max_batch_delay=0.005, batch_threads=2)
+    unmerged = Recorder(delay=0.05)
+    one_at_a_time = DynamicBatcher(unmerged, max_batch_size=0, max_batch_delay=0.0, batch_threads=2)
+    try:
+        for i in range(3 * SLOW_CALL_SAMPLES):
+            batcher.predict(rows(1, 100 + 10 * i))
+        count = 2 * SLOW_CALL_SAMPLES
+        futures = [one_at_a_time.submit(rows(1, 100 + 10 * i)) for i in range(count)]
+        for future in futures:
+            future.result(timeout=5)
+        assert batcher.loops == 1 and one_at_a_time.loops == 1
+        assert fast.most_at_once == 1 and unmerged.most_at_once == 1
+    finally:
+        batcher.close()
+        one_at_a_time.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from flaskmodel.errors import ModelNotFound
 from flaskmodel.runtime.repository import ModelRepository
+from flaskmodel.settings import BatchingSettings
 from tests.conftest import FAKE_SPEC, write_fake_model
 
 
@@ -49,6 +51,19 @@ def test_versions_and_rescan(tmp_path: Path) -> None:
     shutil.rmtree(root / "m")
     with pytest.raises(ModelNotFound):
         repository.get("m")
+
+
+def test_batch_threads_come_from_the_settings_or_the_models_file(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    write_fake_model(root, "a", 1, FAKE_SPEC)
+    write_fake_model(root, "b", 1, FAKE_SPEC)
+    (root / "b" / "flaskmodel.json").write_text(json.dumps({"batch_threads": 1}))
+    defaults = ModelRepository(root, backend="fake", batching=BatchingSettings())
+    assert [defaults.get(n).batch_threads for n in ("a", "b")] == [2, 1]  # 2: the default
+    three = ModelRepository(root, backend="fake", batching=BatchingSettings(batch_threads=3))
+    assert [three.get(n).batch_threads for n in ("a", "b")] == [3, 1]
+    defaults.close()
+    three.close()
 
 
 def test_bad_model_is_reported_not_fatal(tmp_path: Path) -> None:

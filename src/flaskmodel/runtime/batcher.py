@@ -14,6 +14,13 @@ A call made with ``linger=False`` does not wait for others: its batch takes the 
 queued and goes. Series jobs send their batches so: each is a model-sized batch already and
 Celery runs one task at a time per process, so the delay was idle time in each of their calls.
 
+A slow model gets more than one batch thread (``batch_threads``, as TF Serving's
+``num_batch_threads``): while the median of its last calls takes ``SLOW_CALL_SECONDS`` or more,
+a second loop runs, so two of its batches run at once; it stops once the median falls below half
+that. One call of such a model leaves part of the cores idle (the CT model's keeps 1.8 of 2
+busy), and a batch that forms while another runs no longer waits for it. A fast model keeps one
+thread: for it a second one only halves the batches and doubles their fixed cost.
+
 The batcher is itself a ``ModelRuntime`` (``spec``/``load``/``predict``/``close``), so tensor jobs,
 series jobs and synchronous calls of one model version all share it.
 """
@@ -22,8 +29,10 @@ from __future__ import annotations
 
 import logging
 import queue
+import statistics
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -47,6 +56,10 @@ from flaskmodel.schemas import BatchStatsView, ModelSpec
 logger = logging.getLogger(__name__)
 
 Outputs = dict[str, np.ndarray]
+#: Median model call (seconds) from which a model gets its further batch threads.
+SLOW_CALL_SECONDS = 0.02
+#: Model calls the median is taken over.
+SLOW_CALL_SAMPLES = 9
 WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -103,7 +116,8 @@ class _Call:
 
 
 class DynamicBatcher:
-    """Wraps one loaded ``ModelRuntime``; calls from any thread, model calls on one thread."""
+    """Wraps one loaded ``ModelRuntime``; calls from any thread, model calls on its loop threads
+    (one; up to ``batch_threads`` for a slow model)."""
 
     def __init__(
         self,
@@ -112,6 +126,7 @@ class DynamicBatcher:
         max_batch_size: int,
         max_batch_delay: float,
         tune: bool = False,
+        batch_threads: int = 1,
     ) -> None:
         self.runtime = runtime
         self.max_batch_size = max_batch_size
@@ -120,12 +135,18 @@ class DynamicBatcher:
         # ``tune``: batches up to the size that costs least per example (``SizeTuner``).
         self.tuner = SizeTuner(max_batch_size) if tune and self.enabled else None
         self.stats = BatchStats(None if self.tuner is None else self.tuner.limit)
-        # A call, the calls of one ``submit_many``, or None (stop).
+        # Most loops running batches at once (slow models only); merging off: one at a time.
+        self.batch_threads = max(1, batch_threads) if self.enabled else 1
+        # A call, the calls of one ``submit_many``, or None (stop one loop).
         self._queue: queue.SimpleQueue[_Call | list[_Call] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # the loops list and ``_closed``
+        self._tune_lock = threading.Lock()  # the tuner and the recent call times
+        self._threads: list[threading.Thread] = []
         self._closed = False
-        self._last_calls = 0  # calls merged into the last batch (read by the loop thread only)
+        self._last_calls = 0  # calls merged into the last batch (of any loop)
+        self._call_seconds: deque[float] = deque(maxlen=SLOW_CALL_SAMPLES)
+        self._slow = False  # the median model call is slow (``_note_call``)
+        self._started = 0  # loops ever started (their names)
 
     @property
     def spec(self) -> ModelSpec:
@@ -189,22 +210,60 @@ class DynamicBatcher:
         with self._lock:
             if self._closed:
                 raise ServiceUnavailable(f"model '{self.spec.name}' is shutting down")
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._loop, name=f"batcher-{self.spec.name}", daemon=True
-                )
-                self._thread.start()
+            if not self._threads:
+                self._start_loop()
         for call in calls:
             self.stats.submitted(call.rows)
         self._queue.put(calls[0] if len(calls) == 1 else calls)
 
+    def _start_loop(self) -> None:
+        """One more batch loop (under ``_lock``)."""
+        name = f"batcher-{self.spec.name}" + (f"-{self._started}" if self._started else "")
+        self._started += 1
+        thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _note_call(self, seconds: float) -> None:
+        """A model call's time: the model turns slow at a median of ``SLOW_CALL_SECONDS``, and
+        fast again below half of it (so a host's noise does not start and stop loops)."""
+        with self._tune_lock:
+            self._call_seconds.append(seconds)
+            if len(self._call_seconds) == SLOW_CALL_SAMPLES:
+                median = statistics.median(self._call_seconds)
+                if median >= SLOW_CALL_SECONDS:
+                    self._slow = True
+                elif median < SLOW_CALL_SECONDS / 2:
+                    self._slow = False
+
+    def _keep_looping(self) -> bool:
+        """After a batch, with nothing held: a slow model gets its further loops; a further
+        loop of a model no longer slow stops (False)."""
+        with self._lock:
+            if self._slow:
+                while not self._closed and len(self._threads) < self.batch_threads:
+                    self._start_loop()
+                return True
+            me = threading.current_thread()
+            if me is self._threads[0]:
+                return True
+            self._threads.remove(me)
+            return False
+
+    @property
+    def loops(self) -> int:
+        """Batch loops running (more than one: batches of this model run at once)."""
+        with self._lock:
+            return len(self._threads)
+
     def close(self) -> None:
-        """Stop the loop (queued calls fail with 503) and close the runtime."""
+        """Stop the loops (queued calls fail with 503) and close the runtime."""
         with self._lock:
             self._closed = True
-            thread = self._thread
-        if thread is not None:
+            threads = list(self._threads)
+        for _ in threads:
             self._queue.put(None)
+        for thread in threads:
             thread.join(10)
         self.runtime.close()
 
@@ -224,6 +283,8 @@ class DynamicBatcher:
             batch = [pending[i] for i in chosen]
             pending = [c for i, c in enumerate(pending) if i not in taken]
             self._run(batch)
+            if self.batch_threads > 1 and not pending and not self._keep_looping():
+                return
         for call in pending:
             call.future.set_exception(ServiceUnavailable(f"model '{self.spec.name}' shut down"))
 
@@ -236,7 +297,8 @@ class DynamicBatcher:
         if self.tuner is None:
             return self.max_batch_size
         held = sum(c.rows for c in pending if c.key == pending[0].key)
-        return self.tuner.next_limit(held + self._queue.qsize())
+        with self._tune_lock:
+            return self.tuner.next_limit(held + self._queue.qsize())
 
     def _collect(self, pending: list[_Call], limit: int) -> bool:
         """Wait for more calls until the head's batch of ``limit`` examples is full or its delay
@@ -305,8 +367,11 @@ class DynamicBatcher:
         seconds = time.monotonic() - started
         limit = None
         if self.tuner is not None:
-            self.tuner.record(rows, seconds)
-            limit = self.tuner.limit
+            with self._tune_lock:
+                self.tuner.record(rows, seconds)
+                limit = self.tuner.limit
+        if self.batch_threads > 1:
+            self._note_call(seconds)
         self.stats.batch(rows, waits, limit=limit)
         self._record(rows, waits, seconds)
         for call, part in zip(live, parts, strict=True):

@@ -64,6 +64,7 @@ class ModelConfig(BaseModel):
     max_batch_size: int | None = Field(default=None, ge=0)
     max_batch_delay_ms: float | None = Field(default=None, ge=0)
     tune_batch_size: bool | None = None
+    batch_threads: int | None = Field(default=None, ge=1)
     version_labels: dict[str, int] = Field(default_factory=dict)
 
 
@@ -299,6 +300,11 @@ class ModelRepository:
                 self._batching.tune_batch_size
                 if config.tune_batch_size is None
                 else config.tune_batch_size
+            ),
+            batch_threads=(
+                self._batching.batch_threads
+                if config.batch_threads is None
+                else config.batch_threads
             ),
         )
 

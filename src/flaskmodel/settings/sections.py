@@ -223,6 +223,10 @@ class BatchingSettings(Section):
     """Learn, per model, the batch size up to `max_batch_size` that costs least time per example
     on this host, from the batches it runs, and batch up to that (docs/batching.md); off: every
     batch takes up to `max_batch_size`."""
+    batch_threads: int = Field(default=2, ge=1)
+    """Batches of one model that may run at once, as TF Serving's `num_batch_threads` (per model:
+    `batch_threads` in `flaskmodel.json`). Only a slow model gets more than one: once its median
+    call takes 20 ms or more (docs/batching.md). 1: one batch at a time."""
     sync_timeout_seconds: float = 30.0
     """Default deadline of a synchronous predict/infer: 504 past it, and work not started by then
     is dropped."""
