@@ -75,8 +75,9 @@ def _fits(got: tuple[int, ...], shape: tuple[int | None, ...]) -> bool:
 
 
 def _made_up(dtype: np.dtype[Any], shape: tuple[int | None, ...]) -> np.ndarray:
-    """Two examples of an input (unknown sizes 1): random numbers, zeros or ``b"x"`` strings."""
-    dims = tuple(2 if i == 0 and size is None else size or 1 for i, size in enumerate(shape))
+    """One example of an input (every unknown size 1): random numbers, zeros or ``b"x"``
+    strings."""
+    dims = tuple(size or 1 for size in shape)
     if dtype.kind == "f":
         return np.random.default_rng(7).random(dims).astype(dtype)
     if dtype.kind == "O":
