@@ -26,6 +26,7 @@ WATCHDOG = 21
 FRONT_DOOR = 22
 FAST_ROUTES = 23
 PUBLISHER = 24
+SYNC_CONSUMER = 25
 
 #: Every database above, by name.
 ALL = {name: value for name, value in globals().items() if name.isupper() and name != "ALL"}

@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from flaskmodel.errors import DeadlineExceeded, ServiceUnavailable
-from flaskmodel.runtime.batcher import SLOW_CALL_SAMPLES, BatchStats, DynamicBatcher
+from flaskmodel.runtime.batcher import (
+    ALONE_CALL_SECONDS,
+    SLOW_CALL_SAMPLES,
+    BatchStats,
+    DynamicBatcher,
+)
 from flaskmodel.schemas import ModelSpec, TensorSpec
 
 Factory = Callable[[int, float], DynamicBatcher]
@@ -62,10 +67,10 @@ def rows(n: int, start: float = 0.0, width: int = 2) -> dict[str, np.ndarray]:
     return {"x": np.arange(n * width, dtype=np.float32).reshape(n, width) + start}
 
 
-def overlap(batcher: DynamicBatcher, recorder: Recorder) -> None:
-    """Put ``batcher`` in the state callers that overlap leave it in (its last batch merged two
-    calls), where a call waits for others; forget that batch."""
-    for future in batcher.submit_many([rows(1), rows(1)]):
+def overlap(batcher: DynamicBatcher, recorder: Recorder, calls: int = 2) -> None:
+    """Put ``batcher`` in the state callers that overlap leave it in (its last batch merged
+    ``calls`` calls), where a call waits for others; forget that batch."""
+    for future in batcher.submit_many([rows(1)] * calls):
         future.result(timeout=2)
     recorder.calls.clear()
     batcher.stats = BatchStats()
@@ -107,6 +112,7 @@ def test_full_batch_goes_at_once(make: Factory, recorder: Recorder) -> None:
 
 def test_no_call_waits_longer_than_the_delay(make: Factory, recorder: Recorder) -> None:
     batcher = make(100, 0.15)
+    overlap(batcher, recorder, calls=3)  # two calls are fewer than the last batch's: they wait
     started = time.monotonic()
     first = batcher.submit(rows(1))
     time.sleep(0.05)
@@ -204,6 +210,80 @@ def test_a_lone_caller_pays_no_delay_and_overlapping_callers_wait_for_company() 
         assert [r for r, _ in recorder.calls] == [2]
     finally:
         batcher.close()
+
+
+def test_callers_in_step_go_as_soon_as_all_of_them_have_joined() -> None:
+    # Two clients that each wait for their answer before calling again: once their calls
+    # overlapped, each batch waits for as many calls as the last one held, not for the delay
+    # (which charged every call of two or four such clients the whole delay).
+    recorder = Recorder()
+    batcher = DynamicBatcher(recorder, max_batch_size=32, max_batch_delay=5.0)
+    try:
+        overlap(batcher, recorder)  # the last batch merged two calls
+        started = time.monotonic()
+        for i in range(3):
+            first = batcher.submit(rows(1, 10 * i))
+            time.sleep(0.02)  # the second caller's request is a little behind
+            second = batcher.submit(rows(1, 10 * i + 5))
+            first.result(timeout=6)
+            second.result(timeout=6)
+        assert time.monotonic() - started < 1.0  # far below one 5 s delay
+        assert [r for r, _ in recorder.calls] == [2, 2, 2]
+        # One of the two callers gone: the call left waits out the delay for company.
+        batcher.max_batch_delay = 0.15
+        started = time.monotonic()
+        batcher.predict(rows(1))
+        assert 0.14 <= time.monotonic() - started < 1.0
+        assert [r for r, _ in recorder.calls] == [2, 2, 2, 1]
+    finally:
+        batcher.close()
+
+
+def test_a_call_alone_runs_on_its_callers_thread_only_as_a_batch_of_one() -> None:
+    recorder = Recorder()
+    batcher = DynamicBatcher(recorder, max_batch_size=32, max_batch_delay=5.0)
+    try:
+        assert batcher.call_alone(rows(1)) is None  # the model's speed is not known yet
+        for i in range(SLOW_CALL_SAMPLES):
+            batcher.predict(rows(1, 100 + 10 * i))
+        assert {thread for _, thread in recorder.calls} != {threading.get_ident()}
+        recorder.calls.clear()
+        future = batcher.call_alone(rows(2, 100), deadline=time.time() + 5)
+        assert future is not None and future.done()
+        np.testing.assert_array_equal(future.result()["y"], rows(2, 100)["x"] * 2)
+        assert recorder.calls == [(2, threading.get_ident())]
+        stats = batcher.stats.snapshot()
+        assert stats.requests == SLOW_CALL_SAMPLES + 1 and stats.batch_sizes[2] == 1
+        expired = batcher.call_alone(rows(1), deadline=time.time() - 1)
+        assert expired is not None and isinstance(expired.exception(), DeadlineExceeded)
+        # A batch running on the loop: the call would join the next batch, so it is submitted.
+        recorder.delay = 0.3
+        busy = batcher.submit(rows(1, 200))
+        time.sleep(0.1)
+        assert batcher.call_alone(rows(1)) is None
+        busy.result(timeout=2)
+        recorder.delay = 0.0
+        # Callers overlap (the last batch merged calls): calls wait for company in the loop.
+        overlap(batcher, recorder)
+        assert batcher.call_alone(rows(1)) is None
+    finally:
+        batcher.close()
+    assert batcher.call_alone(rows(1)) is None  # closed
+
+
+def test_a_slow_model_or_one_without_merging_never_runs_a_call_alone() -> None:
+    slow = Recorder(delay=ALONE_CALL_SECONDS * 2)
+    batcher = DynamicBatcher(slow, max_batch_size=32, max_batch_delay=0.005)
+    unmerged = DynamicBatcher(Recorder(), max_batch_size=0, max_batch_delay=0.0)
+    try:
+        for i in range(SLOW_CALL_SAMPLES):
+            batcher.predict(rows(1, 100 + 10 * i))
+            unmerged.predict(rows(1, 100 + 10 * i))
+        assert batcher.call_alone(rows(1)) is None
+        assert unmerged.call_alone(rows(1)) is None
+    finally:
+        batcher.close()
+        unmerged.close()
 
 
 def test_calls_queued_behind_a_busy_model_share_the_next_batch() -> None:

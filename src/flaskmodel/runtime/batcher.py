@@ -2,13 +2,19 @@
 
 A batch goes at once when it is full (``max_batch_size`` examples), and no call waits longer
 than ``max_batch_delay`` for others to join it. A call waits only while callers overlap (the
-last batch merged two or more calls): a lone caller's call goes at once, so a single client pays
-no batching delay, and calls already queued always join the batch. Either knob at 0 turns merging
-off: ``predict`` then calls the model directly and ``submit`` runs calls one at a time. Calls
-whose deadline passed before their batch ran are dropped, never computed; a failing batch fails
-every call in it with the cause. ``BatchStats`` records batch sizes and queue waits. With
-``tune``, batches take up to the size a ``SizeTuner`` found cheapest per example (at most
-``max_batch_size``).
+last batch merged two or more calls), and only until its batch holds as many calls as the last
+one: a lone caller's call goes at once, so a single client pays no batching delay, a few callers
+in step go once all of them are in, and calls already queued always join the batch. Either knob
+at 0 turns merging off: ``predict`` then calls the model directly and ``submit`` runs calls one
+at a time. Calls whose deadline passed before their batch ran are dropped, never computed; a
+failing batch fails every call in it with the cause. ``BatchStats`` records batch sizes and
+queue waits. With ``tune``, batches take up to the size a ``SizeTuner`` found cheapest per
+example (at most ``max_batch_size``).
+
+``call_alone`` runs a call on its caller's thread when nothing else is queued or running, the
+last batch held a single call and the model is fast (median call under ``ALONE_CALL_SECONDS``):
+the worker's sync consumer answers a lone request so without handing it to the batch thread and
+its answer back, two thread wake-ups on a path of about a millisecond.
 
 A call made with ``linger=False`` does not wait for others: its batch takes the calls already
 queued and goes. Series jobs send their batches so: each is a model-sized batch already and
@@ -60,6 +66,9 @@ Outputs = dict[str, np.ndarray]
 SLOW_CALL_SECONDS = 0.02
 #: Model calls the median is taken over.
 SLOW_CALL_SAMPLES = 9
+#: Most a model's median call may take for ``call_alone`` to run a call on its caller's thread
+#: (a caller that serves other models, as the sync consumer does, is held that long).
+ALONE_CALL_SECONDS = 0.005
 WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -146,6 +155,8 @@ class DynamicBatcher:
         self._last_calls = 0  # calls merged into the last batch (of any loop)
         self._call_seconds: deque[float] = deque(maxlen=SLOW_CALL_SAMPLES)
         self._slow = False  # the median model call is slow (``_note_call``)
+        self._median_call: float | None = None  # of the last ``SLOW_CALL_SAMPLES`` calls
+        self._holding = 0  # loops holding calls, and ``call_alone`` calls running (``_lock``)
         self._started = 0  # loops ever started (their names)
 
     @property
@@ -206,6 +217,37 @@ class DynamicBatcher:
         self._put(calls)
         return [call.future for call in calls]
 
+    def call_alone(
+        self, inputs: Outputs, *, deadline: float | None = None
+    ) -> Future[Outputs] | None:
+        """Run the call on this thread if it would be a batch of its own anyway: merging on,
+        nothing queued or running, the last batch a single call and the model's median call
+        under ``ALONE_CALL_SECONDS``. Its future is done on return; None: submit it instead."""
+        with self._lock:
+            if not self._alone():
+                return None
+            self._holding += 1
+        try:
+            call = _Call(inputs, batch_rows(inputs), batch_key(inputs), deadline)
+            self.stats.submitted(call.rows)
+            self._run([call])
+        finally:
+            with self._lock:
+                self._holding -= 1
+        return call.future
+
+    def _alone(self) -> bool:
+        """Whether a call now would be a batch of one that runs at once (under ``_lock``)."""
+        return (
+            self.enabled
+            and not self._closed
+            and self._holding == 0
+            and self._last_calls <= 1
+            and self._median_call is not None
+            and self._median_call < ALONE_CALL_SECONDS
+            and self._queue.empty()
+        )
+
     def _put(self, calls: list[_Call]) -> None:
         with self._lock:
             if self._closed:
@@ -230,7 +272,7 @@ class DynamicBatcher:
         with self._tune_lock:
             self._call_seconds.append(seconds)
             if len(self._call_seconds) == SLOW_CALL_SAMPLES:
-                median = statistics.median(self._call_seconds)
+                median = self._median_call = statistics.median(self._call_seconds)
                 if median >= SLOW_CALL_SECONDS:
                     self._slow = True
                 elif median < SLOW_CALL_SECONDS / 2:
@@ -276,6 +318,8 @@ class DynamicBatcher:
                 if first is None:
                     break
                 _add(pending, first)
+                with self._lock:
+                    self._holding += 1
             limit = self._next_limit(pending)
             stopping = self._collect(pending, limit)
             chosen, _ = plan_batch([(c.key, c.rows) for c in pending], limit)
@@ -283,7 +327,11 @@ class DynamicBatcher:
             batch = [pending[i] for i in chosen]
             pending = [c for i, c in enumerate(pending) if i not in taken]
             self._run(batch)
-            if self.batch_threads > 1 and not pending and not self._keep_looping():
+            if pending:
+                continue
+            with self._lock:
+                self._holding -= 1
+            if self.batch_threads > 1 and not self._keep_looping():
                 return
         for call in pending:
             call.future.set_exception(ServiceUnavailable(f"model '{self.spec.name}' shut down"))
@@ -315,8 +363,12 @@ class DynamicBatcher:
             # one call per batch exactly when batching matters most.
             # A lone caller is not charged for batching it cannot get: with nothing else queued
             # and the last batch a single call, the batch goes now. Once callers overlap (the
-            # last batch merged calls), a batch waits up to the delay for others to join.
-            lingering = self._last_calls > 1 and all(c.linger for c in pending)
+            # last batch merged calls), a batch waits up to the delay for others to join, but
+            # only until it holds as many calls as the last batch did: a few callers in step
+            # (each waits for its answer before it calls again) all join within a round trip,
+            # and waiting out the delay for a caller who is not there charged each of them it.
+            # (``pending`` is never empty, so fewer calls than the last batch's means it merged.)
+            lingering = len(pending) < self._last_calls and all(c.linger for c in pending)
             remaining = send_at - time.monotonic() if lingering else 0.0
             try:
                 if remaining > 0:
@@ -370,8 +422,7 @@ class DynamicBatcher:
             with self._tune_lock:
                 self.tuner.record(rows, seconds)
                 limit = self.tuner.limit
-        if self.batch_threads > 1:
-            self._note_call(seconds)
+        self._note_call(seconds)
         self.stats.batch(rows, waits, limit=limit)
         self._record(rows, waits, seconds)
         for call, part in zip(live, parts, strict=True):

@@ -217,8 +217,9 @@ class BatchingSettings(Section):
     in `flaskmodel.json`). 0 turns dynamic batching off."""
     max_batch_delay_ms: float = 2.0
     """Longest a request waits for others to fill its batch, only while requests overlap (a lone
-    request goes at once); a full batch goes at once (per model: `max_batch_delay_ms` in
-    `flaskmodel.json`). 0 turns dynamic batching off."""
+    request goes at once) and until the batch holds as many requests as the last one did; a full
+    batch goes at once (per model: `max_batch_delay_ms` in `flaskmodel.json`). 0 turns dynamic
+    batching off."""
     tune_batch_size: bool = True
     """Learn, per model, the batch size up to `max_batch_size` that costs least time per example
     on this host, from the batches it runs, and batch up to that (docs/batching.md); off: every

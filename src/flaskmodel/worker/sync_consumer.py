@@ -5,7 +5,9 @@ serves and takes whatever is queued for that model in the same round trip (``BLM
 requests whose deadline has passed (their caller has gone: the work is not computed) and hands
 the rest to the model version's ``DynamicBatcher`` without waiting. A second thread sends the
 replies, all those ready in one round trip: one ``LPUSH`` + ``EXPIRE`` per web process's reply list
-(the request header's ``reply_to``).
+(the request header's ``reply_to``). A request that comes alone, for a fast model whose batcher
+has nothing else to do (``DynamicBatcher.call_alone``), is answered by the consumer thread itself:
+it runs the model call and pushes the reply, sparing the lone caller two thread hand-offs.
 Synchronous calls are at-most-once: a request held by a worker that dies is answered by the
 caller's deadline (504); durable work goes through jobs.
 """
@@ -103,11 +105,14 @@ class SyncConsumer:
                 logger.warning("sync consumer: redis unavailable: %s", exc)
                 self._stop.wait(self._poll)
                 continue
-            for blob in popped[1] if popped else []:
-                self._dispatch(blob)
+            blobs = popped[1] if popped else []
+            for blob in blobs:
+                self._dispatch(blob, link if len(blobs) == 1 else None)
         link.close()
 
-    def _dispatch(self, blob: bytes) -> None:
+    def _dispatch(self, blob: bytes, link: Link | None = None) -> None:
+        """Hand a request to its batcher (``link``: the consumer's own, when the request came
+        alone, to answer it on this thread if its batcher would run it alone anyway)."""
         try:
             request = raw.decode(blob)
         except (InvalidInput, KeyError, TypeError, ValueError) as exc:
@@ -126,7 +131,41 @@ class SyncConsumer:
         except Exception as exc:  # noqa: BLE001 - the caller gets the cause as its reply
             self._replies.put((header, exc))
             return
+        if link is not None and self._answer_alone(pending, header, request.tensors, link):
+            return
         pending.add_done_callback(lambda loaded: self._submit(header, request.tensors, loaded))
+
+    def _answer_alone(
+        self,
+        loaded: Future[DynamicBatcher],
+        header: dict[str, Any],
+        tensors: dict[str, np.ndarray],
+        link: Link,
+    ) -> bool:
+        """Run the request and push its reply on this thread, if its batcher would run it alone
+        at once; False: hand it over as usual (also for a version still loading, or an expired or
+        malformed request, which that path answers)."""
+        deadline = float(header.get("deadline") or 0)
+        if not loaded.done() or loaded.exception() is not None or deadline <= time.time():
+            return False
+        try:
+            future = loaded.result().call_alone(tensors, deadline=deadline)
+        except Exception:  # noqa: BLE001 - ``submit`` raises it again and answers it
+            return False
+        if future is None:
+            return False
+        exc = future.exception()
+        if isinstance(exc, DeadlineExceeded):
+            return True  # dropped before it ran: nobody waits for an answer any more
+        outcome: Outcome = exc if isinstance(exc, Exception) else future.result()
+        push = frames.push_command(
+            self._push, str(header["reply_to"]), [reply_frame(header, outcome)], self._reply_ttl
+        )
+        try:
+            link.run([push], [self._push])
+        except redis.RedisError as error:
+            logger.warning("sync consumer: a reply lost: %s", error)
+        return True
 
     def _submit(
         self,
