@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from flaskmodel.errors import DeadlineExceeded, ServiceUnavailable
+from flaskmodel.runtime.batch_stats import BatchStats
 from flaskmodel.runtime.batcher import (
     ALONE_CALL_SECONDS,
     SLOW_CALL_SAMPLES,
-    BatchStats,
     DynamicBatcher,
 )
 from flaskmodel.schemas import ModelSpec, TensorSpec

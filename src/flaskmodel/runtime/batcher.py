@@ -7,9 +7,9 @@ one: a lone caller's call goes at once, so a single client pays no batching dela
 in step go once all of them are in, and calls already queued always join the batch. Either knob
 at 0 turns merging off: ``predict`` then calls the model directly and ``submit`` runs calls one
 at a time. Calls whose deadline passed before their batch ran are dropped, never computed; a
-failing batch fails every call in it with the cause. ``BatchStats`` records batch sizes and
-queue waits. With ``tune``, batches take up to the size a ``SizeTuner`` found cheapest per
-example (at most ``max_batch_size``).
+failing batch fails every call in it with the cause. ``BatchStats`` (``batch_stats``) records
+batch sizes and queue waits. With ``tune``, batches take up to the size a ``SizeTuner`` found
+cheapest per example (at most ``max_batch_size``).
 
 ``call_alone`` runs a call on its caller's thread when nothing else is queued or running, the
 last batch held a single call and the model is fast (median call under ``ALONE_CALL_SECONDS``):
@@ -49,6 +49,7 @@ from flaskmodel.metrics import catalogue
 from flaskmodel.metrics.recorder import RECORDER
 from flaskmodel.runtime.base import ModelRuntime
 from flaskmodel.runtime.batch_sizes import SizeTuner
+from flaskmodel.runtime.batch_stats import BatchStats
 from flaskmodel.runtime.batching import (
     BatchKey,
     batch_key,
@@ -57,7 +58,7 @@ from flaskmodel.runtime.batching import (
     plan_batch,
     split_outputs,
 )
-from flaskmodel.schemas import BatchStatsView, ModelSpec
+from flaskmodel.schemas import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -69,48 +70,6 @@ SLOW_CALL_SAMPLES = 9
 #: Most a model's median call may take for ``call_alone`` to run a call on its caller's thread
 #: (a caller that serves other models, as the sync consumer does, is held that long).
 ALONE_CALL_SECONDS = 0.005
-WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
-
-
-class BatchStats:
-    """Thread-safe counters of one batcher (read with ``snapshot``)."""
-
-    def __init__(self, limit: int | None = None) -> None:
-        self._lock = threading.Lock()
-        self._view = BatchStatsView(
-            queue_wait_buckets={str(b): 0 for b in WAIT_BUCKETS} | {"+Inf": 0},
-            batch_size_limit=limit,
-        )
-
-    def submitted(self, rows: int) -> None:
-        with self._lock:
-            self._view.requests += 1
-            self._view.items += rows
-
-    def expired(self, count: int = 1) -> None:
-        with self._lock:
-            self._view.expired += count
-
-    def batch(
-        self, rows: int, waits: list[float], *, failed: bool = False, limit: int | None = None
-    ) -> None:
-        """One model call; ``limit``: the tuner's batch size limit after it."""
-        with self._lock:
-            view = self._view
-            if limit is not None:
-                view.batch_size_limit = limit
-            view.batches += 1
-            view.failed_batches += int(failed)
-            view.batch_sizes[rows] = view.batch_sizes.get(rows, 0) + 1
-            for wait in waits:
-                view.queue_wait_seconds_sum += wait
-                view.queue_wait_seconds_max = max(view.queue_wait_seconds_max, wait)
-                bucket = next((str(b) for b in WAIT_BUCKETS if wait <= b), "+Inf")
-                view.queue_wait_buckets[bucket] += 1
-
-    def snapshot(self) -> BatchStatsView:
-        with self._lock:
-            return self._view.model_copy(deep=True)
 
 
 @dataclass
