@@ -12,7 +12,7 @@ import pytest
 from flaskmodel.errors import DeadlineExceeded, ServiceUnavailable
 from flaskmodel.runtime.batch_stats import BatchStats
 from flaskmodel.runtime.batcher import (
-    ALONE_CALL_SECONDS,
+    CALL_HERE_SECONDS,
     SLOW_CALL_SAMPLES,
     DynamicBatcher,
 )
@@ -239,48 +239,63 @@ def test_callers_in_step_go_as_soon_as_all_of_them_have_joined() -> None:
         batcher.close()
 
 
-def test_a_call_alone_runs_on_its_callers_thread_only_as_a_batch_of_one() -> None:
+def test_calls_that_came_together_run_on_their_callers_thread_when_nothing_else_waits() -> None:
     recorder = Recorder()
-    batcher = DynamicBatcher(recorder, max_batch_size=32, max_batch_delay=5.0)
+    here = threading.get_ident()
+    batcher = DynamicBatcher(recorder, max_batch_size=4, max_batch_delay=5.0)
     try:
-        assert batcher.call_alone(rows(1)) is None  # the model's speed is not known yet
+        assert batcher.call_here([(rows(1), None)]) is None  # the model's speed is not known yet
         for i in range(SLOW_CALL_SAMPLES):
             batcher.predict(rows(1, 100 + 10 * i))
-        assert {thread for _, thread in recorder.calls} != {threading.get_ident()}
+        assert {thread for _, thread in recorder.calls} != {here}
         recorder.calls.clear()
-        future = batcher.call_alone(rows(2, 100), deadline=time.time() + 5)
-        assert future is not None and future.done()
-        np.testing.assert_array_equal(future.result()["y"], rows(2, 100)["x"] * 2)
-        assert recorder.calls == [(2, threading.get_ident())]
+        alone = batcher.call_here([(rows(2, 100), time.time() + 5)])
+        assert alone is not None and alone[0].done()
+        np.testing.assert_array_equal(alone[0].result()["y"], rows(2, 100)["x"] * 2)
+        assert recorder.calls == [(2, here)]
         stats = batcher.stats.snapshot()
         assert stats.requests == SLOW_CALL_SAMPLES + 1 and stats.batch_sizes[2] == 1
-        expired = batcher.call_alone(rows(1), deadline=time.time() - 1)
-        assert expired is not None and isinstance(expired.exception(), DeadlineExceeded)
-        # A batch running on the loop: the call would join the next batch, so it is submitted.
+        # Calls of one wake-up: batches of at most max_batch_size, all on this thread; an
+        # expired one is dropped, a poisoned batch fails only its own calls.
+        recorder.calls.clear()
+        calls = [(rows(1, 10 * i), time.time() + 5) for i in range(5)]
+        calls[1] = (rows(1), time.time() - 1)
+        calls[4] = (rows(1, 7), time.time() + 5)
+        futures = batcher.call_here(calls)
+        assert futures is not None and all(f.done() for f in futures)
+        assert recorder.calls == [(3, here), (1, here)]
+        for i in (0, 2, 3):
+            np.testing.assert_array_equal(futures[i].result()["y"], rows(1, 10 * i)["x"] * 2)
+        assert isinstance(futures[1].exception(), DeadlineExceeded)
+        assert isinstance(futures[4].exception(), ValueError)
+        # A batch running on the loop: the calls would join the next batch, so they are
+        # submitted.
         recorder.delay = 0.3
         busy = batcher.submit(rows(1, 200))
         time.sleep(0.1)
-        assert batcher.call_alone(rows(1)) is None
+        assert batcher.call_here([(rows(1), None)]) is None
         busy.result(timeout=2)
         recorder.delay = 0.0
-        # Callers overlap (the last batch merged calls): calls wait for company in the loop.
-        overlap(batcher, recorder)
-        assert batcher.call_alone(rows(1)) is None
+        # Callers overlap (the last batch merged 3 calls): fewer would wait for company in the
+        # loop, as many go at once.
+        overlap(batcher, recorder, calls=3)
+        assert batcher.call_here([(rows(1), None)] * 2) is None
+        assert batcher.call_here([(rows(1), None)] * 3) is not None
     finally:
         batcher.close()
-    assert batcher.call_alone(rows(1)) is None  # closed
+    assert batcher.call_here([(rows(1), None)]) is None  # closed
 
 
-def test_a_slow_model_or_one_without_merging_never_runs_a_call_alone() -> None:
-    slow = Recorder(delay=ALONE_CALL_SECONDS * 2)
+def test_a_slow_model_or_one_without_merging_never_runs_calls_here() -> None:
+    slow = Recorder(delay=CALL_HERE_SECONDS * 2)
     batcher = DynamicBatcher(slow, max_batch_size=32, max_batch_delay=0.005)
     unmerged = DynamicBatcher(Recorder(), max_batch_size=0, max_batch_delay=0.0)
     try:
         for i in range(SLOW_CALL_SAMPLES):
             batcher.predict(rows(1, 100 + 10 * i))
             unmerged.predict(rows(1, 100 + 10 * i))
-        assert batcher.call_alone(rows(1)) is None
-        assert unmerged.call_alone(rows(1)) is None
+        assert batcher.call_here([(rows(1), None)]) is None
+        assert unmerged.call_here([(rows(1), None)]) is None
     finally:
         batcher.close()
         unmerged.close()

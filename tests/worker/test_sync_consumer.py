@@ -1,6 +1,7 @@
-"""The worker's sync consumer against a real Redis and a real SavedModel: a request that comes
-alone is answered on the consumer's own thread, requests that come together go to the batch
-thread and share a batch, and every caller gets its own answer either way."""
+"""The worker's sync consumer against a real Redis and a real SavedModel: the requests of one
+wake-up are answered on the consumer's own thread, in one batch, while the batcher has nothing
+else to do; fewer than its last batch held go to the batch thread to wait for company; every
+caller gets its own answer either way."""
 
 from __future__ import annotations
 
@@ -112,7 +113,9 @@ def test_a_lone_request_is_answered_on_the_consumer_thread(served: Served) -> No
     assert bad is not None and bad.header["error"]["type"] in {"invalid_input", "model_error"}
 
 
-def test_requests_that_come_together_share_a_batch_on_the_batch_thread(served: Served) -> None:
+def test_requests_that_come_together_share_a_batch_then_fewer_wait_for_company(
+    served: Served,
+) -> None:
     rng = np.random.default_rng(4)
     for _ in range(SLOW_CALL_SAMPLES):
         x = rng.normal(size=(1, 32)).astype(np.float32)
@@ -139,8 +142,15 @@ def test_requests_that_come_together_share_a_batch_on_the_batch_thread(served: S
         caller.join(15)
     for x, reply in zip(inputs, replies, strict=True):
         _check(served, x, reply)
-    assert set(served.threads) == {"batcher-tiny"}
+    assert set(served.threads) == {"sync-consumer"}
     assert len(served.threads) < len(inputs)  # merged
+    # The last batch merged calls: a lone request goes to the batch thread, which waits for
+    # company up to the delay; once a batch of one has run, the next one is answered here.
+    served.threads.clear()
+    for _ in range(2):
+        x = rng.normal(size=(1, 32)).astype(np.float32)
+        _check(served, x, served.call(x))
+    assert served.threads == ["batcher-tiny", "sync-consumer"]
 
 
 def test_a_lone_request_past_its_deadline_is_not_computed(served: Served) -> None:

@@ -1,11 +1,15 @@
-"""``BatchStats``: one batcher's counters of calls, batches, batch sizes and queue waits (the
-``batching`` block of a model's status)."""
+"""What a batcher records: ``BatchStats``, its counters of calls, batches, batch sizes and queue
+waits (the ``batching`` block of a model's status), and ``record_call``, each model call in the
+process's metrics."""
 
 from __future__ import annotations
 
 import threading
 
-from flaskmodel.schemas import BatchStatsView
+from flaskmodel.errors import FlaskModelError
+from flaskmodel.metrics import catalogue
+from flaskmodel.metrics.recorder import RECORDER
+from flaskmodel.schemas import BatchStatsView, ModelSpec
 
 #: Upper bounds (seconds) of the queue wait histogram's buckets.
 WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -50,3 +54,16 @@ class BatchStats:
     def snapshot(self) -> BatchStatsView:
         with self._lock:
             return self._view.model_copy(deep=True)
+
+
+def record_call(
+    spec: ModelSpec, rows: int, waits: list[float], seconds: float, error: Exception | None = None
+) -> None:
+    """One model call in the process's metrics (flushed to Redis in the background)."""
+    model = (spec.name,)
+    RECORDER.observe(catalogue.BATCH_SIZE, model, rows)
+    RECORDER.observe_many(catalogue.BATCH_QUEUE_WAIT, model, waits)
+    RECORDER.observe(catalogue.INFERENCE_DURATION, (spec.name, str(spec.version)), seconds)
+    if error is not None:
+        kind = error.type if isinstance(error, FlaskModelError) else "model_error"
+        RECORDER.inc(catalogue.ERRORS, (kind, "model"))

@@ -8,13 +8,15 @@ in step go once all of them are in, and calls already queued always join the bat
 at 0 turns merging off: ``predict`` then calls the model directly and ``submit`` runs calls one
 at a time. Calls whose deadline passed before their batch ran are dropped, never computed; a
 failing batch fails every call in it with the cause. ``BatchStats`` (``batch_stats``) records
-batch sizes and queue waits. With ``tune``, batches take up to the size a ``SizeTuner`` found
-cheapest per example (at most ``max_batch_size``).
+batch sizes and queue waits, ``record_call`` each model call in the process's metrics. With
+``tune``, batches take up to the size a ``SizeTuner`` found cheapest per example (at most
+``max_batch_size``).
 
-``call_alone`` runs a call on its caller's thread when nothing else is queued or running, the
-last batch held a single call and the model is fast (median call under ``ALONE_CALL_SECONDS``):
-the worker's sync consumer answers a lone request so without handing it to the batch thread and
-its answer back, two thread wake-ups on a path of about a millisecond.
+``call_here`` runs calls that came together on their caller's thread when nothing else is queued
+or running, they are at least as many as the last batch held and the model is fast (median call
+under ``CALL_HERE_SECONDS``): the worker's sync consumer answers the requests of one wake-up so
+without handing each to the batch thread and its answer back (a future, a queue and two thread
+wake-ups each; a lone request's path is about a millisecond).
 
 A call made with ``linger=False`` does not wait for others: its batch takes the calls already
 queued and goes. Series jobs send their batches so: each is a model-sized batch already and
@@ -39,17 +41,16 @@ import statistics
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from flaskmodel.errors import DeadlineExceeded, FlaskModelError, ServiceUnavailable
-from flaskmodel.metrics import catalogue
-from flaskmodel.metrics.recorder import RECORDER
+from flaskmodel.errors import DeadlineExceeded, ServiceUnavailable
 from flaskmodel.runtime.base import ModelRuntime
 from flaskmodel.runtime.batch_sizes import SizeTuner
-from flaskmodel.runtime.batch_stats import BatchStats
+from flaskmodel.runtime.batch_stats import BatchStats, record_call
 from flaskmodel.runtime.batching import (
     BatchKey,
     batch_key,
@@ -67,9 +68,9 @@ Outputs = dict[str, np.ndarray]
 SLOW_CALL_SECONDS = 0.02
 #: Model calls the median is taken over.
 SLOW_CALL_SAMPLES = 9
-#: Most a model's median call may take for ``call_alone`` to run a call on its caller's thread
+#: Most a model's median call may take for ``call_here`` to run calls on their caller's thread
 #: (a caller that serves other models, as the sync consumer does, is held that long).
-ALONE_CALL_SECONDS = 0.005
+CALL_HERE_SECONDS = 0.005
 
 
 @dataclass
@@ -115,7 +116,7 @@ class DynamicBatcher:
         self._call_seconds: deque[float] = deque(maxlen=SLOW_CALL_SAMPLES)
         self._slow = False  # the median model call is slow (``_note_call``)
         self._median_call: float | None = None  # of the last ``SLOW_CALL_SAMPLES`` calls
-        self._holding = 0  # loops holding calls, and ``call_alone`` calls running (``_lock``)
+        self._holding = 0  # loops holding calls, and ``call_here`` calls running (``_lock``)
         self._started = 0  # loops ever started (their names)
 
     @property
@@ -137,25 +138,11 @@ class DynamicBatcher:
             outputs = self.runtime.predict(inputs)
         except Exception as exc:
             self.stats.batch(rows, [0.0], failed=True)
-            self._record(rows, [0.0], time.perf_counter() - started, exc)
+            record_call(self.spec, rows, [0.0], time.perf_counter() - started, exc)
             raise
         self.stats.batch(rows, [0.0])
-        self._record(rows, [0.0], time.perf_counter() - started)
+        record_call(self.spec, rows, [0.0], time.perf_counter() - started)
         return outputs
-
-    def _record(
-        self, rows: int, waits: list[float], seconds: float, error: Exception | None = None
-    ) -> None:
-        """One model call in the process's metrics (flushed to Redis in the background)."""
-        model = (self.spec.name,)
-        RECORDER.observe(catalogue.BATCH_SIZE, model, rows)
-        RECORDER.observe_many(catalogue.BATCH_QUEUE_WAIT, model, waits)
-        RECORDER.observe(
-            catalogue.INFERENCE_DURATION, (self.spec.name, str(self.spec.version)), seconds
-        )
-        if error is not None:
-            kind = error.type if isinstance(error, FlaskModelError) else "model_error"
-            RECORDER.inc(catalogue.ERRORS, (kind, "model"))
 
     def submit(
         self, inputs: Outputs, *, deadline: float | None = None, linger: bool = True
@@ -176,34 +163,40 @@ class DynamicBatcher:
         self._put(calls)
         return [call.future for call in calls]
 
-    def call_alone(
-        self, inputs: Outputs, *, deadline: float | None = None
-    ) -> Future[Outputs] | None:
-        """Run the call on this thread if it would be a batch of its own anyway: merging on,
-        nothing queued or running, the last batch a single call and the model's median call
-        under ``ALONE_CALL_SECONDS``. Its future is done on return; None: submit it instead."""
+    def call_here(
+        self, calls: Sequence[tuple[Outputs, float | None]]
+    ) -> list[Future[Outputs]] | None:
+        """Run calls (inputs, deadline) that came together on this thread if their batches would
+        go at once anyway: merging on, nothing queued or running, at least as many calls as the
+        last batch held (no batch would wait for company) and the model's median call under
+        ``CALL_HERE_SECONDS``. Their futures are done on return; None: submit them instead."""
         with self._lock:
-            if not self._alone():
+            if not self._idle(len(calls)):
                 return None
             self._holding += 1
         try:
-            call = _Call(inputs, batch_rows(inputs), batch_key(inputs), deadline)
-            self.stats.submitted(call.rows)
-            self._run([call])
+            pending = [_Call(i, batch_rows(i), batch_key(i), d) for i, d in calls]
+            futures = [call.future for call in pending]
+            for call in pending:
+                self.stats.submitted(call.rows)
+            while pending:
+                batch, pending = _take(pending, self._next_limit(pending))
+                self._run(batch)
         finally:
             with self._lock:
                 self._holding -= 1
-        return call.future
+        return futures
 
-    def _alone(self) -> bool:
-        """Whether a call now would be a batch of one that runs at once (under ``_lock``)."""
+    def _idle(self, calls: int) -> bool:
+        """Whether ``calls`` arriving now would go to the model at once, in batches no other
+        call joins (under ``_lock``)."""
         return (
             self.enabled
             and not self._closed
             and self._holding == 0
-            and self._last_calls <= 1
+            and calls >= self._last_calls
             and self._median_call is not None
-            and self._median_call < ALONE_CALL_SECONDS
+            and self._median_call < CALL_HERE_SECONDS
             and self._queue.empty()
         )
 
@@ -281,10 +274,7 @@ class DynamicBatcher:
                     self._holding += 1
             limit = self._next_limit(pending)
             stopping = self._collect(pending, limit)
-            chosen, _ = plan_batch([(c.key, c.rows) for c in pending], limit)
-            taken = set(chosen)
-            batch = [pending[i] for i in chosen]
-            pending = [c for i, c in enumerate(pending) if i not in taken]
+            batch, pending = _take(pending, limit)
             self._run(batch)
             if pending:
                 continue
@@ -363,7 +353,7 @@ class DynamicBatcher:
             outputs = self.runtime.predict(merge_inputs([c.inputs for c in live]))
             parts = split_outputs(outputs, [c.rows for c in live])
         except Exception as exc:  # noqa: BLE001 - each caller gets the cause, none is lost
-            self._record(rows, waits, time.monotonic() - started, exc)
+            record_call(self.spec, rows, waits, time.monotonic() - started, exc)
             logger.warning(
                 "model %s: batch of %d calls (%d examples) failed: %s",
                 self.spec.name,
@@ -383,7 +373,7 @@ class DynamicBatcher:
                 limit = self.tuner.limit
         self._note_call(seconds)
         self.stats.batch(rows, waits, limit=limit)
-        self._record(rows, waits, seconds)
+        record_call(self.spec, rows, waits, seconds)
         for call, part in zip(live, parts, strict=True):
             call.future.set_result(part)
 
@@ -393,3 +383,10 @@ def _add(pending: list[_Call], item: _Call | list[_Call]) -> None:
         pending.extend(item)
     else:
         pending.append(item)
+
+
+def _take(pending: list[_Call], limit: int) -> tuple[list[_Call], list[_Call]]:
+    """The head's next batch (at most ``limit`` examples) and the calls left."""
+    chosen, _ = plan_batch([(c.key, c.rows) for c in pending], limit)
+    taken = set(chosen)
+    return [pending[i] for i in chosen], [c for i, c in enumerate(pending) if i not in taken]

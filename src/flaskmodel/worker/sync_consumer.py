@@ -5,9 +5,10 @@ serves and takes whatever is queued for that model in the same round trip (``BLM
 requests whose deadline has passed (their caller has gone: the work is not computed) and hands
 the rest to the model version's ``DynamicBatcher`` without waiting. A second thread sends the
 replies, all those ready in one round trip: one ``LPUSH`` + ``EXPIRE`` per web process's reply list
-(the request header's ``reply_to``). A request that comes alone, for a fast model whose batcher
-has nothing else to do (``DynamicBatcher.call_alone``), is answered by the consumer thread itself:
-it runs the model call and pushes the reply, sparing the lone caller two thread hand-offs.
+(the request header's ``reply_to``). The requests of one wake-up for a fast model whose batcher
+has nothing else to do, at least as many as its last batch held, are run by the consumer thread
+itself (``DynamicBatcher.call_here``), which pushes their replies: each is spared a future, two
+queues and two thread hand-offs, and a lone caller the wake-ups on a path of about a millisecond.
 Synchronous calls are at-most-once: a request held by a worker that dies is answered by the
 caller's deadline (504); durable work goes through jobs.
 """
@@ -20,6 +21,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -36,6 +38,8 @@ from flaskmodel.sync import frames
 logger = logging.getLogger(__name__)
 
 Outcome = dict[str, np.ndarray] | FlaskModelError | Exception
+#: A request's header and input tensors.
+Request = tuple[dict[str, Any], dict[str, np.ndarray]]
 # Most requests taken per round trip.
 DRAIN = 128
 # How often the list of served models is re-read (new model folders appear without restart).
@@ -105,87 +109,73 @@ class SyncConsumer:
                 logger.warning("sync consumer: redis unavailable: %s", exc)
                 self._stop.wait(self._poll)
                 continue
-            blobs = popped[1] if popped else []
-            for blob in blobs:
-                self._dispatch(blob, link if len(blobs) == 1 else None)
+            self._dispatch(popped[1] if popped else [], link)
         link.close()
 
-    def _dispatch(self, blob: bytes, link: Link | None = None) -> None:
-        """Hand a request to its batcher (``link``: the consumer's own, when the request came
-        alone, to answer it on this thread if its batcher would run it alone anyway)."""
-        try:
-            request = raw.decode(blob)
-        except (InvalidInput, KeyError, TypeError, ValueError) as exc:
-            logger.warning("sync consumer: dropped a malformed request frame: %s", exc)
-            return
-        header = request.header
-        reply_to = header.get("reply_to")
-        if not isinstance(header.get("id"), str) or not (
-            isinstance(reply_to, str) and reply_to.startswith(frames.reply_list_key(""))
-        ):
-            logger.warning("sync consumer: dropped a request frame without an id or reply list")
-            return
-        try:
-            # A version still loading holds only its own requests, never this thread.
-            pending = self._repository.future(str(header["model"]), header.get("version"))
-        except Exception as exc:  # noqa: BLE001 - the caller gets the cause as its reply
-            self._replies.put((header, exc))
-            return
-        if link is not None and self._answer_alone(pending, header, request.tensors, link):
-            return
-        pending.add_done_callback(lambda loaded: self._submit(header, request.tensors, loaded))
+    def _dispatch(self, blobs: list[bytes], link: Link) -> None:
+        """Hand one wake-up's requests to their batchers. Those of a batcher that would run them
+        at once anyway are run on this thread and answered on ``link`` (``call_here``)."""
+        groups: dict[int, tuple[DynamicBatcher, list[Request]]] = {}
+        for blob in blobs:
+            request = _request(blob)
+            if request is None:
+                continue
+            header = request[0]
+            try:
+                # A version still loading holds only its own requests, never this thread.
+                loaded = self._repository.future(str(header["model"]), header.get("version"))
+            except Exception as exc:  # noqa: BLE001 - the caller gets the cause as its reply
+                self._replies.put((header, exc))
+                continue
+            if not loaded.done() or loaded.exception() is not None:
+                loaded.add_done_callback(partial(self._submit, request))
+                continue
+            batcher = loaded.result()
+            groups.setdefault(id(batcher), (batcher, []))[1].append(request)
+        for batcher, requests in groups.values():
+            live = [r for r in requests if not _expired(batcher, r[0])]
+            if live and not self._answer_here(batcher, live, link):
+                for request in live:
+                    self._hand(batcher, request)
 
-    def _answer_alone(
-        self,
-        loaded: Future[DynamicBatcher],
-        header: dict[str, Any],
-        tensors: dict[str, np.ndarray],
-        link: Link,
-    ) -> bool:
-        """Run the request and push its reply on this thread, if its batcher would run it alone
-        at once; False: hand it over as usual (also for a version still loading, or an expired or
-        malformed request, which that path answers)."""
-        deadline = float(header.get("deadline") or 0)
-        if not loaded.done() or loaded.exception() is not None or deadline <= time.time():
-            return False
+    def _answer_here(self, batcher: DynamicBatcher, requests: list[Request], link: Link) -> bool:
+        """Run the requests and push their replies on this thread if their batcher would run
+        them at once anyway; False: hand them over as usual (the path that answers a malformed
+        request)."""
+        calls = [(tensors, float(header["deadline"])) for header, tensors in requests]
         try:
-            future = loaded.result().call_alone(tensors, deadline=deadline)
+            futures = batcher.call_here(calls)
         except Exception:  # noqa: BLE001 - ``submit`` raises it again and answers it
             return False
-        if future is None:
+        if futures is None:
             return False
-        exc = future.exception()
-        if isinstance(exc, DeadlineExceeded):
-            return True  # dropped before it ran: nobody waits for an answer any more
-        outcome: Outcome = exc if isinstance(exc, Exception) else future.result()
-        push = frames.push_command(
-            self._push, str(header["reply_to"]), [reply_frame(header, outcome)], self._reply_ttl
-        )
-        try:
-            link.run([push], [self._push])
-        except redis.RedisError as error:
-            logger.warning("sync consumer: a reply lost: %s", error)
+        replies = []
+        for (header, _), future in zip(requests, futures, strict=True):
+            exc = future.exception()
+            if not isinstance(exc, DeadlineExceeded):  # dropped: nobody waits for it any more
+                replies.append((header, exc if isinstance(exc, Exception) else future.result()))
+        self._push_replies(link, replies)
         return True
 
-    def _submit(
-        self,
-        header: dict[str, Any],
-        tensors: dict[str, np.ndarray],
-        loaded: Future[DynamicBatcher],
-    ) -> None:
+    def _submit(self, request: Request, loaded: Future[DynamicBatcher]) -> None:
+        """A request whose model version was loading when it came, once it is loaded (or not)."""
         try:
             batcher = loaded.result()
-            if float(header.get("deadline") or 0) <= time.time():
-                batcher.stats.expired()
-                logger.info(
-                    "sync request %s for %s expired in the queue", header["id"], header["model"]
-                )
-                return
+        except Exception as exc:  # noqa: BLE001 - the caller gets the cause as its reply
+            self._replies.put((request[0], exc))
+            return
+        if not _expired(batcher, request[0]):
+            self._hand(batcher, request)
+
+    def _hand(self, batcher: DynamicBatcher, request: Request) -> None:
+        """Queue a request in its batcher; the reply thread sends its answer."""
+        header, tensors = request
+        try:
             future = batcher.submit(tensors, deadline=float(header["deadline"]))
         except Exception as exc:  # noqa: BLE001 - the caller gets the cause as its reply
             self._replies.put((header, exc))
             return
-        future.add_done_callback(lambda done: self._finished(header, done))
+        future.add_done_callback(partial(self._finished, header))
 
     def _finished(self, header: dict[str, Any], future: Future[dict[str, np.ndarray]]) -> None:
         exc = future.exception()
@@ -216,15 +206,21 @@ class SyncConsumer:
                     stopping = True
                     break
                 batch.append(more)
-            by_list: dict[str, list[bytes]] = defaultdict(list)
-            for header, outcome in batch:
-                by_list[str(header.get("reply_to"))].append(reply_frame(header, outcome))
-            ttl = self._reply_ttl
-            pushes = [frames.push_command(self._push, to, got, ttl) for to, got in by_list.items()]
-            try:
-                link.run(pushes, [self._push])
-            except redis.RedisError as exc:
-                logger.warning("sync consumer: %d replies lost: %s", len(batch), exc)
+            self._push_replies(link, batch)
+
+    def _push_replies(self, link: Link, replies: list[tuple[dict[str, Any], Outcome]]) -> None:
+        """Send replies in one round trip: an ``LPUSH`` + ``EXPIRE`` per reply list."""
+        by_list: dict[str, list[bytes]] = defaultdict(list)
+        for header, outcome in replies:
+            by_list[str(header.get("reply_to"))].append(reply_frame(header, outcome))
+        ttl = self._reply_ttl
+        pushes = [frames.push_command(self._push, to, got, ttl) for to, got in by_list.items()]
+        if not pushes:
+            return
+        try:
+            link.run(pushes, [self._push])
+        except redis.RedisError as exc:
+            logger.warning("sync consumer: %d replies lost: %s", len(replies), exc)
 
 
 def reply_frame(header: dict[str, Any], outcome: Outcome) -> bytes:
@@ -240,3 +236,37 @@ def reply_frame(header: dict[str, Any], outcome: Outcome) -> bytes:
         logger.warning("sync request %s failed: %r", header["id"], outcome)
         error = {"type": "internal_error", "message": f"{type(outcome).__name__}: {outcome}"}
     return raw.encode({**base, "error": error})
+
+
+def _request(blob: bytes) -> Request | None:
+    """A request frame's header and tensors; None (logged) for a malformed frame or one without
+    an id, reply list or deadline, which no caller could be answered for."""
+    try:
+        request = raw.decode(blob)
+    except (InvalidInput, KeyError, TypeError, ValueError) as exc:
+        logger.warning("sync consumer: dropped a malformed request frame: %s", exc)
+        return None
+    header = request.header
+    reply_to = header.get("reply_to")
+    deadline = header.get("deadline")
+    if (
+        not isinstance(header.get("id"), str)
+        or not (isinstance(reply_to, str) and reply_to.startswith(frames.reply_list_key("")))
+        or not isinstance(deadline, (int, float))
+        or isinstance(deadline, bool)
+    ):
+        logger.warning(
+            "sync consumer: dropped a request frame without an id, reply list or deadline"
+        )
+        return None
+    return header, request.tensors
+
+
+def _expired(batcher: DynamicBatcher, header: dict[str, Any]) -> bool:
+    """Whether a request's deadline has passed (counted and logged: its caller has gone, so it
+    is not computed)."""
+    if header["deadline"] > time.time():
+        return False
+    batcher.stats.expired()
+    logger.info("sync request %s for %s expired in the queue", header["id"], header["model"])
+    return True
