@@ -81,6 +81,23 @@ def test_once_every_size_has_samples_probes_are_rare() -> None:
     assert sum(size != 8 for size in limits) == 4
 
 
+def test_probes_reach_no_further_than_twice_the_cheapest_size() -> None:
+    tuner = SizeTuner(32)
+    # Sizes up to 16 learned (16 clients), batch 1 cheapest per example: with 64 waiting, no
+    # probe tries 32 (it would cost seconds a slice-sized model), only 2.
+    feed(tuner, {1: 0.050, 2: 0.055, 4: 0.058, 8: 0.060, 16: 0.064})
+    assert tuner.limit == 1
+    probes = {tuner.next_limit(64) for _ in range(PROBE_EVERY_SETTLED * 4)} - {1}
+    assert probes == {2}
+    # Where bigger batches pay, the reach grows with the cheapest size.
+    tuner = SizeTuner(32)
+    feed(tuner, {1: 0.050, 2: 0.030, 4: 0.020})
+    assert tuner.limit == 32  # 4, the largest size seen, is in force: no change
+    assert {tuner.next_limit(64) for _ in range(8)} == {32, 8}  # 8: the fewest samples
+    feed(tuner, {8: 0.010})
+    assert {tuner.next_limit(64) for _ in range(8)} == {32, 16}
+
+
 class Costly(Recorder):
     """A model whose call sleeps ``fixed + per_example * (1 + growth * (rows - 1)) * rows``
     seconds and doubles its input."""

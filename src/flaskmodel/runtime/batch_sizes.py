@@ -7,7 +7,8 @@ batch 8-16 than at batch 1-2 on one 2-core CPU, and slightly faster on another. 
 measures instead of assuming. Every model call is filed under the size of the ladder (1, 2, 4, ...,
 ``max_batch_size``) at or below its examples, as seconds per example. While more examples are
 queued than a batch takes, some batches are cut at another size of the ladder (a probe: often
-while a size has too few samples, rarely once all have them). The limit becomes the size with
+while a size has too few samples, rarely once all have them; at most twice the size cheapest per
+example once two are known). The limit becomes the size with
 the lowest median seconds per example when that beats what is in force (the limit, or while the
 queue never fills it the largest size seen) by more than ``margin``.
 """
@@ -55,7 +56,8 @@ class SizeTuner:
         """The most examples the next batch takes, ``queued`` being how many wait: the limit,
         or now and then another size of the ladder that the queue can fill (the one with the
         fewest samples, in turn among equals)."""
-        candidates = [s for s in self.sizes if s != self.limit and s <= queued]
+        reach = self._reach()
+        candidates = [s for s in self.sizes if s != self.limit and s <= min(queued, reach)]
         if queued <= 1 or not candidates:
             return self.limit
         self._since_probe += 1
@@ -67,6 +69,18 @@ class SizeTuner:
         least = [s for s in candidates if len(self._times[s]) == fewest]
         self._turn += 1
         return least[self._turn % len(least)]
+
+    def _reach(self) -> int:
+        """The largest size a probe may take: twice the size cheapest per example, once two sizes
+        are known (any size before). Cost per example falls with the batch while the model's
+        fixed cost dominates and rises once its work no longer fits the caches, so a size twice
+        the best one's that costs more rules out those above it; and a probe of a slow model's
+        big batch costs seconds (``ct``: 32 slices, 2-3 s of both cores on a host where batch 1
+        is cheapest per slice)."""
+        known = self._medians
+        if len(known) < 2:
+            return self.sizes[-1]
+        return 2 * min(known, key=known.__getitem__)
 
     def record(self, rows: int, seconds: float) -> None:
         """A model call of ``rows`` examples took ``seconds``; the limit may move."""
