@@ -194,11 +194,15 @@ class DynamicBatcher:
             self.enabled
             and not self._closed
             and self._holding == 0
-            and calls >= self._last_calls
+            and not self._wants_company(calls)
             and self._median_call is not None
             and self._median_call < CALL_HERE_SECONDS
             and self._queue.empty()
         )
+
+    def _wants_company(self, calls: int) -> bool:
+        """Whether a batch of ``calls`` calls waits for others (the rule ``_collect`` explains)."""
+        return calls < self._last_calls
 
     def _put(self, calls: list[_Call]) -> None:
         with self._lock:
@@ -317,7 +321,7 @@ class DynamicBatcher:
             # (each waits for its answer before it calls again) all join within a round trip,
             # and waiting out the delay for a caller who is not there charged each of them it.
             # (``pending`` is never empty, so fewer calls than the last batch's means it merged.)
-            lingering = len(pending) < self._last_calls and all(c.linger for c in pending)
+            lingering = self._wants_company(len(pending)) and all(c.linger for c in pending)
             remaining = send_at - time.monotonic() if lingering else 0.0
             try:
                 if remaining > 0:
