@@ -415,7 +415,7 @@ def test_gunicorn_config_reads_env(run_dir: Path) -> None:
         "patched": [],
         "bind": ["127.0.0.1:9123"],
         "workers": 3,
-        "worker_class": "gevent",
+        "worker_class": "flaskmodel.deploy.gunicorn_worker.LeanGeventWorker",
         "worker_connections": 77,
         "graceful": settings.web.graceful_timeout,
         "keepalive": KEEPALIVE_SECONDS,

@@ -25,7 +25,9 @@ _settings = _Settings()
 wsgi_app = _launch.WSGI_APP
 bind = [_address(_settings.web.host, _settings.web.port)]
 workers = _settings.web.workers
-worker_class = "gevent"
+# gunicorn's gevent worker with a short loop for the plain requests nginx sends
+# (``gunicorn_worker``); anything else takes gunicorn's own parser and loop.
+worker_class = "flaskmodel.deploy.gunicorn_worker.LeanGeventWorker"
 worker_connections = _settings.web.worker_connections
 graceful_timeout = _settings.web.graceful_timeout
 # For gevent workers this is only the heartbeat: a worker whose hub is blocked this long (CPU work
