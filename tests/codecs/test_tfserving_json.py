@@ -125,6 +125,14 @@ def test_explicit_formats_and_output_decoding() -> None:
 def test_numbers_out_of_range_for_the_dtype_are_refused() -> None:
     with pytest.raises(InvalidInput, match="too large for float32"):
         decode_inputs([[1e39, 0.0]], ONE)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(InvalidInput, match="NaN or infinity"):
+            decode_inputs([[bad, 1e39]], ONE)
+    flags = ModelSpec(
+        name="b", version=1, inputs=[TensorSpec(name="f", dtype="bool", shape=[None])], outputs=[]
+    )
+    with pytest.raises(InvalidInput, match="NaN or infinity"):
+        decode_inputs([0.0, float("nan")], flags)
     small = ModelSpec(
         name="s", version=1,
         inputs=[TensorSpec(name="i", dtype="int8", shape=[None])],

@@ -102,3 +102,7 @@ def test_fp32_values_beyond_float32_are_refused() -> None:
         decode_inputs(huge, b"", spec)
     fine = request(x={"shape": [2], "datatype": "FP32", "data": [1.0, 3e38]})
     assert decode_inputs(fine, b"", spec)["x"].dtype == np.float32
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        given = request(x={"shape": [2], "datatype": "FP32", "data": [1.0, bad]})
+        with pytest.raises(InvalidInput, match="NaN or infinity"):
+            decode_inputs(given, b"", spec)

@@ -13,10 +13,15 @@ from flaskmodel.deploy import gunicorn_hooks
 
 
 class Socket:
-    """Records every ``sendall``."""
+    """Records every ``send`` and ``sendall``; a ``send`` takes at most ``most`` bytes."""
 
-    def __init__(self) -> None:
+    def __init__(self, most: int = 1 << 30) -> None:
         self.sent: list[bytes] = []
+        self.most = most
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(bytes(data[: self.most]))
+        return min(len(data), self.most)
 
     def sendall(self, data: bytes) -> None:
         self.sent.append(bytes(data))
@@ -67,3 +72,9 @@ def test_same_bytes_fewer_sends(
     after = _respond(body, headers, chunks)
     assert b"".join(after) == b"".join(before)  # byte for byte what gunicorn sends
     assert (len(before), len(after)) == (sends or (len(before), len(before)))
+
+
+def test_a_partial_send_is_finished_by_sendall() -> None:
+    sock = Socket(most=10)
+    gunicorn_hooks.send_all(sock, b"0123456789abcdefghij" * 5)
+    assert sock.sent == [b"0123456789", b"abcdefghij" + b"0123456789abcdefghij" * 4]

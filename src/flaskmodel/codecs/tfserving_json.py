@@ -92,7 +92,9 @@ def _number_array(value: Any, spec: TensorSpec) -> np.ndarray:
         raise InvalidInput(f"input {spec.name!r} must hold numbers of type {spec.dtype}")
     if dtype.kind in "iu" and array.dtype.kind == "f":
         raise InvalidInput(f"input {spec.name!r} must hold integers ({spec.dtype})")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    # Into a float dtype, one check of the converted array finds both NaN or infinity given
+    # and a number too large (each small request paid two).
+    if array.dtype.kind == "f" and dtype.kind != "f" and not np.isfinite(array).all():
         raise InvalidInput(f"input {spec.name!r} holds NaN or infinity")
     if dtype.kind in "iu" and array.size:
         info = np.iinfo(dtype)
@@ -101,6 +103,8 @@ def _number_array(value: Any, spec: TensorSpec) -> np.ndarray:
     with np.errstate(over="ignore"):  # checked just below: a silent cast to inf is refused
         converted = array.astype(dtype, copy=False)
     if dtype.kind == "f" and not np.isfinite(converted).all():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInput(f"input {spec.name!r} holds NaN or infinity")
         raise InvalidInput(f"input {spec.name!r} holds a number too large for {spec.dtype}")
     return converted
 

@@ -102,7 +102,16 @@ def one_send_per_response() -> None:
         head = util.to_bytestring("{}\r\n".format("".join(lines)), "latin-1")
         self.headers_sent = True
         self.sent += len(arg)
-        util.write(self.sock, head + arg)
+        send_all(self.sock, head + arg)
 
     one_send.one_send = True  # type: ignore[attr-defined]
     Response.write = one_send
+
+
+def send_all(sock: Any, data: bytes) -> None:
+    """``sock.sendall(data)``, trying one ``send`` first: gevent's ``sendall`` asks the kernel
+    for the socket's send buffer size (``getsockopt``) on every call, 2.5 % of a web worker's
+    samples under M1 load; a small answer almost always goes in one ``send``."""
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])

@@ -118,7 +118,7 @@ def infer(svc: Services, call: Call) -> Reply:
     # The body and its parsed tensors (for a CT slice as JSON, megabytes of Python floats) go
     # before the wait: many requests wait on the workers at once. The reply needs only the id,
     # the requested outputs and the parameters.
-    infer_request = infer_request.model_copy(update={"inputs": []})
+    infer_request.inputs = []
     del header, blobs
     respond_async, wait = read_prefer(call.headers.get("Prefer"))
     if respond_async or wait is not None:
