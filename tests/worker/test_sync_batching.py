@@ -67,8 +67,10 @@ def _at_once(stack: Stack, rows: list[list[float]]) -> list[requests.Response]:
 
 def _overlapping(stack: Stack, callers: int) -> None:
     """Leave ``flaky``'s batcher as overlapping callers do (its last batch merged them all), so
-    the next call waits for company: a lone caller's call goes at once and would run alone."""
-    for _ in range(10):
+    the next call waits for company: a lone caller's call goes at once and would run alone.
+    Whether one try's callers reach the worker in one wake-up is up to timing (a lone first one
+    goes at once), so it tries up to 40 times; a try takes a few tens of milliseconds."""
+    for _ in range(40):
         before = stack.stats("flaky")
         _at_once(stack, [[1, 2, 3, 4]] * callers)
         wanted = before.requests + callers
