@@ -70,7 +70,7 @@ def _cache_http_date() -> None:
     util.http_date = http_date
 
 
-#: Largest body sent in the same ``sendall`` as its headers (a larger one is not copied).
+#: Largest body sent in the same ``send`` as its headers (a larger one is not copied).
 ONE_SEND_MAX_BODY = 64 * 1024
 
 

@@ -63,7 +63,8 @@ class _Replayed:
         if self._data:
             data, self._data = self._data[:size], self._data[size:]
             return data
-        return bytes(self._sock.recv(size, *args))
+        fresh: bytes = self._sock.recv(size, *args)
+        return fresh
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._sock, name)

@@ -3,7 +3,8 @@
 ``Head.read`` takes a head (the bytes before the blank line, as latin-1 text) and gives the
 request, the environ gunicorn's ``wsgi.create`` would start it with, and its body's length, or
 raises ``NotPlain`` for a head outside the subset it reads (see ``gunicorn_worker``): gunicorn's
-own parser takes those, and answers each as it always did.
+own parser takes those, and answers each as it always did. ``addresses`` adds what the connection
+says (``REMOTE_*``, ``SERVER_*``), as ``wsgi.create`` does.
 """
 
 from __future__ import annotations
