@@ -1,12 +1,14 @@
 """A WSGI app that answers with what it was given, for comparing gunicorn workers
-(``test_gunicorn_worker``): its environ as JSON (objects by type, the body by length and
-digest) and which loop read the request (``X-Input``), or, by path, answers whose framing
-gunicorn writes differently."""
+(``test_gunicorn_worker``): its environ as JSON (objects by type, the body by length, digest and
+how many references besides the app's the server still holds to it) and which loop read the
+request (``X-Input``), or, by path, answers whose framing gunicorn writes differently."""
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -27,12 +29,14 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         start_response("204 No Content", [])
         return [b""]
     body = environ["wsgi.input"].read()
+    # References to the body besides this one: the server's, if it still holds what was read.
+    held = sys.getrefcount(body) - 2 if len(body) > 1 else None  # shorter ones are shared
     seen = {
         key: value if isinstance(value, (str, int, bool, list, tuple)) else type(value).__name__
         for key, value in environ.items()
         if key not in _WHOSE
     }
-    seen["body"] = [len(body), hashlib.sha256(body).hexdigest()[:16]]
+    seen["body"] = [len(body), hashlib.sha256(body).hexdigest()[:16], held]
     answer = json.dumps(seen, sort_keys=True).encode()
     headers = [("Content-Type", "application/json"), ("X-Input", _input(environ))]
     if path == "/chunked":  # no Content-Length: gunicorn frames it
@@ -49,7 +53,7 @@ _WHOSE = ("wsgi.input", "gunicorn.socket", "wsgi.errors")
 
 def _input(environ: dict[str, Any]) -> str:
     """``lean`` when the lean loop read the body (a ``BytesIO``), else ``gunicorn``."""
-    return "lean" if type(environ["wsgi.input"]).__name__ == "BytesIO" else "gunicorn"
+    return "lean" if isinstance(environ["wsgi.input"], io.BytesIO) else "gunicorn"
 
 
 def _fails_midway() -> Iterator[bytes]:
