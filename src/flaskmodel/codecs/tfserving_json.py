@@ -92,20 +92,28 @@ def _number_array(value: Any, spec: TensorSpec) -> np.ndarray:
         raise InvalidInput(f"input {spec.name!r} must hold numbers of type {spec.dtype}")
     if dtype.kind in "iu" and array.dtype.kind == "f":
         raise InvalidInput(f"input {spec.name!r} must hold integers ({spec.dtype})")
-    # Into a float dtype, one check of the converted array finds both NaN or infinity given
-    # and a number too large (each small request paid two).
+    # Into a float dtype ``cast_checked`` finds NaN or infinity given; into any other, this does.
     if array.dtype.kind == "f" and dtype.kind != "f" and not np.isfinite(array).all():
         raise InvalidInput(f"input {spec.name!r} holds NaN or infinity")
     if dtype.kind in "iu" and array.size:
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
             raise InvalidInput(f"input {spec.name!r} holds a number out of range for {spec.dtype}")
+    return cast_checked(
+        array, dtype, f"input {spec.name!r}", f"a number too large for {spec.dtype}"
+    )
+
+
+def cast_checked(array: np.ndarray, dtype: np.dtype[Any], what: str, too_large: str) -> np.ndarray:
+    """``array`` as ``dtype``; a 400 (``what`` holds ...) for NaN or infinity given, or
+    ``too_large`` for a number the cast made infinite. One finiteness check of the result finds
+    both, so a valid input pays one; the input is looked at again only to say which it was."""
     with np.errstate(over="ignore"):  # checked just below: a silent cast to inf is refused
         converted = array.astype(dtype, copy=False)
     if dtype.kind == "f" and not np.isfinite(converted).all():
         if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise InvalidInput(f"input {spec.name!r} holds NaN or infinity")
-        raise InvalidInput(f"input {spec.name!r} holds a number too large for {spec.dtype}")
+            raise InvalidInput(f"{what} holds NaN or infinity")
+        raise InvalidInput(f"{what} holds {too_large}")
     return converted
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from flaskmodel.codecs.raw import tensor_bytes, tensor_from_bytes
-from flaskmodel.codecs.tfserving_json import STRING, check_shape, numpy_dtype
+from flaskmodel.codecs.tfserving_json import STRING, cast_checked, check_shape, numpy_dtype
 from flaskmodel.errors import InvalidInput
 from flaskmodel.schemas import ModelSpec
 
@@ -178,15 +178,9 @@ def _json(tensor: InferInput) -> np.ndarray:
             info = np.iinfo(dtype)
             if array.min() < info.min or array.max() > info.max:
                 raise InvalidInput(f"input '{tensor.name}' holds values outside {tensor.datatype}")
-        given = array
-        if given.dtype.kind == "f" and dtype.kind != "f" and not np.isfinite(given).all():
-            raise InvalidInput(f"input '{tensor.name}' holds NaN or infinity")
-        with np.errstate(over="ignore"):  # a silent cast to infinity is refused just below
-            array = array.astype(dtype)
-        if dtype.kind == "f" and not np.isfinite(array).all():  # one check finds both
-            if given.dtype.kind == "f" and not np.isfinite(given).all():
-                raise InvalidInput(f"input '{tensor.name}' holds NaN or infinity")
-            raise InvalidInput(f"input '{tensor.name}' holds values outside {tensor.datatype}")
+        # (floats are taken only into FP datatypes, where ``cast_checked`` refuses NaN)
+        what = f"input '{tensor.name}'"
+        array = cast_checked(array, dtype, what, f"values outside {tensor.datatype}")
     if array.size != count:
         raise InvalidInput(
             f"input '{tensor.name}' has {array.size} values; shape {tensor.shape} needs {count}"

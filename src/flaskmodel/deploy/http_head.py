@@ -91,7 +91,8 @@ class Head:
         length = int(environ.get("CONTENT_LENGTH", 0))
         connection = environ.get("HTTP_CONNECTION", "").lower()
         must_close = connection == "close" or (version < (1, 1) and connection != "keep-alive")
-        path, _, query = uri.partition("?")
+        request = Request(method, uri, version, headers, must_close)
+        path = request.path
         script_name = self.script_name
         if script_name:
             if not path.startswith(script_name):
@@ -99,12 +100,12 @@ class Head:
             path = path[len(script_name) :]
         environ["wsgi.url_scheme"] = scheme or "http"
         environ["REQUEST_METHOD"] = method
-        environ["QUERY_STRING"] = query
+        environ["QUERY_STRING"] = request.query
         environ["RAW_URI"] = uri
         environ["SERVER_PROTOCOL"] = protocol
         environ["PATH_INFO"] = util.unquote_to_wsgi_str(path)
         environ["SCRIPT_NAME"] = script_name
-        return Request(method, uri, version, headers, must_close), environ, length
+        return request, environ, length
 
     def _fields(
         self,
