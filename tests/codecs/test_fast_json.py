@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from flaskmodel.codecs import fast_json
 from flaskmodel.codecs.fast_json import FlatTensor, has_long_int, lift_tensor
 from flaskmodel.codecs.tfserving_json import decode_inputs
 from flaskmodel.errors import FlaskModelError
@@ -262,3 +263,26 @@ def test_long_integers_are_found() -> None:
     assert has_long_int(b'{"ttl": -9223372036854775809}')
     assert not has_long_int(b"[0.0012345678901234567890, 123456789012345678]")
     assert not has_long_int(b'{"uid": "2.25.329800735698586629295641978511506172918"}')
+
+
+def test_the_kept_parser_reads_body_after_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bodies read one after another by the one kept parser: an earlier tensor keeps its numbers
+    while the parser reads the next (they are copied out), a body the parser refuses leaves it
+    fit for the next one, and a parser that read a span over the bound is not kept."""
+    rng = np.random.default_rng(7)
+    bodies = [{"instances": random_values(rng, (2, 4, 3, 1))} for _ in range(3)]
+    raws = [json.dumps(body).encode() for body in bodies]
+    first = lift_tensor(raws[0], CT, KEYS)
+    assert first is not None
+    assert len(fast_json._PARSERS) == 1
+    kept = fast_json._PARSERS[0]
+    assert lift_tensor(b'{"instances": [[1], [2]3]}', COLUMN, KEYS) is None  # refused by it
+    assert lifted(raws[1], CT)
+    assert len(fast_json._PARSERS) == 1 and fast_json._PARSERS[0] is kept  # no other kept
+    np.testing.assert_array_equal(
+        first["instances"].array(), np.array(bodies[0]["instances"], dtype=np.float64)
+    )
+    monkeypatch.setattr(fast_json, "KEEP_PARSER_BYTES", len(raws[2]) // 2)
+    assert lifted(raws[2], CT)
+    assert fast_json._PARSERS == []
+    assert_same(raws[2], CT)
