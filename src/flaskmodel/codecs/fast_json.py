@@ -46,7 +46,6 @@ _LONG_RUN = b"0" * 19
 # gunicorn CPU as TF Serving JSON). A parse never yields to another greenlet, so one serves a
 # gevent worker; a thread that finds it taken makes its own. A parser that read a span over
 # KEEP_PARSER_BYTES (it holds about 3.5 times that) is let go, so what stays held is bounded.
-KEEP_PARSERS = 1
 KEEP_PARSER_BYTES = 8 << 20
 _PARSERS: list[simdjson.Parser] = []
 
@@ -176,7 +175,7 @@ def _flat_numbers(span: bytes) -> np.ndarray | None:
     try:
         return _parse_numbers(parser, span)
     finally:
-        if len(span) <= KEEP_PARSER_BYTES and len(_PARSERS) < KEEP_PARSERS:
+        if len(span) <= KEEP_PARSER_BYTES and not _PARSERS:
             _PARSERS.append(parser)
 
 
