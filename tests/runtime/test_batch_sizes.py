@@ -9,9 +9,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from flaskmodel.runtime.base import ModelRuntime
-from flaskmodel.runtime.batch_sizes import MIN_SAMPLES, PROBE_EVERY_SETTLED, SizeTuner, ladder
+from flaskmodel.runtime.batch_sizes import (
+    MIN_SAMPLES,
+    PROBE_EVERY_SETTLED,
+    RUN,
+    SizeTuner,
+    ladder,
+)
 from flaskmodel.runtime.batcher import DynamicBatcher
 from flaskmodel.runtime.savedmodel import SavedModelRuntime
 from tests.runtime.test_batcher import Recorder
@@ -23,10 +30,15 @@ def test_the_ladder_is_powers_of_two_then_the_maximum() -> None:
     assert ladder(1) == [1]
 
 
+def record(tuner: SizeTuner, rows: int, seconds: float) -> None:
+    """A model call of ``rows`` examples (one loop) that took ``seconds``."""
+    tuner.end(tuner.begin(rows, tuner.limit, now=0.0), now=seconds)
+
+
 def feed(tuner: SizeTuner, per_example: dict[int, float], rounds: int = MIN_SAMPLES) -> None:
     for _ in range(rounds):
         for size, seconds in per_example.items():
-            tuner.record(size, seconds * size)
+            record(tuner, size, seconds * size)
 
 
 def test_the_limit_moves_to_the_size_cheapest_per_example() -> None:
@@ -53,8 +65,8 @@ def test_batching_that_pays_keeps_the_top_size() -> None:
 def test_calls_are_filed_under_the_ladder_size_at_or_below_them() -> None:
     tuner = SizeTuner(32)
     for _ in range(MIN_SAMPLES):
-        tuner.record(12, 0.12)  # 8 <= 12 < 16
-        tuner.record(40, 0.40)  # one call above the maximum: filed under it
+        record(tuner, 12, 0.12)  # 8 <= 12 < 16
+        record(tuner, 40, 0.40)  # one call above the maximum: filed under it
     assert tuner.per_example() == {8: 0.01, 32: 0.01}
 
 
@@ -96,6 +108,41 @@ def test_probes_reach_no_further_than_twice_the_cheapest_size() -> None:
     assert {tuner.next_limit(64) for _ in range(8)} == {32, 8}  # 8: the fewest samples
     feed(tuner, {8: 0.010})
     assert {tuner.next_limit(64) for _ in range(8)} == {32, 16}
+
+
+def test_with_two_loops_batches_come_in_runs_of_one_size_probing_back_to_back() -> None:
+    tuner = SizeTuner(32)
+    limits = [tuner.next_limit(64, loops=2) for _ in range(RUN * 12)]
+    runs = [limits[i : i + RUN] for i in range(0, len(limits), RUN)]
+    assert all(len(set(run)) == 1 for run in runs), runs
+    # While learning, every run is of a size with the fewest samples, the limit's included.
+    assert {run[0] for run in runs} == set(ladder(32))
+
+
+def test_the_clock_charges_each_call_its_share_and_drops_calls_beside_another_size() -> None:
+    tuner = SizeTuner(32)
+    tuner.next_limit(64, loops=2)  # runs: a call is filed under the limit it was cut at
+    for start in range(MIN_SAMPLES):
+        t = 10.0 * start
+        a = tuner.begin(8, 8, now=t)
+        b = tuner.begin(6, 8, now=t + 0.5)  # the queue held 6: still a call of the run of 8
+        tuner.end(a, now=t + 1.0)  # 0.5 s alone, then half of 0.5 s: 0.75 s for 8
+        tuner.end(b, now=t + 1.3125)  # half of 0.5 s, then 0.3125 s alone: 0.5625 s for 6
+        big = tuner.begin(32, 32, now=t + 2)
+        probe = tuner.begin(1, 1, now=t + 2.1)  # beside a call of another size: neither counts
+        tuner.end(probe, now=t + 2.2)
+        tuner.end(big, now=t + 4)
+        failed = tuner.begin(1, 1, now=t + 5)
+        tuner.end(failed, ok=False, now=t + 5.5)
+    assert tuner.per_example() == {8: pytest.approx(0.75 / 8)}
+
+
+def test_one_loop_files_a_call_under_the_size_its_examples_reach_at_its_whole_time() -> None:
+    tuner = SizeTuner(32)
+    for start in range(MIN_SAMPLES):
+        call = tuner.begin(12, 32, now=float(start))  # a limit of 32, 12 queued: filed under 8
+        tuner.end(call, now=start + 0.24)
+    assert tuner.per_example() == {8: pytest.approx(0.02)}
 
 
 class Costly(Recorder):
@@ -194,3 +241,44 @@ def test_the_limit_climbs_back_when_big_batches_pay_again() -> None:
         assert tuner.limit >= 16, tuner.per_example()
     finally:
         batcher.close()
+
+
+class Crowded(Recorder):
+    """A model whose call sleeps ``per_example * (1 + growth * (rows - 1)) * rows`` seconds, or
+    ``crowded`` times that when it starts beside a bigger call (as a small TensorFlow call beside
+    a big one whose threads hold the cores), and doubles its input."""
+
+    def __init__(self, per_example: float, growth: float, crowded: float) -> None:
+        super().__init__()
+        self.per_example, self.growth, self.crowded = per_example, growth, crowded
+        self._beside: list[int] = []  # the rows of the calls running
+
+    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = len(inputs["x"])
+        with self._lock:
+            slowed = self.crowded if any(r > rows for r in self._beside) else 1.0
+            self._beside.append(rows)
+        try:
+            time.sleep(self.per_example * (1 + self.growth * (rows - 1)) * rows * slowed)
+        finally:
+            with self._lock:
+                self._beside.remove(rows)
+        return {"y": inputs["x"] * 2}
+
+
+def test_a_slow_model_on_two_loops_is_tuned_by_what_sizes_cost_beside_their_own() -> None:
+    # 12 ms an example alone, 2 % more per example with each example added (16: 30 % dearer
+    # than 1), a call beside a bigger one 1.6 times as long. Timed by their calls, the sizes
+    # below 16 were probed beside batches of 16 and looked dearer, so the limit stayed at 16.
+    batcher = DynamicBatcher(
+        Crowded(0.012, 0.02, 1.6), max_batch_size=16, max_batch_delay=0.002, tune=True,
+        batch_threads=2,
+    )  # fmt: skip
+    tuner = batcher.tuner
+    assert tuner is not None
+    try:
+        load(batcher, ONE_ROW, callers=64, seconds=12)
+        assert batcher.loops == 2
+    finally:
+        batcher.close()
+    assert tuner.limit <= 4, tuner.per_example()

@@ -14,13 +14,12 @@ batch sizes and queue waits, ``record_call`` each model call in the process's me
 
 ``call_here`` runs calls that came together on their caller's thread when nothing else is queued
 or running, they are at least as many as the last batch held and the model is fast (median call
-under ``CALL_HERE_SECONDS``): the worker's sync consumer answers the requests of one wake-up so
-without handing each to the batch thread and its answer back (a future, a queue and two thread
-wake-ups each; a lone request's path is about a millisecond).
+under ``CALL_HERE_SECONDS``): the worker's sync consumer answers the requests of one wake-up so,
+without a future, a queue and two thread wake-ups each (a lone request's path is about 1 ms).
 
 A call made with ``linger=False`` does not wait for others: its batch takes the calls already
-queued and goes. Series jobs send their batches so: each is a model-sized batch already and
-Celery runs one task at a time per process, so the delay was idle time in each of their calls.
+queued and goes (series jobs: each is a model-sized batch already, and Celery runs one task at a
+time per process).
 
 A slow model gets more than one batch thread (``batch_threads``, as TF Serving's
 ``num_batch_threads``): while the median of its last calls takes ``SLOW_CALL_SECONDS`` or more,
@@ -29,8 +28,8 @@ that. One call of such a model leaves part of the cores idle (the CT model's kee
 busy), and a batch that forms while another runs no longer waits for it. A fast model keeps one
 thread: for it a second one only halves the batches and doubles their fixed cost.
 
-The batcher is itself a ``ModelRuntime`` (``spec``/``load``/``predict``/``close``), so tensor jobs,
-series jobs and synchronous calls of one model version all share it.
+The batcher is itself a ``ModelRuntime``: tensor jobs, series jobs and synchronous calls of one
+model version all share it.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ import numpy as np
 
 from flaskmodel.errors import DeadlineExceeded, ServiceUnavailable
 from flaskmodel.runtime.base import ModelRuntime
-from flaskmodel.runtime.batch_sizes import SizeTuner
+from flaskmodel.runtime.batch_sizes import Running, SizeTuner
 from flaskmodel.runtime.batch_stats import BatchStats, record_call
 from flaskmodel.runtime.batching import (
     BatchKey,
@@ -180,8 +179,9 @@ class DynamicBatcher:
             for call in pending:
                 self.stats.submitted(call.rows)
             while pending:
-                batch, pending = _take(pending, self._next_limit(pending))
-                self._run(batch)
+                limit = self._next_limit(pending)
+                batch, pending = _take(pending, limit)
+                self._run(batch, limit)
         finally:
             with self._lock:
                 self._holding -= 1
@@ -279,7 +279,7 @@ class DynamicBatcher:
             limit = self._next_limit(pending)
             stopping = self._collect(pending, limit)
             batch, pending = _take(pending, limit)
-            self._run(batch)
+            self._run(batch, limit)
             if pending:
                 continue
             with self._lock:
@@ -299,7 +299,7 @@ class DynamicBatcher:
             return self.max_batch_size
         held = sum(c.rows for c in pending if c.key == pending[0].key)
         with self._tune_lock:
-            return self.tuner.next_limit(held + self._queue.qsize())
+            return self.tuner.next_limit(held + self._queue.qsize(), len(self._threads))
 
     def _collect(self, pending: list[_Call], limit: int) -> bool:
         """Wait for more calls until the head's batch of ``limit`` examples is full or its delay
@@ -313,14 +313,12 @@ class DynamicBatcher:
                 return False
             # Calls already queued join at once, even when the head's delay is up: under load
             # every head is older than the delay, and waiting only for new arrivals would run
-            # one call per batch exactly when batching matters most.
-            # A lone caller is not charged for batching it cannot get: with nothing else queued
-            # and the last batch a single call, the batch goes now. Once callers overlap (the
-            # last batch merged calls), a batch waits up to the delay for others to join, but
-            # only until it holds as many calls as the last batch did: a few callers in step
-            # (each waits for its answer before it calls again) all join within a round trip,
+            # one call per batch exactly when batching matters most. A lone caller is not
+            # charged for batching it cannot get: with nothing else queued and the last batch a
+            # single call, the batch goes now. Once callers overlap (the last batch merged calls),
+            # a batch waits up to the delay for others to join, but only until it holds as many
+            # calls as the last batch did: a few callers in step all join within a round trip,
             # and waiting out the delay for a caller who is not there charged each of them it.
-            # (``pending`` is never empty, so fewer calls than the last batch's means it merged.)
             lingering = self._wants_company(len(pending)) and all(c.linger for c in pending)
             remaining = send_at - time.monotonic() if lingering else 0.0
             try:
@@ -334,7 +332,7 @@ class DynamicBatcher:
                 return True
             _add(pending, call)
 
-    def _run(self, batch: list[_Call]) -> None:
+    def _run(self, batch: list[_Call], limit: int) -> None:
         now = time.time()
         live = []
         for call in batch:
@@ -353,10 +351,13 @@ class DynamicBatcher:
         waits = [started - c.enqueued for c in live]
         rows = sum(c.rows for c in live)
         self._last_calls = len(live)
+        with self._tune_lock:
+            running = None if self.tuner is None else self.tuner.begin(rows, limit, started)
         try:
             outputs = self.runtime.predict(merge_inputs([c.inputs for c in live]))
             parts = split_outputs(outputs, [c.rows for c in live])
         except Exception as exc:  # noqa: BLE001 - each caller gets the cause, none is lost
+            self._timed(running, ok=False)
             record_call(self.spec, rows, waits, time.monotonic() - started, exc)
             logger.warning(
                 "model %s: batch of %d calls (%d examples) failed: %s",
@@ -370,16 +371,19 @@ class DynamicBatcher:
                 call.future.set_exception(exc)
             return
         seconds = time.monotonic() - started
-        limit = None
-        if self.tuner is not None:
-            with self._tune_lock:
-                self.tuner.record(rows, seconds)
-                limit = self.tuner.limit
         self._note_call(seconds)
-        self.stats.batch(rows, waits, limit=limit)
+        self.stats.batch(rows, waits, limit=self._timed(running))
         record_call(self.spec, rows, waits, seconds)
         for call, part in zip(live, parts, strict=True):
             call.future.set_result(part)
+
+    def _timed(self, running: Running | None, *, ok: bool = True) -> int | None:
+        """A model call ends on the tuner's clock; the limit in force after it (None: no tuner)."""
+        if running is None or self.tuner is None:
+            return None
+        with self._tune_lock:
+            self.tuner.end(running, ok=ok)
+            return self.tuner.limit
 
 
 def _add(pending: list[_Call], item: _Call | list[_Call]) -> None:
