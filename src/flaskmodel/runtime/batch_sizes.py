@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import statistics
-import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -126,9 +125,9 @@ class SizeTuner:
             return self.sizes[-1]
         return 2 * min(known, key=known.__getitem__)
 
-    def begin(self, rows: int, limit: int, now: float | None = None) -> Running:
-        """A model call of ``rows`` examples, cut at ``limit``, starts (``now``:
-        ``time.monotonic()``). In runs it is filed under its run's size, the limit it was cut at
+    def begin(self, rows: int, limit: int, now: float) -> Running:
+        """A model call of ``rows`` examples, cut at ``limit``, starts at ``now`` (monotonic
+        seconds). In runs it is filed under its run's size, the limit it was cut at
         (what the queue let it take is that limit's doing), else under the size its examples
         reach."""
         self._tick(now)
@@ -139,15 +138,15 @@ class SizeTuner:
         self._running.append(call)
         return call
 
-    def end(self, call: Running, *, ok: bool = True, now: float | None = None) -> None:
-        """``call`` is over: recorded at its share of the time unless it failed or was mixed."""
+    def end(self, call: Running, *, now: float, ok: bool = True) -> None:
+        """``call`` is over at ``now``: recorded at its share of the time unless it failed or ran
+        beside a call of another size."""
         self._tick(now)
         self._running.remove(call)
         if ok and not call.mixed and call.rows:
             self._add(call.size, call.share / call.rows)
 
-    def _tick(self, now: float | None) -> None:
-        now = time.monotonic() if now is None else now
+    def _tick(self, now: float) -> None:
         if self._running:
             part = (now - self._ticked) / len(self._running)
             for call in self._running:

@@ -28,8 +28,7 @@ that. One call of such a model leaves part of the cores idle (the CT model's kee
 busy), and a batch that forms while another runs no longer waits for it. A fast model keeps one
 thread: for it a second one only halves the batches and doubles their fixed cost.
 
-The batcher is itself a ``ModelRuntime``: tensor jobs, series jobs and synchronous calls of one
-model version all share it.
+The batcher is itself a ``ModelRuntime``, shared by the jobs and synchronous calls of a version.
 """
 
 from __future__ import annotations
@@ -357,8 +356,9 @@ class DynamicBatcher:
             outputs = self.runtime.predict(merge_inputs([c.inputs for c in live]))
             parts = split_outputs(outputs, [c.rows for c in live])
         except Exception as exc:  # noqa: BLE001 - each caller gets the cause, none is lost
-            self._timed(running, ok=False)
-            record_call(self.spec, rows, waits, time.monotonic() - started, exc)
+            ended = time.monotonic()
+            self._timed(running, ended, ok=False)
+            record_call(self.spec, rows, waits, ended - started, exc)
             logger.warning(
                 "model %s: batch of %d calls (%d examples) failed: %s",
                 self.spec.name,
@@ -370,19 +370,19 @@ class DynamicBatcher:
             for call in live:
                 call.future.set_exception(exc)
             return
-        seconds = time.monotonic() - started
-        self._note_call(seconds)
-        self.stats.batch(rows, waits, limit=self._timed(running))
-        record_call(self.spec, rows, waits, seconds)
+        ended = time.monotonic()
+        self._note_call(ended - started)
+        self.stats.batch(rows, waits, limit=self._timed(running, ended))
+        record_call(self.spec, rows, waits, ended - started)
         for call, part in zip(live, parts, strict=True):
             call.future.set_result(part)
 
-    def _timed(self, running: Running | None, *, ok: bool = True) -> int | None:
-        """A model call ends on the tuner's clock; the limit in force after it (None: no tuner)."""
+    def _timed(self, running: Running | None, ended: float, *, ok: bool = True) -> int | None:
+        """A call ends on the tuner's clock at ``ended``; the limit after it (None: no tuner)."""
         if running is None or self.tuner is None:
             return None
         with self._tune_lock:
-            self.tuner.end(running, ok=ok)
+            self.tuner.end(running, now=ended, ok=ok)
             return self.tuner.limit
 
 
