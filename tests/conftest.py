@@ -136,10 +136,13 @@ def make_settings(tmp_path: Path, redis_url: str) -> Callable[..., Settings]:
 class Stack:
     """A real worker and gunicorn over the session's Redis and models."""
 
-    def __init__(self, settings: Settings, base_url: str, logs: Path) -> None:
+    def __init__(
+        self, settings: Settings, base_url: str, logs: Path, pids: tuple[int, ...] = ()
+    ) -> None:
         self.settings = settings
         self.base_url = base_url
         self.logs = logs
+        self.pids = pids  # the worker's and gunicorn's main processes
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -180,7 +183,7 @@ def running_stack(settings: Settings, logs: Path, *, web_workers: int = 1) -> It
         port = procs.free_port()
         web = procs.start_gunicorn(settings, logs / "gunicorn.log", port, workers=web_workers)
         try:
-            yield Stack(settings, f"http://127.0.0.1:{port}", logs)
+            yield Stack(settings, f"http://127.0.0.1:{port}", logs, (worker.pid, web.pid))
         finally:
             procs.stop(web)
     finally:

@@ -1,10 +1,10 @@
 """Imports run one way: a module may import its own sub-package and the layers below it only.
 
 ``cli → bench → web | worker | deploy | demo → sync → jobs → runtime → dicom | metrics | codecs
-→ storage → foundation`` (settings, errors, schemas, logs, heap, client). ``bench`` drives the
-stack and the demo, so it sits above them; ``runtime`` reads a model's DICOM preprocessing and
-records batch metrics, so it sits above ``dicom`` and ``metrics``; ``metrics`` keeps its counters
-in Redis through ``storage``.
+→ storage → foundation`` (settings, errors, schemas, logs, heap, scheduling, client). ``bench``
+drives the stack and the demo, so it sits above them; ``runtime`` reads a model's DICOM
+preprocessing and records batch metrics, so it sits above ``dicom`` and ``metrics``; ``metrics``
+keeps its counters in Redis through ``storage``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "flaskmodel"
 
-FOUNDATION = {"settings", "errors", "schemas", "logs", "heap", "client"}
+FOUNDATION = {"settings", "errors", "schemas", "logs", "heap", "scheduling", "client"}
 #: Each part and the parts it may import (besides itself and the foundation).
 ALLOWED: dict[str, set[str]] = {
     "storage": set(),

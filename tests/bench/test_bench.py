@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
+import pytest
+
 from flaskmodel.bench.cells import _median, schedule
 from flaskmodel.bench.memory import soak_note
 from flaskmodel.bench.report import Row
-from flaskmodel.bench.run import FULL, QUICK
+from flaskmodel.bench.run import FULL, QUICK, _policy
 from flaskmodel.bench.wrk import Cell
 
 
@@ -40,3 +45,18 @@ def test_soak_note_reports_each_worker_and_the_largest_growth() -> None:
 def test_soak_note_says_when_the_workers_were_replaced() -> None:
     note = soak_note({10: 1024}, {12: 2048}, 5)
     assert "restarted in between" in note
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux's scheduling policies")
+def test_the_report_names_each_servers_cpu_policy() -> None:
+    child = subprocess.Popen(["sleep", "30"], preexec_fn=_batch)  # noqa: PLW1509 - no threads
+    try:
+        assert _policy(os.getpid()) == "SCHED_OTHER"
+        assert _policy(child.pid) == "SCHED_BATCH"
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _batch() -> None:
+    os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))

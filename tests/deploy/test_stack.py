@@ -488,6 +488,10 @@ def test_flaskmodel_up_end_to_end(tmp_path: Path) -> None:
         running = descendants(proc.pid)
         base = f"http://127.0.0.1:{port}"
         assert _get(base + "/readyz")[0] == 200
+        if hasattr(os, "SCHED_BATCH"):  # cpu_policy batch: every program inherits it from `up`
+            assert {pid: os.sched_getscheduler(pid) for pid in running} == {
+                pid: os.SCHED_BATCH for pid in running
+            }
 
         body = json.dumps({"model": "tiny", "inputs": [[0.5] * 32]}).encode()
         request = urllib.request.Request(

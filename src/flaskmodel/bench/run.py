@@ -10,6 +10,7 @@ baseline's of the same run, with issue 17's targets (``bench.targets``).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -76,6 +77,9 @@ def run_bench(out_dir: Path, *, quick: bool, say: Callable[[str], None]) -> Path
             report.settings["baseline"] = (
                 f"gunicorn, {baseline.workers} sync workers, {baseline.base}"
             )
+            report.settings["CPU policy"] = (
+                f"stacks {_policy(stack.process.pid)}, baseline {_policy(baseline.process.pid)}"
+            )
             stack.wait_ready()
             keys.wait_ready()
             drive(Servers(stack, keys, baseline.base), models_root, work, plan, limits, report, say)
@@ -121,3 +125,12 @@ def _settings(stack: Stack, keys: Stack) -> dict[str, str]:
         f"keys-on stack: {k}": v for k, v in keys.settings.items() if stack.settings.get(k) != v
     }
     return {**stack.settings, **differ}
+
+
+def _policy(pid: int) -> str:
+    """The CPU scheduling policy a process runs under (the stack's is ``cpu_policy``)."""
+    if not hasattr(os, "sched_getscheduler"):
+        return "unknown"
+    number = os.sched_getscheduler(pid)
+    names = ("SCHED_OTHER", "SCHED_BATCH", "SCHED_IDLE", "SCHED_FIFO", "SCHED_RR")
+    return next((n for n in names if getattr(os, n, None) == number), str(number))

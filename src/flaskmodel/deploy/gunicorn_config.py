@@ -14,11 +14,12 @@ from __future__ import annotations
 import os
 
 from flaskmodel.deploy import gunicorn_launch as _launch
-from flaskmodel.deploy.gunicorn_hooks import post_worker_init
+from flaskmodel.deploy.gunicorn_hooks import on_starting, post_worker_init
 from flaskmodel.deploy.paths import address as _address
 from flaskmodel.settings import Settings as _Settings
 
-__all__ = ["post_worker_init"]  # a gunicorn server hook: SIGTERM turns /readyz 503 at once
+# gunicorn server hooks: the master takes the CPU policy; SIGTERM turns /readyz 503 at once
+__all__ = ["on_starting", "post_worker_init"]
 
 _settings = _Settings()
 

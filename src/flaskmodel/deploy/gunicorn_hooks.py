@@ -22,8 +22,16 @@ from types import FrameType
 from typing import Any
 
 from flaskmodel import heap
+from flaskmodel.scheduling import apply_cpu_policy
+from flaskmodel.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+
+def on_starting(server: Any) -> None:
+    """Gunicorn hook (in the master, before any worker is forked): the master takes the CPU
+    policy of the settings (``scheduling``), and so do the workers it forks."""
+    apply_cpu_policy(Settings().cpu_policy)
 
 
 def post_worker_init(worker: Any) -> None:

@@ -34,6 +34,7 @@ from flaskmodel.deploy.paths import StackPaths, nginx_binary, stack_paths, tool_
 from flaskmodel.deploy.processes import descendants, kill_processes
 from flaskmodel.deploy.programs import split_secrets
 from flaskmodel.deploy.supervisor_conf import render_stack
+from flaskmodel.scheduling import apply_cpu_policy
 from flaskmodel.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ def run_stack(
         f"starting FlaskModel in {paths.run_dir} ({', '.join(paths.programs)}); "
         f"logs in {paths.log_dir}"
     )
+    apply_cpu_policy(settings.cpu_policy)  # every program of the stack inherits it
     with _StopSignals() as signals:
         try:
             proc = start_supervisor(paths, effective)

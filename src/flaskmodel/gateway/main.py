@@ -18,6 +18,7 @@ from flaskmodel.gateway.receiver import start_receiver
 from flaskmodel.gateway.tracker import SeriesTracker
 from flaskmodel.jobs.broker import make_celery
 from flaskmodel.jobs.submit import build_submitter
+from flaskmodel.scheduling import apply_cpu_policy
 from flaskmodel.settings import Settings
 from flaskmodel.storage.received_series import ReceivedSeriesStore
 from flaskmodel.storage.redis import connect
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 def run_gateway(settings: Settings, *, http_socket: Path | None = None) -> int:
     """Run the front door in the foreground until a stop signal; the exit code."""
+    apply_cpu_policy(settings.cpu_policy)
     client = connect(settings)
     submitter = build_submitter(settings, client, make_celery(settings))
     mirror = ReceivedSeriesStore(client, ttl=settings.series.results_ttl_seconds)

@@ -17,7 +17,7 @@ import os
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
@@ -145,6 +145,11 @@ class Settings(BaseSettings):
     """DICOM data root: a series job reads `<data_root>/<series_uid>/`."""
     run_dir: Path = Path("var/run")
     """Where `flaskmodel up` keeps its generated configs, sockets, logs and Redis data."""
+    cpu_policy: Literal["batch", "inherit"] = "batch"
+    """CPU scheduling policy of FlaskModel's processes (Linux): `batch` runs them as `SCHED_BATCH`,
+    so a process that wakes up (nginx with a request, Redis, the worker) does not preempt the one
+    running, which on busy cores saves most context switches; `inherit`: the policy they were
+    started with. A real-time or idle policy is never changed."""
     redis: RedisSettings = Field(default_factory=RedisSettings)
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
     web: WebSettings = Field(default_factory=WebSettings)

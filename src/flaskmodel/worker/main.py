@@ -8,6 +8,7 @@ from celery import signals
 
 from flaskmodel.jobs.broker import make_celery, model_queue, publish_job
 from flaskmodel.runtime.repository import ModelRepository
+from flaskmodel.scheduling import apply_cpu_policy
 from flaskmodel.schemas import JobRequest
 from flaskmodel.settings import Settings
 from flaskmodel.worker import context
@@ -29,6 +30,7 @@ def queues(settings: Settings, models: list[str] | None = None) -> list[str]:
 def run_worker(settings: Settings) -> None:
     """Run a worker in the foreground until it is told to stop."""
     settings.redis_url()  # refuse to start without a Redis to talk to
+    apply_cpu_policy(settings.cpu_policy)  # its pool processes inherit it
     app = make_celery(settings)
     check_limits(app, settings)  # refuse a lease shorter than the hard limit
     register_tasks(app)
