@@ -61,11 +61,13 @@ class Served:
         self.consumer = self._consumer()
         return self.consumer.start
 
-    def call(self, x: np.ndarray, *, deadline: float | None = None) -> raw.Frame | None:
+    def call(
+        self, x: np.ndarray, *, deadline: float | None = None, model: str = "tiny", version: Any = 1
+    ) -> raw.Frame | None:
         request_id = f"r{time.monotonic_ns()}-{threading.get_ident()}"
         header: dict[str, Any] = {
-            "id": request_id, "model": "tiny", "version": 1, "reply_to": self.channel.reply_list,
-            "deadline": deadline or time.time() + 10,
+            "id": request_id, "model": model, "version": version,
+            "reply_to": self.channel.reply_list, "deadline": deadline or time.time() + 10,
         }  # fmt: skip
         frame = raw.encode(header, {"x": x})
         return self.channel.call(frames.sync_queue_key("tiny"), request_id, frame, timeout=10)
@@ -171,3 +173,38 @@ def test_a_lone_request_past_its_deadline_is_not_computed(served: Served) -> Non
     assert time.monotonic() - started >= 0.5
     assert served.threads == []
     assert served.batcher.stats.snapshot().expired == before + 1
+
+
+def test_one_wake_up_answers_each_request_for_its_own_model_version(served: Served) -> None:
+    """The consumer looks each model version up once a wake-up: requests for an unknown version
+    or model among good ones get their own error, the others their answers."""
+    rng = np.random.default_rng(6)
+    resume = served.pause()
+    asked: list[tuple[str, Any]] = [
+        ("tiny", 1), ("tiny", 9), ("tiny", None), ("nosuch", 1), ("tiny", 1), ("tiny", [1]),
+    ]  # fmt: skip
+    inputs = [rng.normal(size=(1, 32)).astype(np.float32) for _ in asked]
+    replies: list[raw.Frame | None] = [None] * len(asked)
+
+    def call(index: int) -> None:
+        model, version = asked[index]
+        replies[index] = served.call(inputs[index], model=model, version=version)
+
+    callers = [threading.Thread(target=call, args=(i,)) for i in range(len(asked))]
+    for caller in callers:
+        caller.start()
+    client = connect_frames(served.settings, max_connections=1)
+    deadline = time.monotonic() + 5
+    while client.llen(frames.sync_queue_key("tiny")) < len(asked):
+        assert time.monotonic() < deadline, "the requests were not queued"
+        time.sleep(0.01)
+    resume()
+    for caller in callers:
+        caller.join(15)
+    for (model, version), x, reply in zip(asked, inputs, replies, strict=True):
+        if model == "tiny" and version in (1, None):
+            _check(served, x, reply)
+        else:
+            assert reply is not None and reply.header["error"]["type"] == "model_not_found", (
+                model, version, reply,
+            )  # fmt: skip

@@ -5,6 +5,7 @@ process's metrics."""
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 
 from flaskmodel.errors import FlaskModelError
 from flaskmodel.metrics import catalogue
@@ -16,44 +17,60 @@ WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1
 
 
 class BatchStats:
-    """Thread-safe counters of one batcher (read with ``snapshot``)."""
+    """Thread-safe counters of one batcher (read with ``snapshot``). Plain numbers under a lock:
+    the pydantic view is built only for a snapshot (each assignment to it cost a validation, and
+    every call made several)."""
 
     def __init__(self, limit: int | None = None) -> None:
         self._lock = threading.Lock()
-        self._view = BatchStatsView(
-            queue_wait_buckets={str(b): 0 for b in WAIT_BUCKETS} | {"+Inf": 0},
-            batch_size_limit=limit,
-        )
+        self._requests = self._items = self._batches = self._expired = self._failed = 0
+        self._sizes: dict[int, int] = {}
+        self._wait_sum = self._wait_max = 0.0
+        self._waits = [0] * (len(WAIT_BUCKETS) + 1)  # per bucket, "+Inf" last
+        self._limit = limit
 
-    def submitted(self, rows: int) -> None:
+    def submitted(self, rows: int, calls: int = 1) -> None:
+        """``calls`` calls of ``rows`` examples in all came in."""
         with self._lock:
-            self._view.requests += 1
-            self._view.items += rows
+            self._requests += calls
+            self._items += rows
 
     def expired(self, count: int = 1) -> None:
         with self._lock:
-            self._view.expired += count
+            self._expired += count
 
     def batch(
         self, rows: int, waits: list[float], *, failed: bool = False, limit: int | None = None
     ) -> None:
         """One model call; ``limit``: the tuner's batch size limit after it."""
         with self._lock:
-            view = self._view
             if limit is not None:
-                view.batch_size_limit = limit
-            view.batches += 1
-            view.failed_batches += int(failed)
-            view.batch_sizes[rows] = view.batch_sizes.get(rows, 0) + 1
-            for wait in waits:
-                view.queue_wait_seconds_sum += wait
-                view.queue_wait_seconds_max = max(view.queue_wait_seconds_max, wait)
-                bucket = next((str(b) for b in WAIT_BUCKETS if wait <= b), "+Inf")
-                view.queue_wait_buckets[bucket] += 1
+                self._limit = limit
+            self._batches += 1
+            self._failed += int(failed)
+            self._sizes[rows] = self._sizes.get(rows, 0) + 1
+            if waits:
+                self._wait_sum += sum(waits)
+                self._wait_max = max(self._wait_max, *waits)
+                counts = self._waits
+                for wait in waits:
+                    counts[bisect_left(WAIT_BUCKETS, wait)] += 1  # the first bound >= wait
 
     def snapshot(self) -> BatchStatsView:
         with self._lock:
-            return self._view.model_copy(deep=True)
+            bounds = [str(b) for b in WAIT_BUCKETS] + ["+Inf"]
+            return BatchStatsView(
+                requests=self._requests,
+                items=self._items,
+                batches=self._batches,
+                expired=self._expired,
+                failed_batches=self._failed,
+                batch_sizes=dict(self._sizes),
+                queue_wait_seconds_sum=self._wait_sum,
+                queue_wait_seconds_max=self._wait_max,
+                queue_wait_buckets=dict(zip(bounds, self._waits, strict=True)),
+                batch_size_limit=self._limit,
+            )
 
 
 def record_call(

@@ -175,8 +175,7 @@ class DynamicBatcher:
         try:
             pending = [_Call(i, batch_rows(i), batch_key(i), d) for i, d in calls]
             futures = [call.future for call in pending]
-            for call in pending:
-                self.stats.submitted(call.rows)
+            self.stats.submitted(sum(call.rows for call in pending), len(pending))
             while pending:
                 limit = self._next_limit(pending)
                 batch, pending = _take(pending, limit)
@@ -209,8 +208,7 @@ class DynamicBatcher:
                 raise ServiceUnavailable(f"model '{self.spec.name}' is shutting down")
             if not self._threads:
                 self._start_loop()
-        for call in calls:
-            self.stats.submitted(call.rows)
+        self.stats.submitted(sum(call.rows for call in calls), len(calls))
         self._queue.put(calls[0] if len(calls) == 1 else calls)
 
     def _start_loop(self) -> None:

@@ -116,22 +116,30 @@ class SyncConsumer:
         """Hand one wake-up's requests to their batchers. Those of a batcher that would run them
         at once anyway are run on this thread and answered on ``link`` (``call_here``)."""
         groups: dict[int, tuple[DynamicBatcher, list[Request]]] = {}
+        # Each model version looked up once a wake-up: its batcher, or its load's future.
+        found: dict[tuple[str, str], DynamicBatcher | Future[DynamicBatcher]] = {}
         for blob in blobs:
             request = _request(blob)
             if request is None:
                 continue
             header = request[0]
-            try:
-                # A version still loading holds only its own requests, never this thread.
-                loaded = self._repository.future(str(header["model"]), header.get("version"))
-            except Exception as exc:  # noqa: BLE001 - the caller gets the cause as its reply
-                self._replies.put((header, exc))
-                continue
-            if not loaded.done() or loaded.exception() is not None:
+            name, version = str(header["model"]), header.get("version")
+            loaded = found.get((name, repr(version)))
+            if loaded is None:
+                try:
+                    loaded = self._repository.future(name, version)
+                except Exception as exc:  # noqa: BLE001 - the caller gets the cause as its reply
+                    self._replies.put((header, exc))
+                    continue
+                if loaded.done() and loaded.exception() is None:
+                    loaded = loaded.result()
+                found[name, repr(version)] = loaded
+            if isinstance(loaded, Future):
+                # A version still loading (or failed) holds only its own requests, never this
+                # thread.
                 loaded.add_done_callback(partial(self._submit, request))
                 continue
-            batcher = loaded.result()
-            groups.setdefault(id(batcher), (batcher, []))[1].append(request)
+            groups.setdefault(id(loaded), (loaded, []))[1].append(request)
         for batcher, requests in groups.values():
             live = [r for r in requests if not _expired(batcher, r[0])]
             if live and not self._answer_here(batcher, live, link):
