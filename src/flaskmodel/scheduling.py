@@ -27,9 +27,8 @@ import os
 
 logger = logging.getLogger(__name__)
 
-#: ``cpu_policy`` values: ``batch`` (``SCHED_BATCH``) or ``inherit`` (left as started).
+#: The ``cpu_policy`` that asks for ``SCHED_BATCH`` (the other, ``inherit``, changes nothing).
 BATCH = "batch"
-INHERIT = "inherit"
 
 
 def apply_cpu_policy(policy: str) -> bool:

@@ -77,11 +77,11 @@ def run_bench(out_dir: Path, *, quick: bool, say: Callable[[str], None]) -> Path
             report.settings["baseline"] = (
                 f"gunicorn, {baseline.workers} sync workers, {baseline.base}"
             )
-            report.settings["CPU policy"] = (
-                f"stacks {_policy(stack.process.pid)}, baseline {_policy(baseline.process.pid)}"
-            )
             stack.wait_ready()
             keys.wait_ready()
+            report.settings["CPU policy"] = (  # as each server runs it, once ready
+                f"stacks {_policy(stack.process.pid)}, baseline {_policy(baseline.process.pid)}"
+            )
             drive(Servers(stack, keys, baseline.base), models_root, work, plan, limits, report, say)
         finally:
             baseline.stop()
