@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,31 @@ def served(
     served.close()
 
 
+def _one_wake_up(
+    served: Served, calls: Sequence[Callable[[], raw.Frame | None]]
+) -> list[raw.Frame | None]:
+    """The replies of ``calls`` (each made on a thread of its own), all queued while the consumer
+    was stopped, so that one pop takes them together."""
+    resume = served.pause()
+    replies: list[raw.Frame | None] = [None] * len(calls)
+
+    def call(index: int) -> None:
+        replies[index] = calls[index]()
+
+    callers = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+    for caller in callers:
+        caller.start()
+    client = connect_frames(served.settings, max_connections=1)
+    deadline = time.monotonic() + 5
+    while client.llen(frames.sync_queue_key("tiny")) < len(calls):
+        assert time.monotonic() < deadline, "the requests were not queued"
+        time.sleep(0.01)
+    resume()
+    for caller in callers:
+        caller.join(15)
+    return replies
+
+
 def _check(served: Served, x: np.ndarray, reply: raw.Frame | None) -> None:
     assert reply is not None and "error" not in reply.header, reply
     want = reference(served.models_root, "tiny", x=x)["probabilities"]
@@ -124,24 +150,8 @@ def test_requests_that_come_together_share_a_batch_then_fewer_wait_for_company(
         _check(served, x, served.call(x))
     served.threads.clear()
     # Queued before the consumer pops them: one pop takes all eight.
-    resume = served.pause()
     inputs = [rng.normal(size=(1, 32)).astype(np.float32) for _ in range(8)]
-    replies: list[raw.Frame | None] = [None] * len(inputs)
-
-    def call(index: int) -> None:
-        replies[index] = served.call(inputs[index])
-
-    callers = [threading.Thread(target=call, args=(i,)) for i in range(len(inputs))]
-    for caller in callers:
-        caller.start()
-    client = connect_frames(served.settings, max_connections=1)
-    deadline = time.monotonic() + 5
-    while client.llen(frames.sync_queue_key("tiny")) < len(inputs):
-        assert time.monotonic() < deadline, "the requests were not queued"
-        time.sleep(0.01)
-    resume()
-    for caller in callers:
-        caller.join(15)
+    replies = _one_wake_up(served, [partial(served.call, x) for x in inputs])
     for x, reply in zip(inputs, replies, strict=True):
         _check(served, x, reply)
     assert set(served.threads) == {"sync-consumer"}
@@ -179,28 +189,13 @@ def test_one_wake_up_answers_each_request_for_its_own_model_version(served: Serv
     """The consumer looks each model version up once a wake-up: requests for an unknown version
     or model among good ones get their own error, the others their answers."""
     rng = np.random.default_rng(6)
-    resume = served.pause()
     asked: list[tuple[str, Any]] = [
         ("tiny", 1), ("tiny", 9), ("tiny", None), ("nosuch", 1), ("tiny", 1), ("tiny", [1]),
     ]  # fmt: skip
     inputs = [rng.normal(size=(1, 32)).astype(np.float32) for _ in asked]
-    replies: list[raw.Frame | None] = [None] * len(asked)
-
-    def call(index: int) -> None:
-        model, version = asked[index]
-        replies[index] = served.call(inputs[index], model=model, version=version)
-
-    callers = [threading.Thread(target=call, args=(i,)) for i in range(len(asked))]
-    for caller in callers:
-        caller.start()
-    client = connect_frames(served.settings, max_connections=1)
-    deadline = time.monotonic() + 5
-    while client.llen(frames.sync_queue_key("tiny")) < len(asked):
-        assert time.monotonic() < deadline, "the requests were not queued"
-        time.sleep(0.01)
-    resume()
-    for caller in callers:
-        caller.join(15)
+    pairs = zip(inputs, asked, strict=True)
+    calls = [partial(served.call, x, model=m, version=v) for x, (m, v) in pairs]
+    replies = _one_wake_up(served, calls)
     for (model, version), x, reply in zip(asked, inputs, replies, strict=True):
         if model == "tiny" and version in (1, None):
             _check(served, x, reply)
