@@ -124,7 +124,8 @@ class SyncConsumer:
                 continue
             header = request[0]
             name, version = str(header["model"]), header.get("version")
-            loaded = found.get((name, repr(version)))
+            key = (name, repr(version))  # hashable whatever the frame holds
+            loaded = found.get(key)
             if loaded is None:
                 try:
                     loaded = self._repository.future(name, version)
@@ -133,7 +134,7 @@ class SyncConsumer:
                     continue
                 if loaded.done() and loaded.exception() is None:
                     loaded = loaded.result()
-                found[name, repr(version)] = loaded
+                found[key] = loaded
             if isinstance(loaded, Future):
                 # A version still loading (or failed) holds only its own requests, never this
                 # thread.
