@@ -14,6 +14,7 @@ import redis
 from redis.sentinel import Sentinel
 
 from flaskmodel.settings import Settings
+from flaskmodel.storage import bulk_pack
 from flaskmodel.storage.idle_check import use_quick_check
 
 NAMESPACE = "flaskmodel:"
@@ -21,7 +22,8 @@ NAMESPACE = "flaskmodel:"
 
 def connect(settings: Settings) -> redis.Redis:
     """A Redis client with its own connection pool and the configured timeouts (and, in a gevent
-    process, a cheaper idle check: ``idle_check``)."""
+    process, a cheaper idle check: ``idle_check``; a large argument packed without a copy:
+    ``bulk_pack``)."""
     options: dict[str, Any] = {
         "password": _password(settings),
         "socket_timeout": settings.redis.socket_timeout,
@@ -31,6 +33,7 @@ def connect(settings: Settings) -> redis.Redis:
         # One quick retry on a dropped connection; a dead Redis must still fail fast.
         "retry_on_timeout": False,
         "decode_responses": True,
+        **bulk_pack.OPTIONS,
     }
     if settings.redis.sentinel_master:
         return use_quick_check(_primary(settings, options))
@@ -52,6 +55,7 @@ def connect_frames(settings: Settings, *, max_connections: int) -> redis.Redis:
         "max_connections": max_connections,
         "health_check_interval": 30,
         "decode_responses": False,
+        **bulk_pack.OPTIONS,
     }
     if settings.redis.sentinel_master:
         return use_quick_check(_primary(settings, options))
