@@ -13,8 +13,10 @@ import pytest
 
 from flaskmodel.runtime.base import ModelRuntime
 from flaskmodel.runtime.batch_sizes import (
+    MARGIN,
     MIN_SAMPLES,
     PROBE_EVERY_SETTLED,
+    RISE,
     RUN,
     SizeTuner,
     ladder,
@@ -54,6 +56,17 @@ def test_a_gain_within_the_margin_keeps_the_limit() -> None:
     assert tuner.limit == 32
     feed(tuner, {1: 0.0300, 32: 0.0330}, rounds=9)  # 9 % cheaper: moves
     assert tuner.limit == 1
+
+
+def test_a_bigger_size_must_beat_the_limit_by_the_larger_rise() -> None:
+    tuner = SizeTuner(32)
+    feed(tuner, {4: 0.030, 16: 0.033})  # 16 in force, 4 cheaper by 9 %: the limit falls to 4
+    assert tuner.limit == 4
+    feed(tuner, {16: 0.0275}, rounds=9)  # 16 now 8 % cheaper than 4: not worth a bigger batch
+    assert tuner.limit == 4
+    feed(tuner, {16: 0.026}, rounds=9)  # 13 % cheaper: it pays clearly
+    assert tuner.limit == 16
+    assert RISE > MARGIN
 
 
 def test_batching_that_pays_keeps_the_top_size() -> None:
