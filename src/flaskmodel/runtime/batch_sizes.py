@@ -40,8 +40,8 @@ MIN_SAMPLES = 5
 #: Batches between probes while some size has too few samples, and once all have enough.
 PROBE_EVERY_LEARNING = 2
 PROBE_EVERY_SETTLED = 32
-#: Gain over the size in force a size needs to take its place (0.05: 5 % less time per example),
-#: and a bigger size than the one in force.
+#: Gain over the size in force a smaller size needs to take its place (0.05: 5 % less time per
+#: example), and a bigger size (it must pay clearly: the module docstring says why).
 MARGIN = 0.05
 RISE = 0.10
 #: Batches in a row of one size while more than one loop runs (so the loops run that size).

@@ -25,6 +25,7 @@ from redis.utils import HIREDIS_AVAILABLE
 BULK = 32_768
 #: redis-py's own cut-off: smaller pieces are joined into one buffer before they are sent.
 _BUFFER_CUTOFF = 6_000
+_BINARY = (bytes, bytearray, memoryview)
 
 
 class BulkPacker:
@@ -44,9 +45,6 @@ class BulkPacker:
             if arg.__class__ in _BINARY and len(arg) >= BULK:
                 return self._large.pack(*args)  # type: ignore[no-untyped-call,no-any-return]
         return self._small.pack(*args)  # type: ignore[no-any-return]
-
-
-_BINARY = (bytes, bytearray, memoryview)
 
 
 #: Connection options that make a redis-py client pack with ``BulkPacker``.
