@@ -32,9 +32,10 @@ class BulkPacker:
     """Packs like redis-py's connection would, without copying an argument of ``BULK`` bytes or
     more; stateless, so one serves every connection of a client."""
 
-    def __init__(self, encoding: str = "utf-8") -> None:
+    def __init__(self) -> None:
         self._small = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
-        encode = Encoder(encoding, "strict", False).encode  # type: ignore[no-untyped-call]
+        # As redis-py's connections encode (their defaults, which storage.redis keeps).
+        encode = Encoder("utf-8", "strict", False).encode  # type: ignore[no-untyped-call]
         self._large = PythonRespSerializer(_BUFFER_CUTOFF, encode)
 
     def pack(self, *args: Any) -> list[bytes | memoryview]:
